@@ -1,0 +1,22 @@
+//! The codervpn tunnel engine.
+//!
+//! - [`tunnel`]: the tunnel role of the CoderVPN protocol — manager requests in, session
+//!   lifecycle, peer updates, logs out.
+//! - [`session`]: joining a Coder deployment (the control plane).
+//! - [`logs`]: forwarding `tracing` records to the manager as `Log` messages.
+//! - [`ffi`]: the `OpenTunnel(readFD, writeFD)` export that makes this crate a drop-in for
+//!   Coder's Go dylib.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod ffi;
+pub mod logs;
+pub mod session;
+pub mod tunnel;
+
+/// The Coder release this build matches, as `coder version --output=json` reports it.
+/// Set `CODERVPN_CODER_VERSION` at build time to match another release.
+pub const CODER_VERSION: &str = match option_env!("CODERVPN_CODER_VERSION") {
+    Some(v) => v,
+    None => "v2.24.3",
+};

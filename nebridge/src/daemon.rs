@@ -1,0 +1,93 @@
+//! `codervpn vpn-daemon run`: the tunnel on inherited pipe descriptors
+//! (dylib-abi-and-compat.md §2).
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use codervpn_engine::ffi::inherited_fd;
+use codervpn_engine::logs::ManagerLogLayer;
+use codervpn_engine::session::NotYetConnector;
+use codervpn_engine::tunnel::{TunnelExit, TunnelOptions, serve};
+use codervpn_proto::fd::{FdReader, FdWriter};
+use codervpn_proto::{Connection, TunnelSide, VersionList};
+use tracing::info;
+use tracing_subscriber::prelude::*;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Descriptor the manager writes to (manager → tunnel).
+    #[arg(long, env = "CODER_VPN_DAEMON_RPC_READ_FD")]
+    rpc_read_fd: i32,
+    /// Descriptor the manager reads from (tunnel → manager).
+    #[arg(long, env = "CODER_VPN_DAEMON_RPC_WRITE_FD")]
+    rpc_write_fd: i32,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.rpc_read_fd < 0 || args.rpc_write_fd < 0 {
+        bail!(
+            "--rpc-read-fd ({}) and --rpc-write-fd ({}) must both be >= 0",
+            args.rpc_read_fd,
+            args.rpc_write_fd
+        );
+    }
+    if args.rpc_read_fd == args.rpc_write_fd {
+        bail!(
+            "--rpc-read-fd and --rpc-write-fd must differ (both are {})",
+            args.rpc_read_fd
+        );
+    }
+    init_logging();
+    let read = inherited_fd(args.rpc_read_fd).context("--rpc-read-fd")?;
+    let write = inherited_fd(args.rpc_write_fd).context("--rpc-write-fd")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let exit = rt.block_on(async move {
+        let reader = FdReader::new(read).context("--rpc-read-fd")?;
+        let writer = FdWriter::new(write).context("--rpc-write-fd")?;
+        let conn = Connection::<TunnelSide>::handshake(reader, writer, VersionList::current())
+            .await
+            .context("CoderVPN handshake with the manager")?;
+        let opts = TunnelOptions::new(Arc::new(NotYetConnector));
+        anyhow::Ok(serve(conn, opts, terminate_signal()).await)
+    })?;
+    match exit {
+        TunnelExit::Stopped => info!("tunnel stopped by the manager"),
+        TunnelExit::ManagerGone(reason) => info!(%reason, "manager went away; tunnel ended"),
+        TunnelExit::Shutdown => info!("tunnel ended on signal"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminate_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Logs go to stderr (the Windows service and our managers read it) and, inside the tunnel,
+/// to the manager as `Log` messages.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CODERVPN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(ManagerLogLayer.with_filter(tracing_subscriber::filter::LevelFilter::DEBUG))
+        .init();
+}
