@@ -266,6 +266,8 @@ impl<S: Side> Handle<S> {
         };
         self.enqueue(frame).await?;
         let reply = tokio::select! {
+            // A reply that arrived just before the connection closed still counts.
+            biased;
             r = rx => r.map_err(|_| self.closer.closed_error()),
             reason = self.closer.closed() => Err(RpcError::Closed(reason)),
         };
@@ -375,13 +377,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut fin: mpsc::Receiver<Bytes>,
     closer: Closer,
 ) {
+    let mut fin_open = true;
     let reason = loop {
         let (frame, last) = tokio::select! {
             biased;
             _ = closer.closed() => break None,
-            Some(f) = fin.recv() => (f, true),
-            Some(f) = out.recv() => (f, false),
-            else => break Some(CloseReason::Local),
+            f = fin.recv(), if fin_open => match f {
+                Some(f) => (f, true),
+                None => {
+                    fin_open = false;
+                    continue;
+                }
+            },
+            f = out.recv() => match f {
+                Some(f) => (f, false),
+                // Every handle is gone: nobody can send any more.
+                None => break Some(CloseReason::Local),
+            },
         };
         let written = tokio::select! {
             biased;
