@@ -2,6 +2,8 @@
 //!
 //! `cargo bench -p codervpn-benches --bench proto`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::BytesMut;
 use codervpn_benches::peer_update_with_agents;
 use codervpn_proto::frame::{FrameDecoder, decode_message, encode_frame};

@@ -136,17 +136,11 @@ impl Tunnel {
                     kind = codervpn_proto::side::manager_kind(&msg),
                     "unhandled manager request"
                 );
-                return self.send_reply(id, None).await;
+                send_reply(&self.handle, id, None).await;
+                return None;
             }
         };
-        self.send_reply(id, Some(reply)).await
-    }
-
-    async fn send_reply(&self, id: u64, msg: Option<tunnel_message::Msg>) -> Option<TunnelExit> {
-        let reply = TunnelMessage { rpc: None, msg };
-        if let Err(e) = self.handle.reply(id, reply).await {
-            warn!(id, error = %e, "could not send reply");
-        }
+        send_reply(&self.handle, id, Some(reply)).await;
         None
     }
 
@@ -240,6 +234,12 @@ impl Tunnel {
             .shutdown()
             .await
             .inspect_err(|e| warn!(error = %e, "session teardown failed"))
+    }
+}
+
+async fn send_reply(handle: &Handle<TunnelSide>, id: u64, msg: Option<tunnel_message::Msg>) {
+    if let Err(e) = handle.reply(id, TunnelMessage { rpc: None, msg }).await {
+        warn!(id, error = %e, "could not send reply");
     }
 }
 

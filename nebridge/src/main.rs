@@ -1,7 +1,5 @@
 //! `codervpn`: the command-line front end.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
-
 mod daemon;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -2,6 +2,8 @@
 //! over real Unix socket pairs against a raw peer that writes and reads bytes by hand, and
 //! between two `Connection`s (both roles).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -10,7 +12,8 @@ use bytes::BytesMut;
 use codervpn_proto::frame::{FrameDecoder, MAX_FRAME_LEN, decode_message, encode_frame};
 use codervpn_proto::vpn::{self, ManagerMessage, TunnelMessage, manager_message, tunnel_message};
 use codervpn_proto::{
-    CloseReason, Connection, HandshakeError, Incoming, ManagerSide, RpcError, TunnelSide, VersionList,
+    CloseReason, Connection, HandshakeError, Incoming, ManagerSide, RpcError, TunnelSide,
+    VersionList,
 };
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -24,7 +27,9 @@ async fn tunnel_with_raw_peer(header: &str) -> (Connection<TunnelSide>, UnixStre
     let (ours, mut peer) = UnixStream::pair().unwrap();
     let (r, w) = ours.into_split();
     peer.write_all(header.as_bytes()).await.unwrap();
-    let conn = Connection::<TunnelSide>::handshake(r, w, VersionList::current()).await.unwrap();
+    let conn = Connection::<TunnelSide>::handshake(r, w, VersionList::current())
+        .await
+        .unwrap();
     let mut line = vec![0u8; "codervpn tunnel 1.3\n".len()];
     peer.read_exact(&mut line).await.unwrap();
     assert_eq!(line, b"codervpn tunnel 1.3\n");
@@ -61,7 +66,10 @@ async fn write_frame<M: Message>(peer: &mut UnixStream, msg: &M) {
 
 async fn assert_eof(peer: &mut UnixStream) {
     let mut rest = Vec::new();
-    tokio::time::timeout(T, peer.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(T, peer.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 fn log_msg(text: &str) -> TunnelMessage {
@@ -98,7 +106,9 @@ async fn go_tunnel_advertising_1_1_negotiates_1_1_on_the_manager_side() {
     let (ours, mut peer) = UnixStream::pair().unwrap();
     let (r, w) = ours.into_split();
     peer.write_all(b"codervpn tunnel 1.1\n").await.unwrap();
-    let conn = Connection::<ManagerSide>::handshake(r, w, VersionList::current()).await.unwrap();
+    let conn = Connection::<ManagerSide>::handshake(r, w, VersionList::current())
+        .await
+        .unwrap();
     assert_eq!(conn.negotiated().to_string(), "1.1");
 }
 
@@ -108,7 +118,10 @@ async fn handshake_on_closed_stream_fails() {
     let (ours, peer) = UnixStream::pair().unwrap();
     drop(peer);
     let (r, w) = ours.into_split();
-    let err = Connection::<TunnelSide>::handshake(r, w, VersionList::current()).await.err().unwrap();
+    let err = Connection::<TunnelSide>::handshake(r, w, VersionList::current())
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("handshake failed"), "{err}");
 }
 
@@ -133,7 +146,11 @@ struct Counting<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -148,14 +165,26 @@ async fn oversize_header_stops_after_256_bytes() {
     let (ours, mut peer) = tokio::io::duplex(4096);
     let (r, w) = tokio::io::split(ours);
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let r = Counting { inner: r, count: count.clone() };
+    let r = Counting {
+        inner: r,
+        count: count.clone(),
+    };
     peer.write_all(&[b'a'; 768]).await.unwrap();
-    let err = Connection::<TunnelSide>::handshake(r, w, VersionList::current()).await.err().unwrap();
+    let err = Connection::<TunnelSide>::handshake(r, w, VersionList::current())
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("handshake failed"), "{err}");
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 256);
     let mut rest = Vec::new();
-    tokio::time::timeout(T, peer.read_to_end(&mut rest)).await.unwrap().unwrap();
-    assert_eq!(rest, b"codervpn tunnel 1.3\n", "our header was written, then the stream closed");
+    tokio::time::timeout(T, peer.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rest, b"codervpn tunnel 1.3\n",
+        "our header was written, then the stream closed"
+    );
 }
 
 // checklist #7–#12 (TestSpeaker_HandshakeInvalid), tunnel role
@@ -173,7 +202,10 @@ async fn invalid_manager_headers_fail_validation() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         let (r, w) = ours.into_split();
         peer.write_all(header.as_bytes()).await.unwrap();
-        let err = Connection::<TunnelSide>::handshake(r, w, VersionList::current()).await.err().unwrap();
+        let err = Connection::<TunnelSide>::handshake(r, w, VersionList::current())
+            .await
+            .err()
+            .unwrap();
         let text = err.to_string();
         assert!(text.starts_with("validate header ("), "{header:?}: {text}");
         assert!(text.contains(want), "{header:?}: {text}");
@@ -183,18 +215,27 @@ async fn invalid_manager_headers_fail_validation() {
 
 async fn assert_eof_after_header(peer: &mut UnixStream) {
     let mut rest = Vec::new();
-    tokio::time::timeout(T, peer.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(T, peer.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rest, b"codervpn tunnel 1.3\n");
 }
 
 // manager role: a tunnel announcing the wrong role or no common major is refused
 #[tokio::test]
 async fn invalid_tunnel_headers_fail_validation_on_the_manager_side() {
-    for (header, want) in [("codervpn manager 1.3\n", "unexpected role"), ("codervpn tunnel 2.0\n", "not compatible")] {
+    for (header, want) in [
+        ("codervpn manager 1.3\n", "unexpected role"),
+        ("codervpn tunnel 2.0\n", "not compatible"),
+    ] {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         let (r, w) = ours.into_split();
         peer.write_all(header.as_bytes()).await.unwrap();
-        let err = Connection::<ManagerSide>::handshake(r, w, VersionList::current()).await.err().unwrap();
+        let err = Connection::<ManagerSide>::handshake(r, w, VersionList::current())
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains(want), "{err}");
     }
 }
@@ -208,7 +249,9 @@ async fn header_is_read_byte_at_a_time_leaving_the_first_frame_intact() {
     encode_frame(&get_peer_update_request(4), "ManagerMessage", &mut frame).unwrap();
     bytes.extend_from_slice(&frame);
     peer.write_all(&bytes).await.unwrap();
-    let mut conn = Connection::<TunnelSide>::handshake(r, w, VersionList::current()).await.unwrap();
+    let mut conn = Connection::<TunnelSide>::handshake(r, w, VersionList::current())
+        .await
+        .unwrap();
     let Some(Incoming::Request { id: 4, .. }) = conn.next_incoming().await else {
         panic!("first frame lost");
     };
@@ -216,7 +259,10 @@ async fn header_is_read_byte_at_a_time_leaving_the_first_frame_intact() {
 
 fn get_peer_update_request(id: u64) -> ManagerMessage {
     ManagerMessage {
-        rpc: Some(vpn::Rpc { msg_id: id, response_to: 0 }),
+        rpc: Some(vpn::Rpc {
+            msg_id: id,
+            response_to: 0,
+        }),
         ..get_peer_update()
     }
 }
@@ -229,7 +275,9 @@ async fn corrupt_frame_closes_the_connection() {
     corrupt.extend_from_slice(&[0u8; 10]);
     peer.write_all(&corrupt).await.unwrap();
     assert!(conn.next_incoming().await.is_none());
-    let CloseReason::Error(e) = conn.handle().closed().await else { panic!("wrong reason") };
+    let CloseReason::Error(e) = conn.handle().closed().await else {
+        panic!("wrong reason")
+    };
     assert!(e.contains("failed to unmarshal"), "{e}");
     assert_eof(&mut peer).await;
 }
@@ -240,7 +288,9 @@ async fn oversize_frame_closes_the_connection_and_dispatches_nothing() {
     let (mut conn, mut peer) = tunnel_with_raw_peer("codervpn manager 1.3\n").await;
     peer.write_all(&0x0100_0001u32.to_be_bytes()).await.unwrap();
     assert!(conn.next_incoming().await.is_none());
-    let CloseReason::Error(e) = conn.handle().closed().await else { panic!("wrong reason") };
+    let CloseReason::Error(e) = conn.handle().closed().await else {
+        panic!("wrong reason")
+    };
     assert!(e.contains("exceeds max"), "{e}");
     assert_eof(&mut peer).await;
 }
@@ -249,11 +299,19 @@ async fn oversize_frame_closes_the_connection_and_dispatches_nothing() {
 #[tokio::test]
 async fn oversize_send_fails_locally_and_writes_nothing() {
     let (conn, mut peer) = tunnel_with_raw_peer("codervpn manager 1.3\n").await;
-    let err = conn.handle().notify(log_msg(&"x".repeat(MAX_FRAME_LEN))).await.unwrap_err();
+    let err = conn
+        .handle()
+        .notify(log_msg(&"x".repeat(MAX_FRAME_LEN)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, RpcError::Frame(_)), "{err}");
     conn.handle().notify(log_msg("after")).await.unwrap();
     let got: TunnelMessage = read_frame(&mut peer).await.unwrap();
-    assert_eq!(got, log_msg("after"), "nothing was written before the next frame");
+    assert_eq!(
+        got,
+        log_msg("after"),
+        "nothing was written before the next frame"
+    );
 }
 
 #[tokio::test]
@@ -272,7 +330,9 @@ async fn frame_of_exactly_16_mib_is_received() {
         peer.write_all(&wire).await.unwrap();
         peer
     });
-    let Some(Incoming::OneWay(msg)) = tunnel.next_incoming().await else { panic!("not received") };
+    let Some(Incoming::OneWay(msg)) = tunnel.next_incoming().await else {
+        panic!("not received")
+    };
     assert_eq!(msg, ManagerMessage::default(), "unknown fields are ignored");
     drop(writer.await.unwrap());
 }
@@ -282,10 +342,15 @@ async fn frame_of_exactly_16_mib_is_received() {
 async fn zero_length_frame_is_an_empty_message_and_the_connection_stays_open() {
     let (mut conn, mut peer) = tunnel_with_raw_peer("codervpn manager 1.3\n").await;
     peer.write_all(&[0, 0, 0, 0]).await.unwrap();
-    let Some(Incoming::OneWay(msg)) = conn.next_incoming().await else { panic!("not one-way") };
+    let Some(Incoming::OneWay(msg)) = conn.next_incoming().await else {
+        panic!("not one-way")
+    };
     assert_eq!(msg, ManagerMessage::default());
     write_frame(&mut peer, &get_peer_update_request(2)).await;
-    assert!(matches!(conn.next_incoming().await, Some(Incoming::Request { id: 2, .. })));
+    assert!(matches!(
+        conn.next_incoming().await,
+        Some(Incoming::Request { id: 2, .. })
+    ));
 }
 
 // checklist #25
@@ -294,7 +359,9 @@ async fn eof_inside_a_length_prefix_closes_and_fails_pending_requests() {
     let (ours, mut peer) = UnixStream::pair().unwrap();
     let (r, w) = ours.into_split();
     peer.write_all(b"codervpn tunnel 1.3\n").await.unwrap();
-    let conn = Connection::<ManagerSide>::handshake(r, w, VersionList::current()).await.unwrap();
+    let conn = Connection::<ManagerSide>::handshake(r, w, VersionList::current())
+        .await
+        .unwrap();
     let h = conn.handle().clone();
     let pending = tokio::spawn(async move { h.request(get_peer_update()).await });
     let mut skip = vec![0u8; 21];
@@ -302,8 +369,15 @@ async fn eof_inside_a_length_prefix_closes_and_fails_pending_requests() {
     let _request: ManagerMessage = read_frame(&mut peer).await.unwrap();
     peer.write_all(&[0, 0]).await.unwrap();
     drop(peer);
-    let err = tokio::time::timeout(T, pending).await.unwrap().unwrap().unwrap_err();
-    assert!(err.to_string().contains("stream ended inside a frame"), "{err}");
+    let err = tokio::time::timeout(T, pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("stream ended inside a frame"),
+        "{err}"
+    );
 }
 
 // checklist #24: every message type survives the trip in both directions
@@ -314,22 +388,33 @@ async fn every_message_type_round_trips() {
         tunnel_file_descriptor: 7,
         coder_url: "https://coder.example.com".into(),
         api_token: "token".into(),
-        headers: vec![vpn::start_request::Header { name: "a".into(), value: "b".into() }],
+        headers: vec![vpn::start_request::Header {
+            name: "a".into(),
+            value: "b".into(),
+        }],
         device_id: "d".into(),
         device_os: "Linux".into(),
         coder_desktop_version: "0.1".into(),
     };
     let manager_msgs = [
         manager_message::Msg::GetPeerUpdate(vpn::GetPeerUpdate {}),
-        manager_message::Msg::NetworkSettings(vpn::NetworkSettingsResponse { success: false, error_message: "x".into() }),
+        manager_message::Msg::NetworkSettings(vpn::NetworkSettingsResponse {
+            success: false,
+            error_message: "x".into(),
+        }),
         manager_message::Msg::Start(start),
         manager_message::Msg::Stop(vpn::StopRequest {}),
         manager_message::Msg::Wake(vpn::WakeRequest {}),
     ];
     for m in manager_msgs {
-        let sent = ManagerMessage { rpc: None, msg: Some(m) };
+        let sent = ManagerMessage {
+            rpc: None,
+            msg: Some(m),
+        };
         manager.handle().notify(sent.clone()).await.unwrap();
-        let Some(Incoming::OneWay(got)) = tunnel.next_incoming().await else { panic!() };
+        let Some(Incoming::OneWay(got)) = tunnel.next_incoming().await else {
+            panic!()
+        };
         assert_eq!(got, sent);
     }
     let settings = vpn::NetworkSettingsRequest {
@@ -353,9 +438,15 @@ async fn every_message_type_round_trips() {
             workspace_id: vec![2; 16],
             fqdn: vec!["a.w.me.coder.".into()],
             ip_addrs: vec!["fd60:627a:a42b:101::".into()],
-            last_handshake: Some(prost_types::Timestamp { seconds: -62135596800, nanos: 0 }),
+            last_handshake: Some(prost_types::Timestamp {
+                seconds: -62135596800,
+                nanos: 0,
+            }),
             last_ping: Some(vpn::LastPing {
-                latency: Some(prost_types::Duration { seconds: 0, nanos: 100_000_000 }),
+                latency: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 100_000_000,
+                }),
                 did_p2p: true,
                 preferred_derp: "Coder Region".into(),
                 preferred_derp_latency: None,
@@ -368,18 +459,32 @@ async fn every_message_type_round_trips() {
             level: vpn::log::Level::Critical as i32,
             message: "m".into(),
             logger_names: vec!["vpn".into()],
-            fields: vec![vpn::log::Field { name: "k".into(), value: "v".into() }],
+            fields: vec![vpn::log::Field {
+                name: "k".into(),
+                value: "v".into(),
+            }],
         }),
         tunnel_message::Msg::PeerUpdate(update),
         tunnel_message::Msg::NetworkSettings(settings),
-        tunnel_message::Msg::Start(vpn::StartResponse { success: true, error_message: String::new() }),
-        tunnel_message::Msg::Stop(vpn::StopResponse { success: false, error_message: "e".into() }),
+        tunnel_message::Msg::Start(vpn::StartResponse {
+            success: true,
+            error_message: String::new(),
+        }),
+        tunnel_message::Msg::Stop(vpn::StopResponse {
+            success: false,
+            error_message: "e".into(),
+        }),
         tunnel_message::Msg::Wake(vpn::WakeResponse { success: true }),
     ];
     for m in tunnel_msgs {
-        let sent = TunnelMessage { rpc: None, msg: Some(m) };
+        let sent = TunnelMessage {
+            rpc: None,
+            msg: Some(m),
+        };
         tunnel.handle().notify(sent.clone()).await.unwrap();
-        let Some(Incoming::OneWay(got)) = manager.next_incoming().await else { panic!() };
+        let Some(Incoming::OneWay(got)) = manager.next_incoming().await else {
+            panic!()
+        };
         assert_eq!(got, sent);
     }
 }
@@ -390,12 +495,23 @@ async fn request_gets_the_reply_with_matching_response_to() {
     let (mut manager, mut tunnel) = pair().await;
     let th = tunnel.handle().clone();
     let responder = tokio::spawn(async move {
-        let Some(Incoming::Request { id, msg }) = tunnel.next_incoming().await else { panic!() };
-        assert!(matches!(msg.msg, Some(manager_message::Msg::GetPeerUpdate(_))));
+        let Some(Incoming::Request { id, msg }) = tunnel.next_incoming().await else {
+            panic!()
+        };
+        assert!(matches!(
+            msg.msg,
+            Some(manager_message::Msg::GetPeerUpdate(_))
+        ));
         assert_eq!(id, 1, "ids start at 1");
-        th.reply(id, TunnelMessage { rpc: None, msg: Some(tunnel_message::Msg::PeerUpdate(Default::default())) })
-            .await
-            .unwrap();
+        th.reply(
+            id,
+            TunnelMessage {
+                rpc: None,
+                msg: Some(tunnel_message::Msg::PeerUpdate(Default::default())),
+            },
+        )
+        .await
+        .unwrap();
         // and the tunnel asks the manager something
         let reply = th
             .request(TunnelMessage {
@@ -404,38 +520,72 @@ async fn request_gets_the_reply_with_matching_response_to() {
             })
             .await
             .unwrap();
-        assert_eq!(reply.rpc.unwrap().response_to, 1, "the tunnel's own counter starts at 1");
+        assert_eq!(
+            reply.rpc.unwrap().response_to,
+            1,
+            "the tunnel's own counter starts at 1"
+        );
         tunnel
     });
     let reply = manager.handle().request(get_peer_update()).await.unwrap();
-    assert_eq!(reply.rpc, Some(vpn::Rpc { msg_id: 0, response_to: 1 }));
-    let Some(Incoming::Request { id, .. }) = manager.next_incoming().await else { panic!() };
+    assert_eq!(
+        reply.rpc,
+        Some(vpn::Rpc {
+            msg_id: 0,
+            response_to: 1
+        })
+    );
+    let Some(Incoming::Request { id, .. }) = manager.next_incoming().await else {
+        panic!()
+    };
     manager
         .handle()
-        .reply(id, ManagerMessage {
-            rpc: None,
-            msg: Some(manager_message::Msg::NetworkSettings(vpn::NetworkSettingsResponse { success: true, ..Default::default() })),
-        })
+        .reply(
+            id,
+            ManagerMessage {
+                rpc: None,
+                msg: Some(manager_message::Msg::NetworkSettings(
+                    vpn::NetworkSettingsResponse {
+                        success: true,
+                        ..Default::default()
+                    },
+                )),
+            },
+        )
         .await
         .unwrap();
     let mut tunnel = responder.await.unwrap();
     manager.handle().close();
-    assert!(tunnel.next_incoming().await.is_none(), "closing one side ends the other's stream");
+    assert!(
+        tunnel.next_incoming().await.is_none(),
+        "closing one side ends the other's stream"
+    );
 }
 
 // checklist #27 (TestSpeaker_unaryRPC_canceled)
 #[tokio::test]
 async fn cancelled_request_drops_the_late_reply() {
     let (manager, mut tunnel) = pair().await;
-    let cancelled = tokio::time::timeout(Duration::from_millis(50), manager.handle().request(get_peer_update())).await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        manager.handle().request(get_peer_update()),
+    )
+    .await;
     assert!(cancelled.is_err(), "no reply yet, so the caller gave up");
-    let Some(Incoming::Request { id, .. }) = tunnel.next_incoming().await else { panic!() };
-    let late = TunnelMessage { rpc: None, msg: Some(tunnel_message::Msg::PeerUpdate(Default::default())) };
+    let Some(Incoming::Request { id, .. }) = tunnel.next_incoming().await else {
+        panic!()
+    };
+    let late = TunnelMessage {
+        rpc: None,
+        msg: Some(tunnel_message::Msg::PeerUpdate(Default::default())),
+    };
     tunnel.handle().reply(id, late.clone()).await.unwrap();
     // The connection still works afterwards.
     let th = tunnel.handle().clone();
     let responder = tokio::spawn(async move {
-        let Some(Incoming::Request { id, .. }) = tunnel.next_incoming().await else { panic!() };
+        let Some(Incoming::Request { id, .. }) = tunnel.next_incoming().await else {
+            panic!()
+        };
         th.reply(id, late).await.unwrap();
     });
     let reply = manager.handle().request(get_peer_update()).await.unwrap();
@@ -451,9 +601,17 @@ async fn hang_up_fails_pending_and_later_requests_with_unexpected_eof() {
     let pending = tokio::spawn(async move { h.request(get_peer_update()).await });
     assert!(tunnel.next_incoming().await.is_some());
     drop(tunnel);
-    let err = tokio::time::timeout(T, pending).await.unwrap().unwrap().unwrap_err();
+    let err = tokio::time::timeout(T, pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.to_string(), "connection closed: unexpected EOF");
-    let err = manager.handle().request(get_peer_update()).await.unwrap_err();
+    let err = manager
+        .handle()
+        .request(get_peer_update())
+        .await
+        .unwrap_err();
     assert_eq!(err.to_string(), "connection closed: unexpected EOF");
 }
 
@@ -462,16 +620,33 @@ async fn hang_up_fails_pending_and_later_requests_with_unexpected_eof() {
 async fn reply_sets_only_response_to_and_one_way_has_no_rpc() {
     let (mut conn, mut peer) = tunnel_with_raw_peer("codervpn manager 1.3\n").await;
     write_frame(&mut peer, &get_peer_update_request(33)).await;
-    let Some(Incoming::Request { id, .. }) = conn.next_incoming().await else { panic!() };
+    let Some(Incoming::Request { id, .. }) = conn.next_incoming().await else {
+        panic!()
+    };
     conn.handle()
-        .reply(id, TunnelMessage { rpc: None, msg: Some(tunnel_message::Msg::PeerUpdate(Default::default())) })
+        .reply(
+            id,
+            TunnelMessage {
+                rpc: None,
+                msg: Some(tunnel_message::Msg::PeerUpdate(Default::default())),
+            },
+        )
         .await
         .unwrap();
     let reply: TunnelMessage = read_frame(&mut peer).await.unwrap();
-    assert_eq!(reply.rpc, Some(vpn::Rpc { msg_id: 0, response_to: 33 }));
+    assert_eq!(
+        reply.rpc,
+        Some(vpn::Rpc {
+            msg_id: 0,
+            response_to: 33
+        })
+    );
     // a one-way message whose caller set an rpc still goes out without one
     let mut one_way = log_msg("x");
-    one_way.rpc = Some(vpn::Rpc { msg_id: 9, response_to: 9 });
+    one_way.rpc = Some(vpn::Rpc {
+        msg_id: 9,
+        response_to: 9,
+    });
     conn.handle().notify(one_way).await.unwrap();
     let mut len = [0u8; 4];
     peer.read_exact(&mut len).await.unwrap();
@@ -487,13 +662,20 @@ async fn concurrent_requests_answered_in_reverse_order_reach_their_callers() {
     let (manager, mut tunnel) = pair().await;
     let (h1, h2) = (manager.handle().clone(), manager.handle().clone());
     let first = tokio::spawn(async move { h1.request(get_peer_update()).await });
-    let Some(Incoming::Request { id: id1, .. }) = tunnel.next_incoming().await else { panic!() };
+    let Some(Incoming::Request { id: id1, .. }) = tunnel.next_incoming().await else {
+        panic!()
+    };
     let second = tokio::spawn(async move { h2.request(get_peer_update()).await });
-    let Some(Incoming::Request { id: id2, .. }) = tunnel.next_incoming().await else { panic!() };
+    let Some(Incoming::Request { id: id2, .. }) = tunnel.next_incoming().await else {
+        panic!()
+    };
     for (id, name) in [(id2, "second"), (id1, "first")] {
         let msg = TunnelMessage {
             rpc: None,
-            msg: Some(tunnel_message::Msg::Stop(vpn::StopResponse { success: true, error_message: name.into() })),
+            msg: Some(tunnel_message::Msg::Stop(vpn::StopResponse {
+                success: true,
+                error_message: name.into(),
+            })),
         };
         tunnel.handle().reply(id, msg).await.unwrap();
     }
@@ -508,9 +690,18 @@ async fn concurrent_requests_answered_in_reverse_order_reach_their_callers() {
 #[tokio::test]
 async fn reply_to_nothing_pending_and_empty_rpc_are_dropped() {
     let (mut conn, mut peer) = tunnel_with_raw_peer("codervpn manager 1.3\n").await;
-    let stray = ManagerMessage { rpc: Some(vpn::Rpc { msg_id: 0, response_to: 77 }), ..get_peer_update() };
+    let stray = ManagerMessage {
+        rpc: Some(vpn::Rpc {
+            msg_id: 0,
+            response_to: 77,
+        }),
+        ..get_peer_update()
+    };
     write_frame(&mut peer, &stray).await;
-    let empty_rpc = ManagerMessage { rpc: Some(vpn::Rpc::default()), ..get_peer_update() };
+    let empty_rpc = ManagerMessage {
+        rpc: Some(vpn::Rpc::default()),
+        ..get_peer_update()
+    };
     write_frame(&mut peer, &empty_rpc).await;
     write_frame(&mut peer, &get_peer_update_request(5)).await;
     let Some(Incoming::Request { id: 5, .. }) = conn.next_incoming().await else {
@@ -529,7 +720,13 @@ async fn final_frame_is_last_and_queued_frames_are_discarded() {
     for i in 0..50 {
         h.try_notify(log_msg(&format!("queued {i}"))).unwrap();
     }
-    let stop = TunnelMessage { rpc: None, msg: Some(tunnel_message::Msg::Stop(vpn::StopResponse { success: true, error_message: String::new() })) };
+    let stop = TunnelMessage {
+        rpc: None,
+        msg: Some(tunnel_message::Msg::Stop(vpn::StopResponse {
+            success: true,
+            error_message: String::new(),
+        })),
+    };
     let fin = tokio::spawn(async move { h.send_final(1, stop).await });
     let mut frames = Vec::new();
     while let Some(m) = read_frame::<TunnelMessage>(&mut peer).await {
@@ -537,10 +734,26 @@ async fn final_frame_is_last_and_queued_frames_are_discarded() {
     }
     fin.await.unwrap().unwrap();
     let last = frames.last().unwrap();
-    assert!(matches!(last.msg, Some(tunnel_message::Msg::Stop(_))), "StopResponse is the final frame");
-    assert_eq!(last.rpc, Some(vpn::Rpc { msg_id: 0, response_to: 1 }));
-    assert!(frames.len() < 52, "queued logs were discarded, got {} frames", frames.len());
-    assert!(conn.handle().notify(log_msg("late")).await.is_err(), "nothing can be sent after the final frame");
+    assert!(
+        matches!(last.msg, Some(tunnel_message::Msg::Stop(_))),
+        "StopResponse is the final frame"
+    );
+    assert_eq!(
+        last.rpc,
+        Some(vpn::Rpc {
+            msg_id: 0,
+            response_to: 1
+        })
+    );
+    assert!(
+        frames.len() < 52,
+        "queued logs were discarded, got {} frames",
+        frames.len()
+    );
+    assert!(
+        conn.handle().notify(log_msg("late")).await.is_err(),
+        "nothing can be sent after the final frame"
+    );
 }
 
 #[tokio::test]
@@ -551,7 +764,9 @@ async fn frames_from_many_senders_never_interleave() {
         let h = tunnel.handle().clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
-                h.notify(log_msg(&format!("{t}-{i}-{}", "z".repeat(3000)))).await.unwrap();
+                h.notify(log_msg(&format!("{t}-{i}-{}", "z".repeat(3000))))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -559,7 +774,10 @@ async fn frames_from_many_senders_never_interleave() {
         t.await.unwrap();
     }
     for _ in 0..400 {
-        assert!(matches!(manager.next_incoming().await, Some(Incoming::OneWay(_))));
+        assert!(matches!(
+            manager.next_incoming().await,
+            Some(Incoming::OneWay(_))
+        ));
     }
 }
 
@@ -572,7 +790,10 @@ async fn decoder_and_connection_agree_on_byte_at_a_time_delivery() {
         peer.write_all(&[*b]).await.unwrap();
         tokio::task::yield_now().await;
     }
-    assert!(matches!(conn.next_incoming().await, Some(Incoming::Request { id: 3, .. })));
+    assert!(matches!(
+        conn.next_incoming().await,
+        Some(Incoming::Request { id: 3, .. })
+    ));
     // and the sans-IO decoder sees the same bytes as one frame
     let mut dec = FrameDecoder::new();
     dec.push(&buf);
