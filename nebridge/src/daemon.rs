@@ -16,10 +16,18 @@ use tracing_subscriber::prelude::*;
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Descriptor the manager writes to (manager → tunnel).
-    #[arg(long, env = "CODER_VPN_DAEMON_RPC_READ_FD")]
+    #[arg(
+        long,
+        env = "CODER_VPN_DAEMON_RPC_READ_FD",
+        allow_negative_numbers = true
+    )]
     rpc_read_fd: i32,
     /// Descriptor the manager reads from (tunnel → manager).
-    #[arg(long, env = "CODER_VPN_DAEMON_RPC_WRITE_FD")]
+    #[arg(
+        long,
+        env = "CODER_VPN_DAEMON_RPC_WRITE_FD",
+        allow_negative_numbers = true
+    )]
     rpc_write_fd: i32,
 }
 
