@@ -15,7 +15,11 @@ fn script() -> PathBuf {
 }
 
 fn python(args: &[&str]) -> String {
-    let out = Command::new("python3").arg(script()).args(args).output().expect("python3 is needed for this test");
+    let out = Command::new("python3")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("python3 is needed for this test");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -70,12 +74,20 @@ fn check_tunnel(name: &str, m: &TunnelMessage) {
         }
         ("tunnel_network_settings", Some(tunnel_message::Msg::NetworkSettings(n))) => {
             assert_eq!(m.rpc.unwrap().msg_id, 7);
-            assert_eq!(n.ipv6_settings.as_ref().unwrap().included_routes[0].prefix_length, 48);
-            assert_eq!(n.ipv4_settings.as_ref().unwrap().excluded_routes[0].mask, "255.0.0.0");
+            assert_eq!(
+                n.ipv6_settings.as_ref().unwrap().included_routes[0].prefix_length,
+                48
+            );
+            assert_eq!(
+                n.ipv4_settings.as_ref().unwrap().excluded_routes[0].mask,
+                "255.0.0.0"
+            );
             assert!(n.dns_settings.as_ref().unwrap().match_domains_no_search);
         }
         ("tunnel_log", Some(tunnel_message::Msg::Log(l))) => assert_eq!(l.level, 4),
-        ("tunnel_start", Some(tunnel_message::Msg::Start(s))) => assert_eq!(s.error_message, "missing api token"),
+        ("tunnel_start", Some(tunnel_message::Msg::Start(s))) => {
+            assert_eq!(s.error_message, "missing api token")
+        }
         ("tunnel_stop", Some(tunnel_message::Msg::Stop(s))) => assert!(s.success),
         ("tunnel_wake", Some(tunnel_message::Msg::Wake(w))) => assert!(w.success),
         other => panic!("unexpected fixture {other:?}"),

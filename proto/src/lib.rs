@@ -6,6 +6,7 @@ pub mod connection;
 pub mod fd;
 pub mod frame;
 pub mod header;
+pub mod manager;
 pub mod rpc;
 pub mod side;
 pub mod version;

@@ -804,3 +804,47 @@ async fn decoder_and_connection_agree_on_byte_at_a_time_delivery() {
 
 #[allow(dead_code)]
 fn _halves(_: OwnedReadHalf, _: OwnedWriteHalf) {}
+
+// checklist #44 (ManagerSpeakerTests wakeUnsupportedByPeer), and #43 from the manager's side
+#[tokio::test]
+async fn manager_sends_wake_only_when_the_tunnel_negotiated_1_3() {
+    use codervpn_proto::manager::{ManagerClient, ManagerError};
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let (r, w) = ours.into_split();
+    peer.write_all(b"codervpn tunnel 1.1\n").await.unwrap();
+    let conn = Connection::<ManagerSide>::handshake(r, w, VersionList::current())
+        .await
+        .unwrap();
+    let client = ManagerClient::new(conn.handle().clone());
+    let err = client.wake().await.unwrap_err();
+    assert!(matches!(err, ManagerError::WakeUnsupported { .. }), "{err}");
+    conn.handle().close();
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(
+        rest, b"codervpn manager 1.3\n",
+        "nothing but our header was sent"
+    );
+
+    let (manager, mut tunnel) = pair().await;
+    let client = ManagerClient::new(manager.handle().clone());
+    let th = tunnel.handle().clone();
+    tokio::spawn(async move {
+        let Some(Incoming::Request { id, msg }) = tunnel.next_incoming().await else {
+            panic!()
+        };
+        assert!(matches!(msg.msg, Some(manager_message::Msg::Wake(_))));
+        th.reply(
+            id,
+            TunnelMessage {
+                rpc: None,
+                msg: Some(tunnel_message::Msg::Wake(vpn::WakeResponse {
+                    success: true,
+                })),
+            },
+        )
+        .await
+        .unwrap();
+    });
+    assert!(client.wake().await.unwrap().success);
+}
