@@ -110,6 +110,15 @@ fn fake() -> (FakeConnector, TunnelOptions) {
     (c.clone(), TunnelOptions::new(Arc::new(c)))
 }
 
+/// A tunnel whose fake session has started; the session's link to the manager.
+async fn started() -> (Harness, ManagerLink) {
+    let (connector, opts) = fake();
+    let h = start_tunnel(opts).await;
+    h.manager.handle().request(start()).await.unwrap();
+    let link = connector.shared.lock().unwrap().link.clone().unwrap();
+    (h, link)
+}
+
 fn msg(m: manager_message::Msg) -> ManagerMessage {
     ManagerMessage {
         rpc: None,
@@ -441,10 +450,7 @@ async fn logs_never_contain_the_token_or_header_values() {
 // checklist #37 (TestTunnel_StopConcurrentSenders), #39
 #[tokio::test]
 async fn stop_with_requests_in_flight_ends_with_stop_response_and_fails_them_locally() {
-    let (connector, opts) = fake();
-    let mut h = start_tunnel(opts).await;
-    h.manager.handle().request(start()).await.unwrap();
-    let link = connector.shared.lock().unwrap().link.clone().unwrap();
+    let (mut h, link) = started().await;
     let in_flight = {
         let link = link.clone();
         tokio::spawn(async move {
@@ -522,10 +528,7 @@ async fn stop_before_start_succeeds_then_eof() {
 // checklist #41 (TestTunnel_StopBlockedUpdater)
 #[tokio::test]
 async fn stop_releases_a_sender_blocked_on_a_manager_that_does_not_read() {
-    let (connector, opts) = fake();
-    let mut h = start_tunnel(opts).await;
-    h.manager.handle().request(start()).await.unwrap();
-    let link = connector.shared.lock().unwrap().link.clone().unwrap();
+    let (mut h, link) = started().await;
     let big = vpn::PeerUpdate {
         upserted_workspaces: (0..2000)
             .map(|i| vpn::Workspace {
@@ -606,10 +609,7 @@ async fn wake_is_answered_before_and_after_start() {
 
 #[tokio::test]
 async fn network_settings_reply_reaches_the_session() {
-    let (connector, opts) = fake();
-    let mut h = start_tunnel(opts).await;
-    h.manager.handle().request(start()).await.unwrap();
-    let link = connector.shared.lock().unwrap().link.clone().unwrap();
+    let (mut h, link) = started().await;
     let ask = tokio::spawn(async move {
         let ok = link
             .network_settings(vpn::NetworkSettingsRequest {

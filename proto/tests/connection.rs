@@ -267,32 +267,34 @@ fn get_peer_update_request(id: u64) -> ManagerMessage {
     }
 }
 
-// checklist #20 (TestSpeaker_CorruptMessage)
-#[tokio::test]
-async fn corrupt_frame_closes_the_connection() {
+/// Sends `bytes` after the handshake; the connection must close with an error containing
+/// `want`, dispatch nothing, and the peer must read EOF.
+async fn assert_bad_input_closes(bytes: &[u8], want: &str) {
     let (mut conn, mut peer) = tunnel_with_raw_peer("codervpn manager 1.3\n").await;
-    let mut corrupt = vec![0, 0, 0, 10];
-    corrupt.extend_from_slice(&[0u8; 10]);
-    peer.write_all(&corrupt).await.unwrap();
-    assert!(conn.next_incoming().await.is_none());
+    peer.write_all(bytes).await.unwrap();
+    assert!(
+        conn.next_incoming().await.is_none(),
+        "nothing is dispatched"
+    );
     let CloseReason::Error(e) = conn.handle().closed().await else {
         panic!("wrong reason")
     };
-    assert!(e.contains("failed to unmarshal"), "{e}");
+    assert!(e.contains(want), "{e}");
     assert_eof(&mut peer).await;
+}
+
+// checklist #20 (TestSpeaker_CorruptMessage)
+#[tokio::test]
+async fn corrupt_frame_closes_the_connection() {
+    let mut corrupt = vec![0, 0, 0, 10];
+    corrupt.extend_from_slice(&[0u8; 10]);
+    assert_bad_input_closes(&corrupt, "failed to unmarshal").await;
 }
 
 // checklist #21
 #[tokio::test]
 async fn oversize_frame_closes_the_connection_and_dispatches_nothing() {
-    let (mut conn, mut peer) = tunnel_with_raw_peer("codervpn manager 1.3\n").await;
-    peer.write_all(&0x0100_0001u32.to_be_bytes()).await.unwrap();
-    assert!(conn.next_incoming().await.is_none());
-    let CloseReason::Error(e) = conn.handle().closed().await else {
-        panic!("wrong reason")
-    };
-    assert!(e.contains("exceeds max"), "{e}");
-    assert_eof(&mut peer).await;
+    assert_bad_input_closes(&0x0100_0001u32.to_be_bytes(), "exceeds max").await;
 }
 
 // checklist #22
