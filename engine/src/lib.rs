@@ -9,6 +9,7 @@
 
 pub mod ffi;
 pub mod logs;
+pub mod net;
 pub mod session;
 pub mod tunnel;
 
