@@ -7,6 +7,7 @@
 //! - [`ffi`]: the `OpenTunnel(readFD, writeFD)` export that makes this crate a drop-in for
 //!   Coder's Go dylib.
 
+pub mod device;
 pub mod ffi;
 pub mod logs;
 pub mod net;

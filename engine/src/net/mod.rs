@@ -1,4 +1,6 @@
-//! The data plane: the WireGuard peer set and the loop that moves packets between the
-//! device and the network.
+//! The data plane: the WireGuard peer set, the UDP socket, and the loop that moves packets
+//! between the device and the network.
 
+pub mod runner;
+pub mod udp;
 pub mod wg;

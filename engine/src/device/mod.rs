@@ -1,0 +1,24 @@
+//! Packet devices: where IP packets enter and leave the tunnel.
+//!
+//! - [`FdDevice`]: a file descriptor carrying one IP packet per read/write — a Linux TUN
+//!   (`IFF_TUN | IFF_NO_PI`, created here or handed over by a manager), or a macOS utun,
+//!   whose packets carry a 4-byte address-family prefix ([`Framing::Utun`]).
+
+mod fd;
+#[cfg(target_os = "linux")]
+pub mod linux_tun;
+
+use std::future::Future;
+use std::io;
+
+pub use fd::{FdDevice, Framing};
+
+/// One packet per call, in both directions.
+pub trait Device: Send + Sync {
+    /// Waits for the next packet and reads it into `buf`.
+    fn recv<'a>(&'a self, buf: &'a mut [u8]) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    /// Reads a packet if one is ready; `WouldBlock` otherwise.
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes a packet if the device can take it now; `WouldBlock` otherwise.
+    fn try_send(&self, packet: &[u8]) -> io::Result<()>;
+}

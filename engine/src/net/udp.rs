@@ -1,0 +1,117 @@
+//! The UDP socket WireGuard datagrams travel on: one dual-stack socket with large buffers.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+/// Socket buffer size asked for (the kernel may cap it; as root we force it).
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// A dual-stack UDP socket: IPv4 peers are reached through v4-mapped addresses, and every
+/// source address is reported in canonical form.
+pub struct Udp {
+    socket: UdpSocket,
+    /// The same socket, for sends straight to the kernel: tokio's `try_send_to` reports
+    /// `WouldBlock` until the reactor has seen the socket writable once.
+    sender: std::net::UdpSocket,
+}
+
+impl Udp {
+    /// Binds `[::]:port` (0 = any) with IPv4 enabled too.
+    pub fn bind(port: u16) -> io::Result<Self> {
+        let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_only_v6(false)?;
+        socket.set_nonblocking(true)?;
+        grow_buffers(&socket);
+        let addr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+        socket
+            .bind(&addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("bind UDP port {port}: {e}")))?;
+        let std: std::net::UdpSocket = socket.into();
+        Ok(Self {
+            sender: std.try_clone()?,
+            socket: UdpSocket::from_std(std)?,
+        })
+    }
+
+    pub fn local_port(&self) -> io::Result<u16> {
+        Ok(self.socket.local_addr()?.port())
+    }
+
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (n, from) = self.socket.recv_from(buf).await?;
+        Ok((n, canonical(from)))
+    }
+
+    pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (n, from) = self.socket.try_recv_from(buf)?;
+        Ok((n, canonical(from)))
+    }
+
+    pub fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.sender.send_to(data, mapped(to))
+    }
+}
+
+fn grow_buffers(socket: &Socket) {
+    for (force, normal) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let size = SOCKET_BUFFER as libc::c_int;
+        if setsockopt_int(socket, force, size).is_err() {
+            let _ = setsockopt_int(socket, normal, size);
+        }
+    }
+}
+
+fn setsockopt_int(socket: &Socket, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt reads `value` (a live c_int) for its size; the fd is a socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+fn mapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        SocketAddr::V6(_) => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ipv4_peers_are_reached_and_reported_in_canonical_form() {
+        let a = Udp::bind(0).unwrap();
+        let b = Udp::bind(0).unwrap();
+        let to: SocketAddr = format!("127.0.0.1:{}", b.local_port().unwrap()).parse().unwrap();
+        a.try_send_to(b"ping", to).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = b.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!(from, format!("127.0.0.1:{}", a.local_port().unwrap()).parse::<SocketAddr>().unwrap());
+    }
+}
