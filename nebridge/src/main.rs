@@ -1,6 +1,8 @@
 //! `codervpn`: the command-line front end.
 
 mod daemon;
+mod netlink;
+mod wg;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -22,6 +24,11 @@ enum Command {
     VpnDaemon {
         #[command(subcommand)]
         command: DaemonCommand,
+    },
+    /// Plain WireGuard interfaces (interoperates with wireguard-go, boringtun, the kernel).
+    Wg {
+        #[command(subcommand)]
+        command: wg::WgCommand,
     },
     /// Print the version (`--output=json` prints the Coder release this build matches).
     Version {
@@ -49,6 +56,10 @@ fn main() -> anyhow::Result<()> {
         Command::VpnDaemon {
             command: DaemonCommand::Run(args),
         } => daemon::run(args),
+        Command::Wg { command } => {
+            init_cli_logging();
+            wg::run(command)
+        }
         Command::Version { output } => {
             match output {
                 Output::Json => println!(
@@ -65,4 +76,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Logs to stderr for foreground commands (`CODERVPN_LOG` sets the filter, default info).
+fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CODERVPN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
 }
