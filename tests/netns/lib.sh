@@ -68,6 +68,10 @@ Endpoint = $oveth:$oport
 CONF
 }
 
+# The tunnel interface of SIDE. wireguard-go and boringtun keep their control socket at
+# /var/run/wireguard/<name>.sock, outside any namespace, so names must be unique.
+if_of() { echo "${NS_PREFIX}w$1"; }
+
 ns_of() { if [ "$1" = a ]; then echo "$NS_A"; else echo "$NS_B"; fi; }
 tun_of() { if [ "$1" = a ]; then echo "$TUN_A"; else echo "$TUN_B"; fi; }
 
@@ -75,26 +79,26 @@ tun_of() { if [ "$1" = a ]; then echo "$TUN_A"; else echo "$TUN_B"; fi; }
 start_ours() {
   local side=$1 ns; ns=$(ns_of "$side")
   { wg_conf "$side" | sed "/^ListenPort/a Address = $(tun_of "$side")/24\nMTU = 1420"; } > "$WORK/$side-ours.conf"
-  ip netns exec "$ns" "$CODERVPN" wg up "$WORK/$side-ours.conf" --name wg0 2> "$WORK/$side-ours.log" &
+  ip netns exec "$ns" "$CODERVPN" wg up "$WORK/$side-ours.conf" --name "$(if_of "$side")" 2> "$WORK/$side-ours.log" &
   PIDS+=($!)
-  wait_for_link "$ns" wg0 "$WORK/$side-ours.log"
+  wait_for_link "$ns" "$(if_of "$side")" "$WORK/$side-ours.log"
 }
 
 # start_wggo SIDE: wireguard-go (Debian) configured with wg(8) on host SIDE.
 start_wggo() {
   local side=$1 ns; ns=$(ns_of "$side")
-  WG_PROCESS_FOREGROUND=1 ip netns exec "$ns" wireguard-go wg0 > "$WORK/$side-wggo.log" 2>&1 &
+  WG_PROCESS_FOREGROUND=1 ip netns exec "$ns" wireguard-go "$(if_of "$side")" > "$WORK/$side-wggo.log" 2>&1 &
   PIDS+=($!)
-  wait_for_link "$ns" wg0 "$WORK/$side-wggo.log"
+  wait_for_link "$ns" "$(if_of "$side")" "$WORK/$side-wggo.log"
   configure_uapi "$side"
 }
 
 # start_boringtun SIDE: boringtun-cli configured with wg(8) on host SIDE.
 start_boringtun() {
   local side=$1 ns; ns=$(ns_of "$side")
-  WG_SUDO=1 ip netns exec "$ns" boringtun-cli wg0 --foreground --disable-drop-privileges > "$WORK/$side-bt.log" 2>&1 &
+  WG_SUDO=1 ip netns exec "$ns" boringtun-cli "$(if_of "$side")" --foreground --disable-drop-privileges > "$WORK/$side-bt.log" 2>&1 &
   PIDS+=($!)
-  wait_for_link "$ns" wg0 "$WORK/$side-bt.log"
+  wait_for_link "$ns" "$(if_of "$side")" "$WORK/$side-bt.log"
   configure_uapi "$side"
 }
 
@@ -102,11 +106,11 @@ configure_uapi() {
   local side=$1 ns; ns=$(ns_of "$side")
   wg_conf "$side" > "$WORK/$side-wg.conf"
   for _ in $(seq 50); do
-    ip netns exec "$ns" wg setconf wg0 "$WORK/$side-wg.conf" 2>/dev/null && break
+    ip netns exec "$ns" wg setconf "$(if_of "$side")" "$WORK/$side-wg.conf" 2>/dev/null && break
     sleep 0.1
   done
-  ip -n "$ns" addr add "$(tun_of "$side")/24" dev wg0
-  ip -n "$ns" link set wg0 mtu 1420 up
+  ip -n "$ns" addr add "$(tun_of "$side")/24" dev "$(if_of "$side")"
+  ip -n "$ns" link set "$(if_of "$side")" mtu 1420 up
 }
 
 wait_for_link() {

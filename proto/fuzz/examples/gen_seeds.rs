@@ -77,7 +77,9 @@ fn manager_messages() -> Vec<vpn::ManagerMessage> {
 }
 
 fn tunnel_messages() -> Vec<vpn::TunnelMessage> {
-    use vpn::network_settings_request::{DnsSettings, IPv4Settings, IPv6Settings, i_pv4_settings, i_pv6_settings};
+    use vpn::network_settings_request::{
+        DnsSettings, IPv4Settings, IPv6Settings, i_pv4_settings, i_pv6_settings,
+    };
     use vpn::tunnel_message::Msg;
     vec![
         vpn::TunnelMessage {
@@ -296,17 +298,29 @@ fn main() {
     let mut all = Vec::new();
     for (i, m) in manager_messages().iter().enumerate() {
         let f = frame(m);
-        write(&dir, &format!("manager_{i}"), &[[0x07].as_slice(), &f].concat());
+        write(
+            &dir,
+            &format!("manager_{i}"),
+            &[[0x07].as_slice(), &f].concat(),
+        );
         all.extend_from_slice(&f);
     }
     for (i, m) in tunnel_messages().iter().enumerate() {
         let f = frame(m);
-        write(&dir, &format!("tunnel_{i}"), &[[0x07].as_slice(), &f].concat());
+        write(
+            &dir,
+            &format!("tunnel_{i}"),
+            &[[0x07].as_slice(), &f].concat(),
+        );
         all.extend_from_slice(&f);
     }
     // The whole conversation, cut in a few ways.
     for schedule in [0x00u8, 0x0b, 0x14, 0x37] {
-        write(&dir, &format!("stream_{schedule:02x}"), &[[schedule].as_slice(), &all].concat());
+        write(
+            &dir,
+            &format!("stream_{schedule:02x}"),
+            &[[schedule].as_slice(), &all].concat(),
+        );
     }
     // Edge cases: a zero-length frame, a cut body, a cut prefix, an oversize prefix.
     write(&dir, "zero_length", &[0x07, 0, 0, 0, 0]);
@@ -318,14 +332,26 @@ fn main() {
     let dir = root.join("header");
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let current = VersionList::current();
-    write(&dir, "manager_current", build_header(Role::Manager, &current).as_bytes());
-    write(&dir, "tunnel_current", build_header(Role::Tunnel, &current).as_bytes());
+    write(
+        &dir,
+        "manager_current",
+        build_header(Role::Manager, &current).as_bytes(),
+    );
+    write(
+        &dir,
+        "tunnel_current",
+        build_header(Role::Tunnel, &current).as_bytes(),
+    );
     write(&dir, "manager_1.3_2.1", b"codervpn manager 1.3,2.1\n");
     write(&dir, "tunnel_1.1", b"codervpn tunnel 1.1\n");
     write(&dir, "incompatible", b"codervpn manager 2.0,3.0\n");
     write(&dir, "bad_preamble", b"ssh manager 1.1\n");
     write(&dir, "cr", b"codervpn manager 1.3\r\n");
-    write(&dir, "two_lines", b"codervpn tunnel 1.3\ncodervpn manager 1.2\n");
+    write(
+        &dir,
+        "two_lines",
+        b"codervpn tunnel 1.3\ncodervpn manager 1.2\n",
+    );
     write(&dir, "list", b"1.1,2.3,3.2");
     write(&dir, "negotiate", b"1.3,2.1;1.0,2.4");
 

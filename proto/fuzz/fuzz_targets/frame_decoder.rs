@@ -21,7 +21,9 @@
 use std::fmt::Debug;
 
 use bytes::{Bytes, BytesMut};
-use codervpn_proto::frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, decode_message, encode_frame};
+use codervpn_proto::frame::{
+    FrameDecoder, FrameError, MAX_FRAME_LEN, decode_message, encode_frame,
+};
 use codervpn_proto::vpn;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -47,11 +49,19 @@ fn model(stream: &[u8]) -> Outcome {
         let rest = &stream[at..];
         if rest.len() < PREFIX_LEN {
             let truncated = (!rest.is_empty()).then_some((rest.len(), PREFIX_LEN));
-            return Outcome { frames, too_long: None, truncated };
+            return Outcome {
+                frames,
+                too_long: None,
+                truncated,
+            };
         }
         let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         if len > MAX_FRAME_LEN {
-            return Outcome { frames, too_long: Some(len), truncated: None };
+            return Outcome {
+                frames,
+                too_long: Some(len),
+                truncated: None,
+            };
         }
         if rest.len() < PREFIX_LEN + len {
             return Outcome {
@@ -119,7 +129,11 @@ fn run(stream: &[u8], schedule: u8) -> Outcome {
                     assert!(
                         matches!(dec.next_frame(), Err(FrameError::TooLong { len: l }) if l == len)
                     );
-                    return Outcome { frames, too_long: Some(len), truncated: None };
+                    return Outcome {
+                        frames,
+                        too_long: Some(len),
+                        truncated: None,
+                    };
                 }
                 Err(e) => panic!("next_frame returned an unexpected error: {e}"),
             }
@@ -135,7 +149,11 @@ fn run(stream: &[u8], schedule: u8) -> Outcome {
         }
         Err(e) => panic!("finish returned an unexpected error: {e}"),
     };
-    Outcome { frames, too_long: None, truncated }
+    Outcome {
+        frames,
+        too_long: None,
+        truncated,
+    }
 }
 
 /// Decodes `body` as `M`; if that works, re-encodes, re-frames and re-decodes it.
@@ -198,7 +216,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let want = model(stream);
     let got = run(stream, schedule);
-    assert_eq!(got, want, "decoder disagrees with the model (schedule {schedule:#04x})");
+    assert_eq!(
+        got, want,
+        "decoder disagrees with the model (schedule {schedule:#04x})"
+    );
 
     for frame in &got.frames {
         round_trip::<vpn::ManagerMessage>(frame, "ManagerMessage");

@@ -42,12 +42,23 @@ fn check_peer(line: &str, role: Role, ours: &VersionList, peer: &PeerHeader) {
     assert!(line.starts_with(&prefix), "{line:?} accepted as {role}");
     check_list_invariants(&peer.versions);
     assert_eq!(ours.negotiate(&peer.versions), Some(peer.negotiated));
-    assert!(ours.versions().iter().any(|v| v.major == peer.negotiated.major));
-    assert!(peer.versions.versions().iter().any(|v| v.major == peer.negotiated.major));
+    assert!(
+        ours.versions()
+            .iter()
+            .any(|v| v.major == peer.negotiated.major)
+    );
+    assert!(
+        peer.versions
+            .versions()
+            .iter()
+            .any(|v| v.major == peer.negotiated.major)
+    );
 
     // The line the peer would build from what we understood validates the same way.
     let rebuilt = build_header(role, &peer.versions);
-    let rebuilt = rebuilt.strip_suffix('\n').unwrap_or_else(|| panic!("{rebuilt:?}"));
+    let rebuilt = rebuilt
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("{rebuilt:?}"));
     match validate_header(rebuilt, role, ours) {
         Ok(again) => assert_eq!(&again, peer, "{line:?} vs rebuilt {rebuilt:?}"),
         Err(e) => panic!("rebuilt header {rebuilt:?} (from {line:?}) is refused: {e}"),
@@ -128,10 +139,13 @@ fuzz_target!(|data: &[u8]| {
             check_list(word, &ours);
         }
     }
-    if let Some((a, b)) = text.split_once(';') {
-        if let (Some(a), Some(b)) = (check_list(a, &ours), check_list(b, &ours)) {
-            assert_eq!(a.negotiate(&b), b.negotiate(&a), "{a} vs {b}");
-            assert_eq!(a.negotiate(&a).map(|v| v.major), a.versions().last().map(|v| v.major));
-        }
+    if let Some((a, b)) = text.split_once(';')
+        && let (Some(a), Some(b)) = (check_list(a, &ours), check_list(b, &ours))
+    {
+        assert_eq!(a.negotiate(&b), b.negotiate(&a), "{a} vs {b}");
+        assert_eq!(
+            a.negotiate(&a).map(|v| v.major),
+            a.versions().last().map(|v| v.major)
+        );
     }
 });

@@ -29,7 +29,11 @@ fn round_trip<M: Message + Default + PartialEq + Debug>(data: &[u8], kind: &str)
     #[allow(clippy::eq_op)]
     let has_nan = msg != msg;
     if has_nan {
-        assert_eq!(again.encoded_len(), msg.encoded_len(), "{kind} changed size");
+        assert_eq!(
+            again.encoded_len(),
+            msg.encoded_len(),
+            "{kind} changed size"
+        );
         let third = again.encode_to_vec();
         if let Err(e) = M::decode(third.as_slice()) {
             panic!("twice re-encoded {kind} does not decode: {e}");
