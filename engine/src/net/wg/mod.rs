@@ -359,6 +359,11 @@ fn deliver(
     emit(Emit::Tunnel(data));
 }
 
+/// The public key of a private key.
+pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::from(*private)).to_bytes()
+}
+
 /// The first 8 base64 characters of a key, for logs.
 pub fn key_prefix(key: &[u8; 32]) -> String {
     use base64::Engine;

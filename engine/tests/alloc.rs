@@ -1,0 +1,89 @@
+//! The hot path does not allocate: once a session is up, encapsulating and decapsulating
+//! packets performs zero heap allocations (counted by a global allocator).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use boringtun::x25519::{PublicKey, StaticSecret};
+use codervpn_engine::net::wg::{Emit, PeerConfig, PeerSet};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator, only counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
+    let mut p = vec![0x45, 0, (len >> 8) as u8, len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.resize(len, 0xab);
+    p
+}
+
+#[test]
+fn steady_state_encapsulate_and_decapsulate_do_not_allocate() {
+    let (ka, kb) = ([1u8; 32], [2u8; 32]);
+    let pubk = |k: [u8; 32]| PublicKey::from(&StaticSecret::from(k)).to_bytes();
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("192.0.2.1:1".parse().unwrap(), "192.0.2.2:2".parse().unwrap());
+    let mut a = PeerSet::new(ka);
+    let mut b = PeerSet::new(kb);
+    let peer = |k, ip: &str, ep| PeerConfig {
+        public_key: pubk(k),
+        preshared_key: None,
+        allowed_ips: vec![ip.parse().unwrap()],
+        endpoint: ep,
+        persistent_keepalive: None,
+    };
+    a.upsert_peer(peer(kb, "10.0.0.2/32", Some(b_addr)));
+    b.upsert_peer(peer(ka, "10.0.0.1/32", Some(a_addr)));
+    let packet = ipv4([10, 0, 0, 1], [10, 0, 0, 2], 1420);
+    let mut buf_a = vec![0u8; 2048];
+    let mut buf_b = vec![0u8; 2048];
+    let mut wire = vec![0u8; 2048];
+    let mut run = |rounds: usize| {
+        let mut delivered = 0;
+        for _ in 0..rounds {
+            let mut len = 0;
+            a.encapsulate(&packet, &mut buf_a, &mut |e| {
+                if let Emit::Network { data, .. } = e {
+                    wire[..data.len()].copy_from_slice(data);
+                    len = data.len();
+                }
+            });
+            // Handshake messages flow back and forth until the session is up.
+            let mut back = Vec::new();
+            b.decapsulate(a_addr, &wire[..len], &mut buf_b, &mut |e| match e {
+                Emit::Network { data, .. } => back.push(data.to_vec()),
+                Emit::Tunnel(_) => delivered += 1,
+            });
+            for d in back {
+                a.decapsulate(b_addr, &d, &mut buf_a, &mut |_| {});
+            }
+        }
+        delivered
+    };
+    assert!(run(10) > 0, "session established");
+    let before = ALLOCS.load(Ordering::SeqCst);
+    let delivered = run(10_000);
+    let allocs = ALLOCS.load(Ordering::SeqCst) - before;
+    assert_eq!(delivered, 10_000);
+    assert_eq!(allocs, 0, "{allocs} allocations in 10 000 packets");
+}
