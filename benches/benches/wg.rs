@@ -16,7 +16,28 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 const SIZES: [usize; 3] = [64, 1280, 1420];
 
 fn ipv4(len: usize) -> Vec<u8> {
-    let mut p = vec![0x45, 0, (len >> 8) as u8, len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    let mut p = vec![
+        0x45,
+        0,
+        (len >> 8) as u8,
+        len as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+        10,
+        0,
+        0,
+        1,
+        10,
+        0,
+        0,
+        2,
+    ];
     p.resize(len, 0xab);
     p
 }
@@ -43,7 +64,12 @@ fn pair() -> Pair {
     let mut b = PeerSet::new(kb);
     a.upsert_peer(peer(&kb, "10.0.0.2/32", b_addr));
     b.upsert_peer(peer(&ka, "10.0.0.1/32", a_addr));
-    Pair { a, b, a_addr, b_addr }
+    Pair {
+        a,
+        b,
+        a_addr,
+        b_addr,
+    }
 }
 
 /// Runs a handshake to completion; returns whether data reached b.
@@ -105,7 +131,11 @@ fn encap_decap(c: &mut Criterion) {
                 nonce[4..].copy_from_slice(&counter.to_le_bytes());
                 sealed[..size].copy_from_slice(black_box(&packet));
                 let tag = key
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed[..size])
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::empty(),
+                        &mut sealed[..size],
+                    )
                     .unwrap();
                 sealed[size..].copy_from_slice(tag.as_ref());
                 black_box(sealed[0])
@@ -145,7 +175,11 @@ fn encap_decap(c: &mut Criterion) {
         nonce[4..].copy_from_slice(&1u64.to_le_bytes());
         let mut ciphertext = packet.clone();
         let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut ciphertext)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut ciphertext,
+            )
             .unwrap();
         ciphertext.extend_from_slice(tag.as_ref());
         let mut work = vec![0u8; size + 16];
@@ -165,7 +199,11 @@ fn encap_decap(c: &mut Criterion) {
 fn handshake_time(c: &mut Criterion) {
     let packet = ipv4(64);
     c.bench_function("wg_full_handshake", |b| {
-        b.iter_batched(pair, |mut p| assert!(handshake(&mut p, &packet)), BatchSize::SmallInput)
+        b.iter_batched(
+            pair,
+            |mut p| assert!(handshake(&mut p, &packet)),
+            BatchSize::SmallInput,
+        )
     });
 }
 

@@ -31,7 +31,20 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn ipv4(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
-    let mut p = vec![0x45, 0, (len >> 8) as u8, len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    let mut p = vec![
+        0x45,
+        0,
+        (len >> 8) as u8,
+        len as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
     p.extend_from_slice(&src);
     p.extend_from_slice(&dst);
     p.resize(len, 0xab);
@@ -42,7 +55,10 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
 fn steady_state_encapsulate_and_decapsulate_do_not_allocate() {
     let (ka, kb) = ([1u8; 32], [2u8; 32]);
     let pubk = |k: [u8; 32]| PublicKey::from(&StaticSecret::from(k)).to_bytes();
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("192.0.2.1:1".parse().unwrap(), "192.0.2.2:2".parse().unwrap());
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        "192.0.2.1:1".parse().unwrap(),
+        "192.0.2.2:2".parse().unwrap(),
+    );
     let mut a = PeerSet::new(ka);
     let mut b = PeerSet::new(kb);
     let peer = |k, ip: &str, ep| PeerConfig {

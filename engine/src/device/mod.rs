@@ -16,7 +16,8 @@ pub use fd::{FdDevice, Framing};
 /// One packet per call, in both directions.
 pub trait Device: Send + Sync {
     /// Waits for the next packet and reads it into `buf`.
-    fn recv<'a>(&'a self, buf: &'a mut [u8]) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    fn recv<'a>(&'a self, buf: &'a mut [u8])
+    -> impl Future<Output = io::Result<usize>> + Send + 'a;
     /// Reads a packet if one is ready; `WouldBlock` otherwise.
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes a packet if the device can take it now; `WouldBlock` otherwise.

@@ -3,4 +3,5 @@
 
 pub mod runner;
 pub mod udp;
+pub mod udp_batch;
 pub mod wg;

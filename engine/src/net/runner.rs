@@ -8,7 +8,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
 
+use std::os::fd::RawFd;
+
 use super::udp::Udp;
+use super::udp_batch::{self, SendBatch};
 use super::wg::{Counters, Emit, PeerConfig, PeerSet, PeerStats};
 use crate::device::Device;
 
@@ -48,17 +51,29 @@ pub async fn run<D: Device>(
     let mut dev_buf = vec![0u8; BUF];
     let mut net_buf = vec![0u8; BUF];
     let mut out = vec![0u8; BUF + 64];
-    let mut io_stats = (0u64, 0u64);
+    let gro = udp.enable_gro();
+    let mut outbox = Outbox {
+        fd: udp.raw_fd(),
+        batch: SendBatch::default(),
+        gso: true,
+        udp_send_failed: 0,
+        device_write_failed: 0,
+    };
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    info!(peers = peers.len(), port = udp.local_port().unwrap_or(0), "WireGuard data plane running");
+    info!(
+        peers = peers.len(),
+        port = udp.local_port().unwrap_or(0),
+        gro,
+        "WireGuard data plane running"
+    );
     loop {
         tokio::select! {
             r = device.recv(&mut dev_buf) => {
                 let mut n = r.map_err(|e| io::Error::new(e.kind(), format!("reading the packet device: {e}")))?;
                 for i in 0..BATCH {
-                    peers.encapsulate(&dev_buf[..n], &mut out, &mut |e| emit(&udp, &device, &mut io_stats, e));
+                    peers.encapsulate(&dev_buf[..n], &mut out, &mut |e| outbox.emit(&device, e));
                     if i + 1 == BATCH {
                         break;
                     }
@@ -68,27 +83,28 @@ pub async fn run<D: Device>(
                         Err(e) => return Err(io::Error::new(e.kind(), format!("reading the packet device: {e}"))),
                     };
                 }
+                outbox.flush();
             }
-            r = udp.recv_from(&mut net_buf) => {
-                let mut got = r;
-                for i in 0..BATCH {
-                    match got {
-                        Ok((n, from)) => {
-                            trace!(%from, len = n, "datagram");
-                            peers.decapsulate(from, &net_buf[..n], &mut out, &mut |e| emit(&udp, &device, &mut io_stats, e));
+            r = udp.readable() => {
+                r.map_err(|e| io::Error::new(e.kind(), format!("waiting on the UDP socket: {e}")))?;
+                for _ in 0..BATCH {
+                    match udp.try_recv_batch(&mut net_buf) {
+                        Ok((n, from, segment)) => {
+                            trace!(%from, len = n, segment, "datagrams");
+                            for datagram in net_buf[..n].chunks(segment) {
+                                peers.decapsulate(from, datagram, &mut out, &mut |e| outbox.emit(&device, e));
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         // ICMP errors surface here (ECONNREFUSED…): not fatal for a UDP server.
                         Err(e) => debug!(error = %e, "UDP receive error"),
                     }
-                    if i + 1 == BATCH {
-                        break;
-                    }
-                    got = udp.try_recv_from(&mut net_buf);
                 }
+                outbox.flush();
             }
             _ = tick.tick() => {
-                peers.update_timers(tokio::time::Instant::now().into_std(), &mut out, &mut |e| emit(&udp, &device, &mut io_stats, e));
+                peers.update_timers(tokio::time::Instant::now().into_std(), &mut out, &mut |e| outbox.emit(&device, e));
+                outbox.flush();
             }
             cmd = commands.recv() => match cmd {
                 Some(WgCommand::UpsertPeer(p)) => peers.upsert_peer(p),
@@ -97,8 +113,8 @@ pub async fn run<D: Device>(
                     let _ = tx.send(WgStats {
                         peers: peers.stats().collect(),
                         dropped: peers.counters().clone(),
-                        udp_send_failed: io_stats.0,
-                        device_write_failed: io_stats.1,
+                        udp_send_failed: outbox.udp_send_failed,
+                        device_write_failed: outbox.device_write_failed,
                     });
                 }
                 None => {}
@@ -111,22 +127,46 @@ pub async fn run<D: Device>(
     }
 }
 
-fn emit<D: Device>(udp: &Udp, device: &D, io_stats: &mut (u64, u64), e: Emit<'_>) {
-    match e {
-        Emit::Network { to, data } => {
-            if let Err(err) = udp.try_send_to(data, to) {
-                io_stats.0 += 1;
-                if io_stats.0.is_power_of_two() {
-                    warn!(%to, error = %err, failures = io_stats.0, "UDP send failed");
+/// Where emitted packets go: datagrams are batched per destination (segmentation
+/// offload), device packets are written at once.
+struct Outbox {
+    fd: RawFd,
+    batch: SendBatch,
+    gso: bool,
+    udp_send_failed: u64,
+    device_write_failed: u64,
+}
+
+impl Outbox {
+    fn emit<D: Device>(&mut self, device: &D, e: Emit<'_>) {
+        match e {
+            Emit::Network { to, data } => {
+                if !self.batch.fits(data, to) {
+                    self.flush();
+                }
+                self.batch.push(data, to);
+            }
+            Emit::Tunnel(data) => {
+                if let Err(err) = device.try_send(data) {
+                    self.device_write_failed += 1;
+                    if self.device_write_failed.is_power_of_two() {
+                        warn!(error = %err, failures = self.device_write_failed, "device write failed");
+                    }
                 }
             }
         }
-        Emit::Tunnel(data) => {
-            if let Err(err) = device.try_send(data) {
-                io_stats.1 += 1;
-                if io_stats.1.is_power_of_two() {
-                    warn!(error = %err, failures = io_stats.1, "device write failed");
-                }
+    }
+
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let failed = udp_batch::flush(self.fd, &mut self.batch, &mut self.gso) as u64;
+        if failed > 0 {
+            let before = self.udp_send_failed;
+            self.udp_send_failed += failed;
+            if before.leading_zeros() != self.udp_send_failed.leading_zeros() {
+                warn!(failures = self.udp_send_failed, "UDP sends failed");
             }
         }
     }

@@ -40,6 +40,30 @@ impl Udp {
         Ok(self.socket.local_addr()?.port())
     }
 
+    /// The socket's descriptor, for batched sends ([`super::udp_batch::flush`]).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sender.as_raw_fd()
+    }
+
+    /// Turns on receive coalescing; returns whether the kernel supports it.
+    pub fn enable_gro(&self) -> bool {
+        super::udp_batch::enable_gro(self.raw_fd())
+    }
+
+    /// Waits until a datagram may be readable.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// One coalesced receive: (bytes, source, segment size); `WouldBlock` when empty.
+    pub fn try_recv_batch(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+        let fd = self.raw_fd();
+        self.socket.try_io(tokio::io::Interest::READABLE, || {
+            super::udp_batch::recv_gro(fd, buf)
+        })
+    }
+
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         let (n, from) = self.socket.recv_from(buf).await?;
         Ok((n, canonical(from)))
@@ -79,7 +103,11 @@ fn setsockopt_int(socket: &Socket, opt: libc::c_int, value: libc::c_int) -> io::
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -107,11 +135,18 @@ mod tests {
     async fn ipv4_peers_are_reached_and_reported_in_canonical_form() {
         let a = Udp::bind(0).unwrap();
         let b = Udp::bind(0).unwrap();
-        let to: SocketAddr = format!("127.0.0.1:{}", b.local_port().unwrap()).parse().unwrap();
+        let to: SocketAddr = format!("127.0.0.1:{}", b.local_port().unwrap())
+            .parse()
+            .unwrap();
         a.try_send_to(b"ping", to).unwrap();
         let mut buf = [0u8; 16];
         let (n, from) = b.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"ping");
-        assert_eq!(from, format!("127.0.0.1:{}", a.local_port().unwrap()).parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            from,
+            format!("127.0.0.1:{}", a.local_port().unwrap())
+                .parse::<SocketAddr>()
+                .unwrap()
+        );
     }
 }

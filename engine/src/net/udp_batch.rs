@@ -1,0 +1,251 @@
+//! Batched UDP I/O on Linux: segmentation offload on send (`UDP_SEGMENT`: one `sendmsg`
+//! carries up to 64 equal-size datagrams to one destination) and receive coalescing
+//! (`UDP_GRO`: one `recvmsg` returns several datagrams from one source, back to back).
+//! Falls back to one datagram per call where the kernel refuses.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Most datagrams one GSO send may carry.
+pub const MAX_SEGMENTS: usize = 64;
+/// Most bytes one GSO send may carry (a UDP payload limit).
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// Datagrams waiting to go out to one destination, all `seg` bytes but the last.
+pub struct SendBatch {
+    buf: Vec<u8>,
+    seg: usize,
+    count: usize,
+    to: Option<SocketAddr>,
+    /// The last datagram was shorter than `seg`: nothing may follow it in this batch.
+    closed: bool,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self {
+            buf: Vec::with_capacity(MAX_GSO_BYTES + 2048),
+            seg: 0,
+            count: 0,
+            to: None,
+            closed: false,
+        }
+    }
+}
+
+impl SendBatch {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether `data` for `to` can join this batch.
+    pub fn fits(&self, data: &[u8], to: SocketAddr) -> bool {
+        self.count == 0
+            || (self.to == Some(to)
+                && !self.closed
+                && data.len() <= self.seg
+                && self.count < MAX_SEGMENTS
+                && self.buf.len() + data.len() <= MAX_GSO_BYTES)
+    }
+
+    /// Appends; the caller checked [`SendBatch::fits`].
+    pub fn push(&mut self, data: &[u8], to: SocketAddr) {
+        if self.count == 0 {
+            self.seg = data.len();
+            self.to = Some(to);
+            self.closed = false;
+        } else if data.len() < self.seg {
+            self.closed = true;
+        }
+        self.buf.extend_from_slice(data);
+        self.count += 1;
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+        self.to = None;
+        self.closed = false;
+    }
+}
+
+/// Sends the batch (one `sendmsg` with `UDP_SEGMENT` when it holds several datagrams and
+/// `gso` is on; else one `sendto` per datagram), then empties it. Returns the datagrams
+/// that could not be sent. Turns `gso` off if the kernel rejects segmentation.
+pub fn flush(fd: RawFd, batch: &mut SendBatch, gso: &mut bool) -> usize {
+    let Some(to) = batch.to else {
+        return 0;
+    };
+    let to = sockaddr(to);
+    let mut failed = 0;
+    if batch.count > 1 && *gso {
+        match send_gso(fd, &batch.buf, batch.seg, &to) {
+            Ok(()) => {
+                batch.clear();
+                return 0;
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                ) =>
+            {
+                tracing::debug!(error = %e, "UDP segmentation offload unavailable; sending datagrams one by one");
+                *gso = false;
+            }
+            Err(_) => {
+                failed = batch.count;
+                batch.clear();
+                return failed;
+            }
+        }
+    }
+    for chunk in batch.buf.chunks(batch.seg.max(1)) {
+        if send_to(fd, chunk, &to).is_err() {
+            failed += 1;
+        }
+    }
+    batch.clear();
+    failed
+}
+
+fn send_to(fd: RawFd, data: &[u8], to: &libc::sockaddr_in6) -> io::Result<()> {
+    // SAFETY: `data` and `to` are live for the call; the length arguments match them.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (to as *const libc::sockaddr_in6).cast(),
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn send_gso(fd: RawFd, data: &[u8], seg: usize, to: &libc::sockaddr_in6) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut _,
+        iov_len: data.len(),
+    };
+    // Room for one cmsg carrying a u16.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; every pointer set below stays live for the sendmsg.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (to as *const libc::sockaddr_in6) as *mut _;
+    msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    // SAFETY: the control buffer is large enough for one u16 cmsg (checked by
+    // CMSG_SPACE above, 32 bytes available); CMSG_FIRSTHDR/CMSG_DATA point inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), seg as u16);
+    }
+    // SAFETY: `msg` describes live buffers.
+    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Asks the kernel to coalesce received datagrams (`UDP_GRO`). Returns whether it agreed.
+pub fn enable_gro(fd: RawFd) -> bool {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one live c_int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// One `recvmsg`: returns (bytes, source, segment size). With GRO the buffer may hold
+/// several datagrams of `segment` bytes each (the last may be shorter).
+pub fn recv_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: plain data.
+    let mut from: libc::sockaddr_in6 = unsafe { zeroed() };
+    let mut control = [0u64; 8];
+    // SAFETY: plain data; the pointers set below stay live for the recvmsg.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_in6).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; 8]>();
+    // SAFETY: `msg` describes live, writable buffers.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    let mut segment = n;
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                segment =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) as usize;
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let addr = SocketAddr::V6(SocketAddrV6::new(
+        Ipv6Addr::from(from.sin6_addr.s6_addr),
+        u16::from_be(from.sin6_port),
+        from.sin6_flowinfo,
+        from.sin6_scope_id,
+    ));
+    Ok((n, canonical(addr), segment.max(1)))
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// A v4 destination becomes v4-mapped (the socket is dual-stack IPv6).
+fn sockaddr(addr: SocketAddr) -> libc::sockaddr_in6 {
+    let v6 = match addr {
+        SocketAddr::V4(v4) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
+        SocketAddr::V6(v6) => v6,
+    };
+    // SAFETY: plain data.
+    let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = v6.port().to_be();
+    sa.sin6_addr.s6_addr = v6.ip().octets();
+    sa.sin6_flowinfo = v6.flowinfo();
+    sa.sin6_scope_id = v6.scope_id();
+    sa
+}
