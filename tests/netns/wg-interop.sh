@@ -17,6 +17,18 @@ for side in a b; do
   esac
 done
 
+# Garbage, truncated and oversized datagrams at both WireGuard ports: dropped, never fatal.
+for target in "$VETH_A:$PORT_A" "$VETH_B:$PORT_B"; do
+  ip netns exec "$NS_A" python3 -c '
+import os, socket, sys
+host, port = sys.argv[1].split(":")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for n in [0, 1, 3, 4, 31, 32, 147, 148, 149, 1500, 65000]:
+    s.sendto(os.urandom(n), (host, int(port)))
+for kind in [1, 2, 3, 4]:
+    s.sendto(bytes([kind, 0, 0, 0]) + os.urandom(60), (host, int(port)))' "$target"
+done
+
 ip netns exec "$NS_A" ping -c 3 -i 0.2 -W 5 "$TUN_B" > "$WORK/ping-ab" || { cat "$WORK"/*.log >&2; echo "ping a->b failed" >&2; exit 1; }
 ip netns exec "$NS_B" ping -c 3 -i 0.2 -W 5 "$TUN_A" > "$WORK/ping-ba" || { echo "ping b->a failed" >&2; exit 1; }
 echo "ping ok both ways"
@@ -53,4 +65,16 @@ s.close()' "$3" "$port" "$WORK/payload"
 }
 transfer "$NS_A" "$NS_B" "$TUN_B"
 transfer "$NS_B" "$NS_A" "$TUN_A"
+# Our side stops cleanly on SIGINT and leaves no interface behind.
+for side in a b; do
+  impl=$([ "$side" = a ] && echo "$1" || echo "$2")
+  [ "$impl" = ours ] || continue
+  pid=${PIDS[$([ "$side" = a ] && echo 0 || echo $((${#PIDS[@]} - 1)))]}
+  kill -INT "$pid"
+  if ! wait "$pid"; then echo "codervpn on $side exited non-zero after SIGINT" >&2; cat "$WORK/$side-ours.log" >&2; exit 1; fi
+  if ip -n "$(ns_of "$side")" link show "$(if_of "$side")" >/dev/null 2>&1; then
+    echo "interface $(if_of "$side") still exists after SIGINT" >&2; exit 1
+  fi
+  echo "$side: stopped on SIGINT, interface removed"
+done
 echo "interop ok: $1 <-> $2"
