@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use codervpn_engine::device::FdDevice;
 use codervpn_engine::device::linux_tun::create_tun;
-use codervpn_engine::device::{FdDevice, Framing};
 use codervpn_engine::net::runner;
 use codervpn_engine::net::udp::Udp;
 use codervpn_engine::net::wg::PeerSet;
@@ -54,7 +54,8 @@ pub fn run(cmd: WgCommand) -> anyhow::Result<()> {
 }
 
 async fn up(cfg: WgConfig, name: String) -> anyhow::Result<()> {
-    let (fd, name) = create_tun(&name).context("creating the TUN interface (are you root?)")?;
+    let (fd, name, framing) =
+        create_tun(&name, true).context("creating the TUN interface (are you root?)")?;
     let nl = Netlink::connect()?;
     let index = nl.link_index(&name).await?;
     let mtu = cfg.mtu.unwrap_or(DEFAULT_MTU);
@@ -81,7 +82,7 @@ async fn up(cfg: WgConfig, name: String) -> anyhow::Result<()> {
     for peer in cfg.peers {
         peers.upsert_peer(peer);
     }
-    let device = FdDevice::new(fd, Framing::Raw)?;
+    let device = FdDevice::new(fd, framing)?;
     let addrs: Vec<String> = cfg.addresses.iter().map(ToString::to_string).collect();
     eprintln!(
         "{name} up: {}, MTU {mtu}, UDP port {port}, {count} peer(s). Ctrl-C to stop.",

@@ -7,7 +7,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use std::sync::Mutex;
+
 use super::Device;
+use super::offload::{self, VNET_HDR_LEN, VnetHdr};
 
 /// How packets are framed on the descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +20,9 @@ pub enum Framing {
     /// A 4-byte big-endian address family before each packet (macOS utun):
     /// `AF_INET` = 2, `AF_INET6` = 30.
     Utun,
+    /// A 10-byte `virtio_net_hdr` before each packet (Linux `IFF_VNET_HDR` with TSO
+    /// enabled): reads may be TCP super packets, cut into segments here.
+    Vnet,
 }
 
 /// macOS address family numbers, as utun uses them.
@@ -27,6 +33,33 @@ pub const UTUN_AF_INET6: u32 = 30;
 pub struct FdDevice {
     fd: AsyncFd<OwnedFd>,
     framing: Framing,
+    /// Segments of the last super packet not yet handed out (Vnet framing only).
+    pending: Mutex<Segments>,
+}
+
+/// Segments cut from one super packet, stored back to back.
+#[derive(Default)]
+struct Segments {
+    raw: Vec<u8>,
+    scratch: Vec<u8>,
+    arena: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    next: usize,
+}
+
+impl Segments {
+    fn pop(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let &(start, len) = self.spans.get(self.next)?;
+        self.next += 1;
+        let Some(dst) = buf.get_mut(..len) else {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer smaller than a segment",
+            )));
+        };
+        dst.copy_from_slice(&self.arena[start..start + len]);
+        Some(Ok(len))
+    }
 }
 
 impl FdDevice {
@@ -37,7 +70,24 @@ impl FdDevice {
         // and the AsyncFd owns it for its whole life.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(Self { fd, framing })
+        let pending = Segments {
+            raw: if framing == Framing::Vnet {
+                vec![0; 65_536 + VNET_HDR_LEN]
+            } else {
+                Vec::new()
+            },
+            scratch: if framing == Framing::Vnet {
+                vec![0; 65_536]
+            } else {
+                Vec::new()
+            },
+            ..Segments::default()
+        };
+        Ok(Self {
+            fd,
+            framing,
+            pending: Mutex::new(pending),
+        })
     }
 
     pub fn framing(&self) -> Framing {
@@ -47,6 +97,40 @@ impl FdDevice {
     fn read_once(&self, buf: &mut [u8]) -> io::Result<usize> {
         let fd = self.fd.get_ref().as_raw_fd();
         match self.framing {
+            Framing::Vnet => {
+                let mut p = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(r) = p.pop(buf) {
+                    return r;
+                }
+                let Segments {
+                    raw,
+                    scratch,
+                    arena,
+                    spans,
+                    next,
+                } = &mut *p;
+                // SAFETY: reading into a live, exclusively borrowed buffer of its own length.
+                let n = result(unsafe { libc::read(fd, raw.as_mut_ptr().cast(), raw.len()) })?;
+                let hdr = VnetHdr::parse(&raw[..n])?;
+                spans.clear();
+                arena.clear();
+                *next = 0;
+                offload::segment(&hdr, &mut raw[VNET_HDR_LEN..n], scratch, |seg| {
+                    spans.push((arena.len(), seg.len()));
+                    arena.extend_from_slice(seg);
+                })?;
+                tracing::trace!(
+                    bytes = n,
+                    segments = spans.len(),
+                    gso = hdr.gso_type,
+                    "TUN read"
+                );
+                p.pop(buf)
+                    .unwrap_or(Err(io::Error::from(io::ErrorKind::WouldBlock)))
+            }
             Framing::Raw => {
                 // SAFETY: reading into a live, exclusively borrowed buffer of its own length.
                 let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -80,6 +164,21 @@ impl FdDevice {
     fn write_once(&self, packet: &[u8]) -> io::Result<()> {
         let fd = self.fd.get_ref().as_raw_fd();
         let written = match self.framing {
+            Framing::Vnet => {
+                let hdr = [0u8; VNET_HDR_LEN];
+                let iov = [
+                    libc::iovec {
+                        iov_base: hdr.as_ptr() as *mut _,
+                        iov_len: VNET_HDR_LEN,
+                    },
+                    libc::iovec {
+                        iov_base: packet.as_ptr() as *mut _,
+                        iov_len: packet.len(),
+                    },
+                ];
+                // SAFETY: both iovecs point at live buffers; writev only reads them.
+                result(unsafe { libc::writev(fd, iov.as_ptr(), 2) })?.saturating_sub(VNET_HDR_LEN)
+            }
             Framing::Raw => {
                 // SAFETY: writing from a live buffer of its own length.
                 result(unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) })?

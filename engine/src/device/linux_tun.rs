@@ -4,6 +4,8 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::Framing;
+
 /// `TUNSETIFF` = `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
@@ -14,10 +16,32 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Creates (or attaches to) the TUN interface `name`; returns its descriptor and the name
-/// the kernel gave it. The interface disappears, with its addresses and routes, when the
-/// last descriptor closes.
-pub fn create_tun(name: &str) -> io::Result<(OwnedFd, String)> {
+/// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+
+/// Creates (or attaches to) the TUN interface `name`; returns its descriptor, the name the
+/// kernel gave it, and the framing its packets use: with `offload`, TCP segmentation
+/// offload is asked for (`IFF_VNET_HDR` + TSO), and granted or not by the kernel. The
+/// interface disappears, with its addresses and routes, when the last descriptor closes.
+pub fn create_tun(name: &str, offload: bool) -> io::Result<(OwnedFd, String, Framing)> {
+    if offload {
+        let (fd, actual) = open_tun(name, libc::IFF_VNET_HDR)?;
+        let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) } == 0 {
+            return Ok((fd, actual, Framing::Vnet));
+        }
+        tracing::debug!(error = %io::Error::last_os_error(), "TUN offload refused; plain packets");
+        drop(fd);
+    }
+    let (fd, actual) = open_tun(name, 0)?;
+    Ok((fd, actual, Framing::Raw))
+}
+
+fn open_tun(name: &str, extra_flags: libc::c_int) -> io::Result<(OwnedFd, String)> {
     if name.len() >= libc::IFNAMSIZ || name.contains('/') || name.contains(char::is_whitespace) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -31,7 +55,7 @@ pub fn create_tun(name: &str) -> io::Result<(OwnedFd, String)> {
         .map_err(|e| io::Error::new(e.kind(), format!("open /dev/net/tun: {e}")))?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI | extra_flags) as libc::c_short,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());

@@ -7,6 +7,7 @@
 mod fd;
 #[cfg(target_os = "linux")]
 pub mod linux_tun;
+pub mod offload;
 
 use std::future::Future;
 use std::io;
