@@ -105,7 +105,7 @@ fn segment_tcp(
     let mss = usize::from(hdr.gso_size);
     let v4 = packet.first().map(|b| b >> 4) == Some(4);
     if mss == 0
-        || headers <= ip_len + 20 - 1
+        || headers < ip_len + 20
         || headers > packet.len()
         || ip_len < if v4 { 20 } else { 40 }
     {
