@@ -81,7 +81,7 @@ mod tests {
     fn rejects_names_the_kernel_cannot_take() {
         for bad in ["a/b", "sixteen-chars-xx", "has space"] {
             assert_eq!(
-                create_tun(bad).unwrap_err().kind(),
+                create_tun(bad, false).unwrap_err().kind(),
                 io::ErrorKind::InvalidInput,
                 "{bad}"
             );
