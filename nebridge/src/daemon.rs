@@ -54,13 +54,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let exit = rt.block_on(async move {
+        let signalled = terminate_signal()?;
         let reader = FdReader::new(read).context("--rpc-read-fd")?;
         let writer = FdWriter::new(write).context("--rpc-write-fd")?;
         let conn = Connection::<TunnelSide>::handshake(reader, writer, VersionList::current())
             .await
             .context("CoderVPN handshake with the manager")?;
         let opts = TunnelOptions::new(Arc::new(NotYetConnector));
-        anyhow::Ok(serve(conn, opts, terminate_signal()).await)
+        anyhow::Ok(serve(conn, opts, signalled).await)
     })?;
     match exit {
         TunnelExit::Stopped => info!("tunnel stopped by the manager"),
@@ -70,19 +71,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn terminate_signal() {
+/// Registers SIGTERM and SIGINT handlers now (so that a signal arriving at any later point
+/// is caught) and returns a future that resolves on either.
+pub fn terminate_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Logs go to stderr (the Windows service and our managers read it) and, inside the tunnel,
