@@ -93,14 +93,7 @@ async fn up(cfg: WgConfig, name: String) -> anyhow::Result<()> {
         }
     );
     let (_cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
-    runner::run(
-        peers,
-        device,
-        udp,
-        cmd_rx,
-        crate::daemon::terminate_signal(),
-    )
-    .await?;
+    runner::run(peers, device, udp, cmd_rx, signalled).await?;
     // Closing the TUN descriptor removes the interface with its addresses and routes.
     info!("{name} down");
     Ok(())
