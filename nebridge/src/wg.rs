@@ -54,6 +54,7 @@ pub fn run(cmd: WgCommand) -> anyhow::Result<()> {
 }
 
 async fn up(cfg: WgConfig, name: String) -> anyhow::Result<()> {
+    let signalled = crate::daemon::terminate_signal()?;
     let (fd, name, framing) =
         create_tun(&name, true).context("creating the TUN interface (are you root?)")?;
     let nl = Netlink::connect()?;
