@@ -130,14 +130,7 @@ impl Zone {
             );
             return Some(header_only(out, &header.metadata, ResponseCode::FormErr));
         };
-        let answered = self.respond(&header.metadata, question, edns, transport, out);
-        debug!(
-            id = header.metadata.id,
-            outcome = ?answered.outcome,
-            truncated = answered.truncated,
-            "dns: answered",
-        );
-        Some(answered)
+        Some(self.respond(&header.metadata, question, edns, transport, out))
     }
 
     fn respond(
@@ -163,20 +156,32 @@ impl Zone {
         let mut msg = Message::response(request.id, OpCode::Query);
         msg.metadata.recursion_desired = request.recursion_desired;
         msg.metadata.checking_disabled = request.checking_disabled;
-        if let Some(client) = &client_edns {
+        if client_edns.is_some() {
             let mut edns = Edns::new();
             edns.set_max_payload(ours);
             msg.edns = Some(edns);
-            if client.version() > 0 {
-                msg.metadata.response_code = ResponseCode::BADVERS;
-                msg.add_query(question);
-                return emit(&mut msg, Outcome::BadVers, limit, out);
-            }
         }
-
-        let outcome = self.fill(&mut msg, &question);
+        let outcome = match client_edns.as_ref().map(Edns::version) {
+            Some(1..) => {
+                msg.metadata.response_code = ResponseCode::BADVERS;
+                Outcome::BadVers
+            }
+            Some(0) | None => self.fill(&mut msg, &question),
+        };
         msg.add_query(question);
-        emit(&mut msg, outcome, limit, out)
+        let answered = emit(&mut msg, outcome, limit, out);
+        // Formatting happens only when DEBUG is on for this crate.
+        if let Some(q) = msg.queries.first() {
+            debug!(
+                id = request.id,
+                name = %q.name(),
+                qtype = %q.query_type(),
+                outcome = ?answered.outcome,
+                truncated = answered.truncated,
+                "dns: answered",
+            );
+        }
+        answered
     }
 
     /// Sets the response code, AA and the records of `msg` for `question`.
