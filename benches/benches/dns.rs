@@ -2,6 +2,10 @@
 //! workspace, so every workspace has its `<workspace>.coder.` shortcut).
 //!
 //! `cargo bench -p codervpn-benches --bench dns`
+//!
+//! Measured on the 2-core dev machine (shared, load average 2–5), `--warm-up-time 1
+//! --measurement-time 3`, range of the medians of four runs: `aaaa_workspace` 0.58–0.86 µs
+//! (1.2–1.7 M queries/s per core), `nxdomain` 0.84–1.44 µs (0.7–1.2 M queries/s per core).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
