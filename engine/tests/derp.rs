@@ -398,3 +398,49 @@ async fn caller_headers_reach_the_server_and_a_pre_upgraded_stream_can_be_served
     );
     exchange_both_ways(&mut a, &mut b).await;
 }
+
+#[tokio::test]
+async fn upgrade_refused_with_4xx_falls_back_to_websocket() {
+    // A proxy that refuses `Upgrade: DERP` (403) but passes WebSocket through.
+    use codervpn_engine::net::derp::http::{self, UpgradeKind};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("http://{}/derp", listener.local_addr().unwrap())).unwrap();
+    let server = DerpServer::new(NodePrivateKey::generate());
+    let (kinds_tx, mut kinds) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(tcp.read_u8().await.unwrap());
+            }
+            match http::parse_upgrade_request(&head) {
+                Ok(UpgradeKind::WebSocket { key }) => {
+                    kinds_tx.send("websocket").await.unwrap();
+                    tcp.write_all(&http::websocket_switching_response(&key))
+                        .await
+                        .unwrap();
+                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        tcp,
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    let s = server.clone();
+                    tokio::spawn(async move { s.serve_websocket(ws).await });
+                }
+                _ => {
+                    kinds_tx.send("refused").await.unwrap();
+                    tcp.write_all(&http::error_response(403, "Forbidden", "no upgrades here"))
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    });
+    let mut a = client(&url, DerpTransport::Upgrade).await;
+    assert_eq!(kinds.recv().await, Some("refused"));
+    assert_eq!(kinds.recv().await, Some("websocket"));
+    let mut b = client(&url, DerpTransport::WebSocket).await;
+    exchange_both_ways(&mut a, &mut b).await;
+}

@@ -21,7 +21,7 @@ use url::Url;
 use super::client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
 use super::http::{self, HttpError};
 use super::keys::{ClientInfo, NodePrivateKey, NodePublicKey};
-use super::transport::{Read, Transport};
+use super::transport::{Read, Timer, Transport};
 
 /// Time allowed for TCP connect plus the HTTP (or WebSocket) upgrade.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -452,6 +452,7 @@ impl Supervisor {
     ) -> End {
         let (mut transport, mut core) = conn;
         let url = self.url.to_string();
+        let mut timer = Timer::new();
         let result = 'conn: loop {
             while let Some(bytes) = core.poll_transmit() {
                 if let Err(source) = transport.write(bytes).await {
@@ -477,13 +478,7 @@ impl Supervisor {
             if core.has_transmit() {
                 continue;
             }
-            let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            timer.arm(core.poll_timeout());
             tokio::select! {
                 r = transport.read() => match r {
                     Ok(Read::Data(b)) => {
@@ -502,7 +497,7 @@ impl Supervisor {
                         if let Some(end) = self.command(&mut core, Some(cmd)) { break 'conn end; }
                     }
                 },
-                () = timer => {
+                () = timer.wait() => {
                     if let Err(source) = core.handle_timeout(Instant::now()) {
                         break End::Failed(ConnectError::Protocol { url, source });
                     }
@@ -566,5 +561,29 @@ impl Backoff {
     /// After a success.
     pub fn reset(&mut self) {
         self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_as_n_squared_times_10ms_up_to_5s() {
+        let mut b = Backoff::default();
+        let mut at_factor_1 = Vec::new();
+        for _ in 0..25 {
+            let d = b.next_delay();
+            let base = b.delay(1.0);
+            assert!(
+                d >= base.mul_f64(0.5) && d < base.mul_f64(1.5),
+                "{d:?} vs {base:?}"
+            );
+            at_factor_1.push(base.as_millis());
+        }
+        assert_eq!(&at_factor_1[..4], &[10, 40, 90, 160]);
+        assert_eq!(at_factor_1[24], 5000);
+        b.reset();
+        assert_eq!(b.delay(1.0), Duration::ZERO);
     }
 }

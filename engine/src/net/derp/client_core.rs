@@ -105,7 +105,7 @@ enum State {
 }
 
 /// DERP client connection state. No sockets, no clock, no tasks.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DerpClient {
     private_key: NodePrivateKey,
     config: ClientConfig,

@@ -30,12 +30,14 @@ use super::server_core::{
 };
 use super::server_table::{Routes, TableCmd, ToConn, run_table};
 use super::table::ConnId;
-use super::transport::{Read, Transport};
+use super::transport::{Read, Timer, Transport};
 
 /// Packets queued per destination connection (Coder's `perClientSendQueueDepth`); more
 /// are dropped at the tail.
 pub const PER_CLIENT_QUEUE: usize = 512;
 const TABLE_QUEUE: usize = 1024;
+/// A client that does not take a write within this long is disconnected (Go: `writeTimeout`).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection that ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,8 @@ pub enum ServeError {
     WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
     #[error(transparent)]
     Protocol(#[from] ServerConnError),
+    #[error("client did not read for {WRITE_TIMEOUT:?}; disconnected")]
+    WriteTimeout,
     #[error("the DERP server is shut down")]
     ServerClosed,
 }
@@ -312,20 +316,19 @@ impl DerpServer {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        let mut timer = Timer::new();
         loop {
             while let Some(ev) = core.poll_event() {
                 self.handle_event(core, st, ev).await?;
             }
             while let Some(bytes) = core.poll_transmit() {
-                transport.write(bytes).await?;
-            }
-            let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
+                // Go: a client that does not read within writeTimeout is dropped.
+                match tokio::time::timeout(WRITE_TIMEOUT, transport.write(bytes)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(ServeError::WriteTimeout),
                 }
-            };
+            }
+            timer.arm(core.poll_timeout());
             tokio::select! {
                 r = transport.read() => match r? {
                     Read::Data(b) => core.handle_input(Instant::now(), &b)?,
@@ -341,7 +344,7 @@ impl DerpServer {
                         }
                     }
                 },
-                () = timer => core.handle_timeout(Instant::now())?,
+                () = timer.wait() => core.handle_timeout(Instant::now())?,
             }
         }
     }

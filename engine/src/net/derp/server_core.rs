@@ -101,7 +101,7 @@ enum State {
 }
 
 /// Server side of one DERP connection. No sockets, no clock, no tasks.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerConn {
     private_key: NodePrivateKey,
     config: ServerConnConfig,
@@ -389,7 +389,7 @@ impl ServerConn {
 }
 
 /// A token bucket over caller-supplied `Instant`s.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct TokenBucket {
     tokens: u32,
     burst: u32,

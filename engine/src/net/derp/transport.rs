@@ -112,3 +112,46 @@ fn ws_io_error(e: tungstenite::Error) -> io::Error {
         e => io::Error::other(e),
     }
 }
+
+/// A connection's one timer, re-armed only when the core's deadline moves earlier or by
+/// more than [`Timer::SLACK`] (the client's idle deadline moves with every read; firing a
+/// little early is harmless, `handle_timeout` then does nothing).
+pub(crate) struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: Option<std::time::Instant>,
+}
+
+impl Timer {
+    const SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub(crate) fn new() -> Self {
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(far)),
+            armed: None,
+        }
+    }
+
+    pub(crate) fn arm(&mut self, deadline: Option<std::time::Instant>) {
+        let Some(d) = deadline else {
+            self.armed = None;
+            return;
+        };
+        match self.armed {
+            Some(a) if a <= d && d - a < Self::SLACK => {}
+            Some(_) | None => {
+                self.sleep.as_mut().reset(tokio::time::Instant::from_std(d));
+                self.armed = Some(d);
+            }
+        }
+    }
+
+    /// Completes when the armed deadline passes; never when unarmed. Cancel-safe.
+    pub(crate) async fn wait(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
+    }
+}
