@@ -8,7 +8,12 @@
 //! - `derp_relay/tcp_echo_round_trip_1200B`: the same exchange over one plain loopback TCP
 //!   echo, for what the relay adds.
 //!
-//! `cargo bench -p codervpn-benches --bench derp`
+//! `cargo bench -p codervpn-benches --bench derp -- --warm-up-time 1 --measurement-time 5`
+//!
+//! 2026-11-26, 2-vCPU dev machine with other sessions' builds running (load ≈ 4.5), medians
+//! of 20 samples: throughput 1.45 µs/packet ≈ 690 k packets/s (≈ 830 MB/s of payload);
+//! round trip through the relay 86 µs vs 12 µs for the plain TCP echo, so the relay adds
+//! ≈ 74 µs per round trip (two relayed hops, each crossing four tasks).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
