@@ -186,8 +186,9 @@ pub enum BoxError {
     Open { peer: NodePublicKey, len: usize },
 }
 
-/// The client-info JSON a client seals to the server (Go's `derp.clientInfo`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The client-info JSON a client seals to the server (Go's `derp.clientInfo`). `Debug`
+/// never shows the mesh key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     /// Protocol version (`version`); 0 when absent.
     pub version: u32,
@@ -197,6 +198,17 @@ pub struct ClientInfo {
     pub can_ack_pings: bool,
     /// Whether the client is a prober (`IsProber`).
     pub is_prober: bool,
+}
+
+impl fmt::Debug for ClientInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientInfo")
+            .field("version", &self.version)
+            .field("mesh_key", &self.mesh_key.as_ref().map(|_| "[redacted]"))
+            .field("can_ack_pings", &self.can_ack_pings)
+            .field("is_prober", &self.is_prober)
+            .finish()
+    }
 }
 
 impl Default for ClientInfo {
@@ -427,6 +439,15 @@ mod tests {
             br#"{"version":2,"meshKey":"abc","CanAckPings":true,"IsProber":true}"#
         );
         assert_eq!(ClientInfo::from_json(&info.to_json()).unwrap(), info);
+    }
+
+    #[test]
+    fn mesh_key_is_never_printed() {
+        let info = ClientInfo {
+            mesh_key: Some("hunter2".into()),
+            ..ClientInfo::default()
+        };
+        assert!(!format!("{info:?}").contains("hunter2"));
     }
 
     #[test]
