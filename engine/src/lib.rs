@@ -3,6 +3,7 @@
 //! - [`tunnel`]: the tunnel role of the CoderVPN protocol — manager requests in, session
 //!   lifecycle, peer updates, logs out.
 //! - [`session`]: joining a Coder deployment (the control plane).
+//! - [`net`]: the data plane (today: DERP relays).
 //! - [`logs`]: forwarding `tracing` records to the manager as `Log` messages.
 //! - [`ffi`]: the `OpenTunnel(readFD, writeFD)` export that makes this crate a drop-in for
 //!   Coder's Go dylib.

@@ -1,6 +1,11 @@
-//! The data plane: the WireGuard peer set, the UDP socket, and the loop that moves packets
-//! between the device and the network.
+//! The data plane: the WireGuard peer set, the UDP socket and the loop that moves packets
+//! between the device and the network, and the DERP relays.
+//!
+//! - [`wg`]: the WireGuard peer set (sans-IO, boringtun inside); [`runner`]: its tokio shell.
+//! - [`derp`]: DERP relays — the frame codec, sans-IO client and server cores, and their tokio
+//!   shells (tailnet.md §11, §13.3).
 
+pub mod derp;
 pub mod runner;
 pub mod udp;
 pub mod udp_batch;

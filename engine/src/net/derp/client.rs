@@ -1,0 +1,589 @@
+//! The tokio shell around [`DerpClient`]: dials the server, performs the HTTP upgrade (or
+//! the WebSocket variant), runs the core over the stream, and reconnects with backoff when
+//! the connection drops (tailnet.md §11 "DERP transport", §13.3).
+//!
+//! TLS (`https`/`wss`) is not implemented yet; such URLs are refused with
+//! [`ConnectError::TlsUnsupported`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand_core::{OsRng, RngCore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tracing::{Instrument, debug, info_span, trace, warn};
+use url::Url;
+
+use super::client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
+use super::http::{self, HttpError};
+use super::keys::{ClientInfo, NodePrivateKey, NodePublicKey};
+use super::transport::{Read, Timer, Transport};
+
+/// Time allowed for TCP connect plus the HTTP (or WebSocket) upgrade.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest reconnect delay (Go's magicsock: `backoff.NewBackoff(…, 5*time.Second)`).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const COMMAND_QUEUE: usize = 1024;
+const EVENT_QUEUE: usize = 1024;
+
+/// How to reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DerpTransport {
+    /// `GET /derp` with `Upgrade: DERP`; switches to WebSocket for good when the server
+    /// (or a proxy) answers 4xx, as upstream does.
+    Upgrade,
+    /// WebSocket with subprotocol `derp` (`derp_force_websockets`).
+    WebSocket,
+}
+
+/// Options beyond URL, headers and key.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub transport: DerpTransport,
+    /// The client-info JSON to present.
+    pub info: ClientInfo,
+    /// Send note-preferred `0x01` after every (re)connect: this is the home region.
+    pub preferred: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            transport: DerpTransport::Upgrade,
+            info: ClientInfo::default(),
+            preferred: false,
+        }
+    }
+}
+
+/// Failure to establish (or keep) a DERP connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("DERP URL {url} uses {scheme}, but TLS is not implemented yet (use http)")]
+    TlsUnsupported { url: String, scheme: String },
+    #[error("DERP URL {url} has an unsupported scheme (want http or https)")]
+    BadScheme { url: String },
+    #[error("cannot reach DERP server {addr}: {source}")]
+    Dial {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DERP upgrade to {url} timed out after {DIAL_TIMEOUT:?}")]
+    Timeout { url: String },
+    #[error("DERP upgrade to {url} failed: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: HttpError,
+    },
+    #[error("WebSocket upgrade to {url} failed: {source}")]
+    WebSocket {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    #[error("DERP connection to {url} broke: {source}")]
+    Io {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DERP server {url} closed the connection")]
+    Eof { url: String },
+    #[error("DERP connection to {url} failed: {source}")]
+    Protocol {
+        url: String,
+        #[source]
+        source: DerpClientError,
+    },
+}
+
+/// What the connection reports.
+#[derive(Debug, Clone)]
+pub enum DerpEvent {
+    /// Something the server said (packets, peer gone, health, …).
+    Relay(ClientEvent),
+    /// The connection dropped; the next attempt starts in `retry_in`.
+    Disconnected {
+        error: Arc<ConnectError>,
+        retry_in: Duration,
+    },
+}
+
+/// A live client: [`DerpHandle`] to send, `events` to receive.
+#[derive(Debug)]
+pub struct DerpConnection {
+    pub handle: DerpHandle,
+    pub events: mpsc::Receiver<DerpEvent>,
+}
+
+/// Sends through the connection. Cheap to clone; the connection (and its reconnect loop)
+/// ends when every handle is dropped or [`DerpHandle::close`] is called.
+#[derive(Debug, Clone)]
+pub struct DerpHandle {
+    tx: mpsc::Sender<Command>,
+    public_key: NodePublicKey,
+}
+
+/// The connection task is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the DERP connection is closed")]
+pub struct DerpClosed;
+
+#[derive(Debug)]
+enum Command {
+    Send { to: NodePublicKey, packet: Bytes },
+    Preferred(bool),
+    Ping([u8; 8]),
+    Close,
+}
+
+impl DerpHandle {
+    /// Queues `packet` for `to`. Packets sent while reconnecting are dropped (DERP is a
+    /// datagram relay; WireGuard retransmits).
+    pub async fn send(&self, to: NodePublicKey, packet: Bytes) -> Result<(), DerpClosed> {
+        self.tx
+            .send(Command::Send { to, packet })
+            .await
+            .map_err(|_| DerpClosed)
+    }
+
+    /// Like [`Self::send`], but drops the packet (returning `Ok(false)`) when the queue
+    /// is full instead of waiting.
+    pub fn try_send(&self, to: NodePublicKey, packet: Bytes) -> Result<bool, DerpClosed> {
+        match self.tx.try_send(Command::Send { to, packet }) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DerpClosed),
+        }
+    }
+
+    /// Sets whether this server is the home region (sent now and after every reconnect).
+    pub async fn set_preferred(&self, preferred: bool) -> Result<(), DerpClosed> {
+        self.tx
+            .send(Command::Preferred(preferred))
+            .await
+            .map_err(|_| DerpClosed)
+    }
+
+    /// Pings the server; the answer arrives as [`ClientEvent::Pong`].
+    pub async fn ping(&self, data: [u8; 8]) -> Result<(), DerpClosed> {
+        self.tx
+            .send(Command::Ping(data))
+            .await
+            .map_err(|_| DerpClosed)
+    }
+
+    /// Closes the connection and stops reconnecting.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Command::Close).await;
+    }
+
+    /// This client's node public key.
+    pub fn public_key(&self) -> NodePublicKey {
+        self.public_key
+    }
+}
+
+/// Connects with `GET /derp` + `Upgrade: DERP`, sending `headers` (tailnet.md §2) on every
+/// attempt. Returns once the upgrade succeeded; the handshake completes in the background
+/// ([`ClientEvent::Connected`]).
+pub async fn connect(
+    url: &Url,
+    headers: &[(String, String)],
+    private_key: NodePrivateKey,
+) -> Result<DerpConnection, ConnectError> {
+    connect_with(url, headers, private_key, ConnectOptions::default()).await
+}
+
+/// [`connect`] with options (WebSocket, client info, home region).
+pub async fn connect_with(
+    url: &Url,
+    headers: &[(String, String)],
+    private_key: NodePrivateKey,
+    options: ConnectOptions,
+) -> Result<DerpConnection, ConnectError> {
+    let mut sup = Supervisor {
+        url: url.clone(),
+        headers: headers.to_vec(),
+        private_key,
+        options,
+        backoff: Backoff::default(),
+        restart_hint: None,
+    };
+    let first = sup.dial_with_fallback().await?;
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let public_key = sup.private_key.public_key();
+    let span = info_span!("derp_client", url = %url, key = %public_key.short());
+    tokio::spawn(sup.run(first, rx, ev_tx).instrument(span));
+    Ok(DerpConnection {
+        handle: DerpHandle { tx, public_key },
+        events: ev_rx,
+    })
+}
+
+type Conn = (Transport<TcpStream>, DerpClient);
+
+struct Supervisor {
+    url: Url,
+    headers: Vec<(String, String)>,
+    private_key: NodePrivateKey,
+    options: ConnectOptions,
+    backoff: Backoff,
+    restart_hint: Option<Duration>,
+}
+
+enum End {
+    /// Every handle is gone, or close was asked for.
+    Shutdown,
+    Failed(ConnectError),
+}
+
+impl Supervisor {
+    async fn run(
+        mut self,
+        first: Conn,
+        mut rx: mpsc::Receiver<Command>,
+        ev: mpsc::Sender<DerpEvent>,
+    ) {
+        let mut conn = Some(first);
+        loop {
+            let error = match conn.take() {
+                Some(c) => match self.serve(c, &mut rx, &ev).await {
+                    End::Shutdown => return,
+                    End::Failed(e) => e,
+                },
+                None => match self.dial_with_fallback().await {
+                    Ok(c) => {
+                        self.backoff.reset();
+                        conn = Some(c);
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+            };
+            let retry_in = self
+                .restart_hint
+                .take()
+                .unwrap_or_else(|| self.backoff.next_delay());
+            warn!(error = %error, ?retry_in, "DERP connection lost; reconnecting");
+            let event = DerpEvent::Disconnected {
+                error: Arc::new(error),
+                retry_in,
+            };
+            if ev.try_send(event).is_err() {
+                trace!("event queue full or closed; disconnect not reported");
+            }
+            let wake = tokio::time::sleep(retry_in);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    () = &mut wake => break,
+                    cmd = rx.recv() => match cmd {
+                        None | Some(Command::Close) => return,
+                        Some(Command::Preferred(p)) => self.options.preferred = p,
+                        Some(Command::Send { to, .. }) => trace!(to = %to.short(), "dropping packet while reconnecting"),
+                        Some(Command::Ping(_)) => {}
+                    },
+                }
+            }
+        }
+    }
+
+    async fn dial_with_fallback(&mut self) -> Result<Conn, ConnectError> {
+        match self.dial().await {
+            Err(ConnectError::Http {
+                source: HttpError::NotSwitching { status, .. },
+                url,
+            }) if (400..500).contains(&status)
+                && self.options.transport == DerpTransport::Upgrade =>
+            {
+                warn!(status, %url, "DERP upgrade refused; switching to WebSocket");
+                self.options.transport = DerpTransport::WebSocket;
+                self.dial().await
+            }
+            other => other,
+        }
+    }
+
+    async fn dial(&self) -> Result<Conn, ConnectError> {
+        let url = self.url.to_string();
+        match tokio::time::timeout(DIAL_TIMEOUT, self.dial_inner()).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout { url }),
+        }
+    }
+
+    async fn dial_inner(&self) -> Result<Conn, ConnectError> {
+        let url_s = self.url.to_string();
+        match self.url.scheme() {
+            "http" | "ws" => {}
+            "https" | "wss" => {
+                return Err(ConnectError::TlsUnsupported {
+                    url: url_s,
+                    scheme: self.url.scheme().into(),
+                });
+            }
+            _ => return Err(ConnectError::BadScheme { url: url_s }),
+        }
+        let addr = http::host_header(&self.url).map_err(|source| ConnectError::Http {
+            url: url_s.clone(),
+            source,
+        })?;
+        let addr = if self.url.port().is_none() {
+            format!("{addr}:80")
+        } else {
+            addr
+        };
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| ConnectError::Dial {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let mut config = ClientConfig {
+            info: self.options.info.clone(),
+            expected_server_key: None,
+        };
+        let (transport, leftover) = match self.options.transport {
+            DerpTransport::Upgrade => {
+                let (tcp, resp, leftover) = self.upgrade(tcp).await?;
+                config.expected_server_key = resp.server_key;
+                (Transport::stream(tcp), leftover)
+            }
+            DerpTransport::WebSocket => {
+                (Transport::websocket(self.websocket(tcp).await?), Vec::new())
+            }
+        };
+        debug!(transport = transport.kind(), "DERP connection upgraded");
+        let now = Instant::now();
+        let mut core = DerpClient::new(self.private_key.clone(), config, now);
+        let protocol = |source| ConnectError::Protocol {
+            url: url_s.clone(),
+            source,
+        };
+        if self.options.preferred {
+            core.note_preferred(true).map_err(protocol)?;
+        }
+        if !leftover.is_empty() {
+            core.handle_input(now, &leftover).map_err(protocol)?;
+        }
+        Ok((transport, core))
+    }
+
+    async fn upgrade(
+        &self,
+        mut tcp: TcpStream,
+    ) -> Result<(TcpStream, http::UpgradeResponse, Vec<u8>), ConnectError> {
+        let url = self.url.to_string();
+        let http_err = |source| ConnectError::Http {
+            url: url.clone(),
+            source,
+        };
+        let io_err = |source| ConnectError::Io {
+            url: url.clone(),
+            source,
+        };
+        let req = http::upgrade_request(&self.url, &self.headers).map_err(http_err)?;
+        tcp.write_all(&req).await.map_err(io_err)?;
+        let mut buf = Vec::with_capacity(1024);
+        let end = loop {
+            if let Some(end) = http::head_end(&buf) {
+                break end;
+            }
+            if buf.len() > http::MAX_HEAD_LEN {
+                return Err(http_err(HttpError::HeadTooLong));
+            }
+            if tcp.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                return Err(ConnectError::Eof { url: url.clone() });
+            }
+        };
+        let resp = http::parse_upgrade_response(&buf[..end], &buf[end..]).map_err(http_err)?;
+        Ok((tcp, resp, buf.split_off(end)))
+    }
+
+    async fn websocket(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, ConnectError> {
+        let url = self.url.to_string();
+        let ws_err = |e| ConnectError::WebSocket {
+            url: url.clone(),
+            source: Box::new(e),
+        };
+        let mut ws_url = self.url.clone();
+        let scheme = if self.url.scheme() == "http" {
+            "ws"
+        } else {
+            self.url.scheme()
+        };
+        let _ = ws_url.set_scheme(scheme);
+        let mut req = ws_url.as_str().into_client_request().map_err(ws_err)?;
+        for (name, value) in &self.headers {
+            let bad = || ConnectError::Http {
+                url: url.clone(),
+                source: HttpError::BadHeader { name: name.clone() },
+            };
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            let v = HeaderValue::from_str(value).map_err(|_| bad())?;
+            req.headers_mut().append(n, v);
+        }
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("derp"));
+        let (ws, _resp) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map_err(ws_err)?;
+        Ok(ws)
+    }
+
+    /// Runs one connection until it fails or the caller is done.
+    async fn serve(
+        &mut self,
+        conn: Conn,
+        rx: &mut mpsc::Receiver<Command>,
+        ev: &mpsc::Sender<DerpEvent>,
+    ) -> End {
+        let (mut transport, mut core) = conn;
+        let url = self.url.to_string();
+        let mut timer = Timer::new();
+        let result = 'conn: loop {
+            while let Some(bytes) = core.poll_transmit() {
+                if let Err(source) = transport.write(bytes).await {
+                    break 'conn End::Failed(ConnectError::Io { url, source });
+                }
+            }
+            while let Some(e) = core.poll_event() {
+                if let ClientEvent::Restarting { reconnect_in, .. } = e {
+                    self.restart_hint = Some(reconnect_in);
+                }
+                // Keep taking commands while the consumer is slow, so that a consumer
+                // blocked on `send` cannot deadlock with us.
+                let permit = loop {
+                    tokio::select! {
+                        permit = ev.reserve() => break permit.ok(),
+                        cmd = rx.recv() => if let Some(end) = self.command(&mut core, cmd) { break 'conn end },
+                    }
+                };
+                if let Some(permit) = permit {
+                    permit.send(DerpEvent::Relay(e));
+                }
+            }
+            if core.has_transmit() {
+                continue;
+            }
+            timer.arm(core.poll_timeout());
+            tokio::select! {
+                r = transport.read() => match r {
+                    Ok(Read::Data(b)) => {
+                        if let Err(source) = core.handle_input(Instant::now(), &b) {
+                            break End::Failed(ConnectError::Protocol { url, source });
+                        }
+                    }
+                    Ok(Read::Eof) => break End::Failed(ConnectError::Eof { url }),
+                    Err(source) => break End::Failed(ConnectError::Io { url, source }),
+                },
+                cmd = rx.recv() => {
+                    if let Some(end) = self.command(&mut core, cmd) { break end; }
+                    // Batch whatever else is queued before writing.
+                    for _ in 0..64 {
+                        let Ok(cmd) = rx.try_recv() else { break };
+                        if let Some(end) = self.command(&mut core, Some(cmd)) { break 'conn end; }
+                    }
+                },
+                () = timer.wait() => {
+                    if let Err(source) = core.handle_timeout(Instant::now()) {
+                        break End::Failed(ConnectError::Protocol { url, source });
+                    }
+                }
+            }
+        };
+        if let End::Shutdown = result {
+            transport.shutdown().await;
+        }
+        result
+    }
+
+    /// Applies a command; `Some` ends the connection.
+    fn command(&mut self, core: &mut DerpClient, cmd: Option<Command>) -> Option<End> {
+        let res = match cmd {
+            None | Some(Command::Close) => return Some(End::Shutdown),
+            Some(Command::Send { to, packet }) => core.send_packet(to, &packet),
+            Some(Command::Preferred(p)) => {
+                self.options.preferred = p;
+                core.note_preferred(p)
+            }
+            Some(Command::Ping(d)) => core.send_ping(d),
+        };
+        match res {
+            Ok(()) => None,
+            // An oversize packet is the caller's mistake, not the connection's.
+            Err(DerpClientError::PacketTooLarge { len }) => {
+                debug!(len, "dropping oversize packet");
+                None
+            }
+            Err(source) => Some(End::Failed(ConnectError::Protocol {
+                url: self.url.to_string(),
+                source,
+            })),
+        }
+    }
+}
+
+/// Go magicsock's reconnect backoff: n² × 10 ms, capped at [`MAX_BACKOFF`], times a random
+/// factor in [0.5, 1.5).
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// The delay after one more consecutive failure.
+    pub fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let factor = 0.5 + f64::from(OsRng.next_u32()) / (f64::from(u32::MAX) + 1.0);
+        self.delay(factor)
+    }
+
+    /// The delay for the current failure count and a factor in [0.5, 1.5).
+    pub fn delay(&self, factor: f64) -> Duration {
+        let n = u64::from(self.failures);
+        let base = Duration::from_millis(n.saturating_mul(n).saturating_mul(10)).min(MAX_BACKOFF);
+        base.mul_f64(factor)
+    }
+
+    /// After a success.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_as_n_squared_times_10ms_up_to_5s() {
+        let mut b = Backoff::default();
+        let mut at_factor_1 = Vec::new();
+        for _ in 0..25 {
+            let d = b.next_delay();
+            let base = b.delay(1.0);
+            assert!(
+                d >= base.mul_f64(0.5) && d < base.mul_f64(1.5),
+                "{d:?} vs {base:?}"
+            );
+            at_factor_1.push(base.as_millis());
+        }
+        assert_eq!(&at_factor_1[..4], &[10, 40, 90, 160]);
+        assert_eq!(at_factor_1[24], 5000);
+        b.reset();
+        assert_eq!(b.delay(1.0), Duration::ZERO);
+    }
+}

@@ -1,0 +1,38 @@
+//! DERP: the relay every tailnet peer can reach over HTTP(S), addressing peers by node key
+//! (tailnet.md §11, §13.3; Go: coder/tailscale `derp/`, `derp/derphttp/`).
+//!
+//! Sans-IO cores, tokio shells (STYLE.md §1):
+//!
+//! | module | what |
+//! |---|---|
+//! | [`frame`] | frame codec: types, parsing, encoding, limits |
+//! | [`decoder`] | [`FrameDecoder`]: cuts a stream into frames under one side's [`Policy`] |
+//! | [`keys`] | node keys, the NaCl box, client/server info JSON |
+//! | [`client_core`] | [`DerpClient`]: one client connection as a value you feed |
+//! | [`server_core`] | [`ServerConn`]: one server-side connection as a value you feed |
+//! | [`table`] | [`RelayTable`]: who is connected, who is owed a peer-gone |
+//! | [`http`] | the HTTP/1.1 upgrade exchange, as bytes |
+//! | [`client`] | tokio shell: [`client::connect`], reconnects with backoff |
+//! | [`server`] | tokio shell: [`DerpServer`] (table task + a task per connection) |
+
+pub mod client;
+pub mod client_core;
+pub mod decoder;
+pub mod frame;
+pub mod http;
+pub mod keys;
+pub mod server;
+pub mod server_core;
+mod server_table;
+pub mod table;
+mod transport;
+
+pub use client::{
+    ConnectOptions, DerpConnection, DerpEvent, DerpHandle, DerpTransport, connect, connect_with,
+};
+pub use client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
+pub use frame::{Frame, FrameDecoder, FrameError, FrameType, PeerGoneReason, Policy};
+pub use keys::{ClientInfo, NodePrivateKey, NodePublicKey, ServerInfo};
+pub use server::{ClientSummary, DerpServer, ServeError};
+pub use server_core::{ServerConn, ServerConnConfig, ServerConnError, ServerConnEvent};
+pub use table::RelayTable;
