@@ -2,6 +2,7 @@
 
 mod daemon;
 mod netlink;
+mod testbed;
 mod wg;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,6 +30,11 @@ enum Command {
     Wg {
         #[command(subcommand)]
         command: wg::WgCommand,
+    },
+    /// The built-in testbed: a Coder deployment in one process.
+    Testbed {
+        #[command(subcommand)]
+        command: testbed::TestbedCommand,
     },
     /// Print the version (`--output=json` prints the Coder release this build matches).
     Version {
@@ -59,6 +65,10 @@ fn main() -> anyhow::Result<()> {
         Command::Wg { command } => {
             init_cli_logging();
             wg::run(command)
+        }
+        Command::Testbed { command } => {
+            init_cli_logging();
+            testbed::run(command)
         }
         Command::Version { output } => {
             match output {

@@ -1,0 +1,63 @@
+//! `codervpn testbed serve`: the in-process Coder deployment, on its own.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use codervpn_testbed::{Testbed, TestbedConfig};
+
+#[derive(clap::Subcommand)]
+pub enum TestbedCommand {
+    /// Serve a testbed deployment; prints one JSON line ({"url", "token", "agents"}) on
+    /// stdout, then serves until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 = any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Number of workspaces (one agent each).
+    #[arg(long, default_value_t = 3)]
+    workspaces: usize,
+    /// Agents per workspace.
+    #[arg(long, default_value_t = 1)]
+    agents: usize,
+    /// Owner username.
+    #[arg(long, default_value = "testy")]
+    username: String,
+    /// DNS hostname suffix the deployment reports (default: unset, clients use `coder`).
+    #[arg(long)]
+    hostname_suffix: Option<String>,
+    /// Serve HTTPS with a generated certificate.
+    #[arg(long)]
+    tls: bool,
+}
+
+pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
+    let TestbedCommand::Serve(args) = cmd;
+    if args.tls {
+        bail!("--tls is not implemented yet: the testbed serves plain HTTP on loopback");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let stop = crate::daemon::terminate_signal()?;
+        let tb = Testbed::start(TestbedConfig {
+            listen: args.listen,
+            workspaces: args.workspaces,
+            agents_per_workspace: args.agents,
+            username: args.username,
+            hostname_suffix: args.hostname_suffix,
+            ..TestbedConfig::default()
+        })
+        .await?;
+        println!("{}", tb.summary());
+        stop.await;
+        drop(tb);
+        anyhow::Ok(())
+    })
+}

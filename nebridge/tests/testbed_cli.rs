@@ -1,0 +1,49 @@
+//! `codervpn testbed serve` prints one JSON line describing the deployment, then serves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+#[test]
+fn serve_prints_url_token_and_agents_then_answers() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codervpn"))
+        .args(["testbed", "serve", "--workspaces", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = v["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(v["token"].as_str().unwrap().starts_with("testbed-"));
+    let agents = v["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2);
+    assert_eq!(agents[0]["fqdn"][0], "dev1.coder.");
+    assert!(
+        agents[0]["ip"]
+            .as_str()
+            .unwrap()
+            .starts_with("fd60:627a:a42b:")
+    );
+    // It is really serving: a raw HTTP request to buildinfo.
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /api/v2/buildinfo HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"version\":\"v2.24.3\""), "{resp}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
