@@ -82,5 +82,8 @@ fn main() -> anyhow::Result<()> {
 fn init_cli_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CODERVPN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
 }

@@ -20,7 +20,12 @@ impl Netlink {
     }
 
     pub async fn link_index(&self, name: &str) -> anyhow::Result<u32> {
-        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         let link = links
             .try_next()
             .await

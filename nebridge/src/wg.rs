@@ -85,10 +85,21 @@ async fn up(cfg: WgConfig, name: String) -> anyhow::Result<()> {
     let addrs: Vec<String> = cfg.addresses.iter().map(ToString::to_string).collect();
     eprintln!(
         "{name} up: {}, MTU {mtu}, UDP port {port}, {count} peer(s). Ctrl-C to stop.",
-        if addrs.is_empty() { "no address".to_owned() } else { addrs.join(", ") }
+        if addrs.is_empty() {
+            "no address".to_owned()
+        } else {
+            addrs.join(", ")
+        }
     );
     let (_cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
-    runner::run(peers, device, udp, cmd_rx, crate::daemon::terminate_signal()).await?;
+    runner::run(
+        peers,
+        device,
+        udp,
+        cmd_rx,
+        crate::daemon::terminate_signal(),
+    )
+    .await?;
     // Closing the TUN descriptor removes the interface with its addresses and routes.
     info!("{name} down");
     Ok(())

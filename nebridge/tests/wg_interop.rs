@@ -19,8 +19,14 @@ fn interop(a: &str, b: &str) {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{a} <-> {b} failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains(&format!("interop ok: {a} <-> {b}")), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{a} <-> {b} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("interop ok: {a} <-> {b}")),
+        "{stdout}"
+    );
     assert_eq!(stdout.matches("sha256 ok").count(), 2, "{stdout}");
 }
 

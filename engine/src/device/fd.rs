@@ -35,7 +35,8 @@ impl FdDevice {
         set_nonblocking(&fd)?;
         // SAFETY: an OwnedFd is open and always returns the same descriptor until dropped,
         // and the AsyncFd owns it for its whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)?;
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(io::Error::from)?;
         Ok(Self { fd, framing })
     }
 
@@ -54,13 +55,22 @@ impl FdDevice {
             Framing::Utun => {
                 let mut af = [0u8; 4];
                 let iov = [
-                    libc::iovec { iov_base: af.as_mut_ptr().cast(), iov_len: 4 },
-                    libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() },
+                    libc::iovec {
+                        iov_base: af.as_mut_ptr().cast(),
+                        iov_len: 4,
+                    },
+                    libc::iovec {
+                        iov_base: buf.as_mut_ptr().cast(),
+                        iov_len: buf.len(),
+                    },
                 ];
                 // SAFETY: both iovecs point at live, exclusively borrowed buffers.
                 let n = result(unsafe { libc::readv(fd, iov.as_ptr(), 2) })?;
                 if n < 4 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("utun read of {n} bytes has no address-family header")));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("utun read of {n} bytes has no address-family header"),
+                    ));
                 }
                 Ok(n - 4)
             }
@@ -77,15 +87,24 @@ impl FdDevice {
             Framing::Utun => {
                 let af = utun_family(packet)?.to_be_bytes();
                 let iov = [
-                    libc::iovec { iov_base: af.as_ptr() as *mut _, iov_len: 4 },
-                    libc::iovec { iov_base: packet.as_ptr() as *mut _, iov_len: packet.len() },
+                    libc::iovec {
+                        iov_base: af.as_ptr() as *mut _,
+                        iov_len: 4,
+                    },
+                    libc::iovec {
+                        iov_base: packet.as_ptr() as *mut _,
+                        iov_len: packet.len(),
+                    },
                 ];
                 // SAFETY: both iovecs point at live buffers; writev only reads them.
                 result(unsafe { libc::writev(fd, iov.as_ptr(), 2) })?.saturating_sub(4)
             }
         };
         if written != packet.len() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, format!("short packet write: {written} of {}", packet.len())));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short packet write: {written} of {}", packet.len()),
+            ));
         }
         Ok(())
     }
@@ -96,12 +115,19 @@ pub fn utun_family(packet: &[u8]) -> io::Result<u32> {
     match packet.first().map(|b| b >> 4) {
         Some(4) => Ok(UTUN_AF_INET),
         Some(6) => Ok(UTUN_AF_INET6),
-        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4 or IPv6 packet")),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an IPv4 or IPv6 packet",
+        )),
     }
 }
 
 fn result(n: isize) -> io::Result<usize> {
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
@@ -146,7 +172,9 @@ mod tests {
         (OwnedFd::from(a), b)
     }
 
-    const V4: &[u8] = &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    const V4: &[u8] = &[
+        0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
 
     #[tokio::test]
     async fn utun_framing_adds_the_address_family_on_write() {
@@ -175,7 +203,10 @@ mod tests {
         let mut buf = [0u8; 128];
         let n = dev.recv(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], V4);
-        assert_eq!(dev.try_recv(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            dev.try_recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 
     #[tokio::test]
@@ -184,14 +215,20 @@ mod tests {
         let dev = FdDevice::new(fd, Framing::Utun).unwrap();
         peer.send(&[0, 0]).unwrap();
         let mut buf = [0u8; 128];
-        assert_eq!(dev.recv(&mut buf).await.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            dev.recv(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[tokio::test]
     async fn utun_refuses_to_write_a_non_ip_packet() {
         let (fd, _peer) = socketpair();
         let dev = FdDevice::new(fd, Framing::Utun).unwrap();
-        assert_eq!(dev.try_send(&[0x10, 1, 2]).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            dev.try_send(&[0x10, 1, 2]).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 
     #[tokio::test]

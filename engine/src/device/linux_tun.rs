@@ -19,7 +19,10 @@ struct IfReq {
 /// last descriptor closes.
 pub fn create_tun(name: &str) -> io::Result<(OwnedFd, String)> {
     if name.len() >= libc::IFNAMSIZ || name.contains('/') || name.contains(char::is_whitespace) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid interface name {name:?} (at most 15 bytes, no '/' or spaces)")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {name:?} (at most 15 bytes, no '/' or spaces)"),
+        ));
     }
     let file = OpenOptions::new()
         .read(true)
@@ -37,7 +40,11 @@ pub fn create_tun(name: &str) -> io::Result<(OwnedFd, String)> {
         let e = io::Error::last_os_error();
         return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
     }
-    let len = req.name.iter().position(|&b| b == 0).unwrap_or(libc::IFNAMSIZ);
+    let len = req
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(libc::IFNAMSIZ);
     let actual = String::from_utf8_lossy(&req.name[..len]).into_owned();
     Ok((OwnedFd::from(file), actual))
 }
@@ -49,7 +56,11 @@ mod tests {
     #[test]
     fn rejects_names_the_kernel_cannot_take() {
         for bad in ["a/b", "sixteen-chars-xx", "has space"] {
-            assert_eq!(create_tun(bad).unwrap_err().kind(), io::ErrorKind::InvalidInput, "{bad}");
+            assert_eq!(
+                create_tun(bad).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{bad}"
+            );
         }
     }
 }

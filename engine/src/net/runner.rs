@@ -52,7 +52,11 @@ pub async fn run<D: Device>(
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    info!(peers = peers.len(), port = udp.local_port().unwrap_or(0), "WireGuard data plane running");
+    info!(
+        peers = peers.len(),
+        port = udp.local_port().unwrap_or(0),
+        "WireGuard data plane running"
+    );
     loop {
         tokio::select! {
             r = device.recv(&mut dev_buf) => {

@@ -79,7 +79,11 @@ fn setsockopt_int(socket: &Socket, opt: libc::c_int, value: libc::c_int) -> io::
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -107,11 +111,18 @@ mod tests {
     async fn ipv4_peers_are_reached_and_reported_in_canonical_form() {
         let a = Udp::bind(0).unwrap();
         let b = Udp::bind(0).unwrap();
-        let to: SocketAddr = format!("127.0.0.1:{}", b.local_port().unwrap()).parse().unwrap();
+        let to: SocketAddr = format!("127.0.0.1:{}", b.local_port().unwrap())
+            .parse()
+            .unwrap();
         a.try_send_to(b"ping", to).unwrap();
         let mut buf = [0u8; 16];
         let (n, from) = b.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"ping");
-        assert_eq!(from, format!("127.0.0.1:{}", a.local_port().unwrap()).parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            from,
+            format!("127.0.0.1:{}", a.local_port().unwrap())
+                .parse::<SocketAddr>()
+                .unwrap()
+        );
     }
 }
