@@ -185,19 +185,26 @@ impl UserspaceDevice {
         ))
     }
 
-    fn take(&self, packet: Vec<u8>, buf: &mut [u8]) -> io::Result<usize> {
+    fn receiver(&self) -> std::sync::MutexGuard<'_, mpsc::Receiver<Vec<u8>>> {
+        self.from_stack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Copies `packet` into `buf`; `None` (the packet dropped, with a warning) if it does
+    /// not fit — a caller bug, since the stack sends nothing larger than the MTU, and not
+    /// one worth stopping the tunnel for.
+    fn take(packet: &[u8], buf: &mut [u8]) -> Option<usize> {
         let Some(dst) = buf.get_mut(..packet.len()) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a {}-byte packet does not fit a {}-byte buffer",
-                    packet.len(),
-                    buf.len()
-                ),
-            ));
+            warn!(
+                len = packet.len(),
+                buf = buf.len(),
+                "dropping a packet larger than the read buffer"
+            );
+            return None;
         };
-        dst.copy_from_slice(&packet);
-        Ok(packet.len())
+        dst.copy_from_slice(packet);
+        Some(packet.len())
     }
 }
 
@@ -207,29 +214,29 @@ fn stopped() -> io::Error {
 
 impl Device for UserspaceDevice {
     async fn recv<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<usize> {
-        let packet = std::future::poll_fn(|cx| {
-            self.from_stack
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .poll_recv(cx)
-        })
-        .await;
-        match packet {
-            Some(packet) => self.take(packet, buf),
-            None => Err(stopped()),
+        loop {
+            let packet = std::future::poll_fn(|cx| self.receiver().poll_recv(cx)).await;
+            let Some(packet) = packet else {
+                return Err(stopped());
+            };
+            if let Some(n) = Self::take(&packet, buf) {
+                return Ok(n);
+            }
         }
     }
 
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let got = self
-            .from_stack
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .try_recv();
-        match got {
-            Ok(packet) => self.take(packet, buf),
-            Err(mpsc::error::TryRecvError::Empty) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(mpsc::error::TryRecvError::Disconnected) => Err(stopped()),
+        loop {
+            let packet = match self.receiver().try_recv() {
+                Ok(packet) => packet,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return Err(stopped()),
+            };
+            if let Some(n) = Self::take(&packet, buf) {
+                return Ok(n);
+            }
         }
     }
 

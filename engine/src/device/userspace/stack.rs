@@ -162,10 +162,9 @@ impl Stack {
                 self.room = Some(Box::pin(self.phy.to_tunnel.clone().reserve_owned()));
                 continue;
             }
-            if self.phy.has_input() {
-                continue;
-            }
-            if busy {
+            // More packets from the runner: take them now, unless there is no room for
+            // what they would make smoltcp send (then room in the queue wakes us).
+            if busy || (self.phy.has_input() && !self.phy.blocked) {
                 continue;
             }
             self.arm_timer();

@@ -509,3 +509,10 @@ async fn bad_configs_are_refused() {
         Err(UserspaceError::MtuTooSmall { mtu: 1000 })
     ));
 }
+
+#[test]
+fn packet_larger_than_the_read_buffer_is_dropped_not_fatal() {
+    let mut small = [0u8; 10];
+    assert_eq!(UserspaceDevice::take(&[1; 100], &mut small), None);
+    assert_eq!(UserspaceDevice::take(&[1; 10], &mut small), Some(10));
+}
