@@ -117,9 +117,17 @@ pub trait TcpConnector: Clone + Send + Sync + 'static {
 /// The packet side of the userspace stack, for the WireGuard runner.
 pub struct UserspaceDevice {
     to_stack: mpsc::Sender<Vec<u8>>,
-    /// Only the runner's task reads: the lock is never contended, it only lends `&self`
-    /// methods the `&mut` a channel receiver needs.
-    from_stack: Mutex<mpsc::Receiver<Vec<u8>>>,
+    /// Emptied buffers back to the stack, for the packets it sends next.
+    spares_to_stack: mpsc::Sender<Vec<u8>>,
+    /// Only the runner's task uses it: the lock is never contended, it only lends `&self`
+    /// methods the `&mut` channel receivers need.
+    rx: Mutex<DeviceRx>,
+}
+
+struct DeviceRx {
+    from_stack: mpsc::Receiver<Vec<u8>>,
+    /// Buffers smoltcp has consumed, for the packets the runner writes next.
+    spares: mpsc::Receiver<Vec<u8>>,
 }
 
 /// Opens connections through the stack; cheap to clone. Connections outlive neither the
@@ -137,10 +145,14 @@ impl UserspaceDevice {
         let (to_stack, from_tunnel) = mpsc::channel(PACKET_QUEUE);
         let (to_tunnel, from_stack) = mpsc::channel(PACKET_QUEUE);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (spares_out, spares_for_device) = mpsc::channel(PACKET_QUEUE);
+        let (spares_to_stack, spares_in) = mpsc::channel(PACKET_QUEUE);
         let mut phy = phy::Phy {
             from_tunnel,
             pending: None,
+            spares_out,
             to_tunnel,
+            spares_in,
             blocked: false,
             mtu: cfg.mtu,
         };
@@ -175,7 +187,11 @@ impl UserspaceDevice {
         tokio::spawn(stack.run());
         let device = Self {
             to_stack,
-            from_stack: Mutex::new(from_stack),
+            spares_to_stack,
+            rx: Mutex::new(DeviceRx {
+                from_stack,
+                spares: spares_for_device,
+            }),
         };
         Ok((
             device,
@@ -185,10 +201,18 @@ impl UserspaceDevice {
         ))
     }
 
-    fn receiver(&self) -> std::sync::MutexGuard<'_, mpsc::Receiver<Vec<u8>>> {
-        self.from_stack
+    fn rx(&self) -> std::sync::MutexGuard<'_, DeviceRx> {
+        self.rx
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Copies `packet` out and recycles its buffer.
+    fn deliver(&self, packet: Vec<u8>, buf: &mut [u8]) -> Option<usize> {
+        let n = Self::take(&packet, buf);
+        // If the stack has spares enough, this one is simply freed.
+        let _ = self.spares_to_stack.try_send(packet);
+        n
     }
 
     /// Copies `packet` into `buf`; `None` (the packet dropped, with a warning) if it does
@@ -215,11 +239,11 @@ fn stopped() -> io::Error {
 impl Device for UserspaceDevice {
     async fn recv<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<usize> {
         loop {
-            let packet = std::future::poll_fn(|cx| self.receiver().poll_recv(cx)).await;
+            let packet = std::future::poll_fn(|cx| self.rx().from_stack.poll_recv(cx)).await;
             let Some(packet) = packet else {
                 return Err(stopped());
             };
-            if let Some(n) = Self::take(&packet, buf) {
+            if let Some(n) = self.deliver(packet, buf) {
                 return Ok(n);
             }
         }
@@ -227,21 +251,24 @@ impl Device for UserspaceDevice {
 
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let packet = match self.receiver().try_recv() {
+            let packet = match self.rx().from_stack.try_recv() {
                 Ok(packet) => packet,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => return Err(stopped()),
             };
-            if let Some(n) = Self::take(&packet, buf) {
+            if let Some(n) = self.deliver(packet, buf) {
                 return Ok(n);
             }
         }
     }
 
     fn try_send(&self, packet: &[u8]) -> io::Result<()> {
-        match self.to_stack.try_send(packet.to_vec()) {
+        let mut owned = self.rx().spares.try_recv().unwrap_or_default();
+        owned.clear();
+        owned.extend_from_slice(packet);
+        match self.to_stack.try_send(owned) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(io::ErrorKind::WouldBlock.into()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(stopped()),

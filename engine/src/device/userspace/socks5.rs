@@ -345,9 +345,10 @@ where
             Ok(Some((request, used))) => return Ok((request, (used, filled))),
             Ok(None) => filled += read_more(client, buf, filled, "request").await?,
             Err(e) => {
-                let reply = match e {
-                    Socks5Error::AddressType(_) => Reply::AddressTypeNotSupported,
-                    _ => Reply::GeneralFailure,
+                let reply = if matches!(e, Socks5Error::AddressType(_)) {
+                    Reply::AddressTypeNotSupported
+                } else {
+                    Reply::GeneralFailure // a wrong version byte, an empty name
                 };
                 client
                     .write_all(&encode_reply(
