@@ -84,6 +84,28 @@ start_ours() {
   wait_for_link "$ns" "$(if_of "$side")" "$WORK/$side-ours.log"
 }
 
+# start_ours_userspace SIDE ARGS...: `codervpn wg up --userspace ARGS...` on host SIDE — no
+# TUN in that namespace, and run as an unprivileged user (nobody) to show it needs no root.
+# Returns once the log says the listeners are up.
+start_ours_userspace() {
+  local side=$1 ns conf; ns=$(ns_of "$side"); shift
+  conf="$WORK/$side-us.conf"
+  { wg_conf "$side" | sed "/^ListenPort/a Address = $(tun_of "$side")/24\nMTU = 1420"; } > "$conf"
+  chmod 711 "$WORK"
+  chown "${USERSPACE_UID:-65534}" "$conf"
+  ip netns exec "$ns" setpriv --reuid="${USERSPACE_UID:-65534}" --regid="${USERSPACE_GID:-65534}" --clear-groups -- \
+    "$CODERVPN" wg up "$conf" --userspace "$@" 2> "$WORK/$side-us.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    grep -q "Ctrl-C to stop" "$WORK/$side-us.log" 2>/dev/null && return 0
+    kill -0 "${PIDS[-1]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "codervpn --userspace did not start on $side; log:" >&2
+  cat "$WORK/$side-us.log" >&2
+  return 1
+}
+
 # start_wggo SIDE: wireguard-go (Debian) configured with wg(8) on host SIDE.
 start_wggo() {
   local side=$1 ns; ns=$(ns_of "$side")

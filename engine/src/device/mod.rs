@@ -3,16 +3,20 @@
 //! - [`FdDevice`]: a file descriptor carrying one IP packet per read/write — a Linux TUN
 //!   (`IFF_TUN | IFF_NO_PI`, created here or handed over by a manager), or a macOS utun,
 //!   whose packets carry a 4-byte address-family prefix ([`Framing::Utun`]).
+//! - [`UserspaceDevice`]: no descriptor at all — a smoltcp TCP/IP stack in this process,
+//!   reached through a SOCKS5 server and TCP port forwards (no root, no TUN).
 
 mod fd;
 #[cfg(target_os = "linux")]
 pub mod linux_tun;
 pub mod offload;
+pub mod userspace;
 
 use std::future::Future;
 use std::io;
 
 pub use fd::{FdDevice, Framing};
+pub use userspace::UserspaceDevice;
 
 /// One packet per call, in both directions.
 pub trait Device: Send + Sync {
