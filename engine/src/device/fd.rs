@@ -10,6 +10,7 @@ use tokio::io::unix::AsyncFd;
 use std::sync::Mutex;
 
 use super::Device;
+use super::coalesce::Coalescer;
 use super::offload::{self, VNET_HDR_LEN, VnetHdr};
 
 /// How packets are framed on the descriptor.
@@ -35,6 +36,8 @@ pub struct FdDevice {
     framing: Framing,
     /// Segments of the last super packet not yet handed out (Vnet framing only).
     pending: Mutex<Segments>,
+    /// TCP segments being joined for one write (Vnet framing only).
+    coalescer: Mutex<Coalescer>,
 }
 
 /// Segments cut from one super packet, stored back to back.
@@ -87,6 +90,7 @@ impl FdDevice {
             fd,
             framing,
             pending: Mutex::new(pending),
+            coalescer: Mutex::new(Coalescer::new()),
         })
     }
 
@@ -257,8 +261,53 @@ impl Device for FdDevice {
     }
 
     fn try_send(&self, packet: &[u8]) -> io::Result<()> {
-        self.write_once(packet)
+        if self.framing != Framing::Vnet {
+            return self.write_once(packet);
+        }
+        let fd = self.fd.get_ref().as_raw_fd();
+        let mut result = Ok(());
+        let mut c = self
+            .coalescer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.push(packet, &mut |frame| {
+            if let Err(e) = write_frame(fd, frame) {
+                result = Err(e);
+            }
+        });
+        result
     }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.framing != Framing::Vnet {
+            return Ok(());
+        }
+        let fd = self.fd.get_ref().as_raw_fd();
+        let mut result = Ok(());
+        let mut c = self
+            .coalescer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.flush(&mut |frame| {
+            if let Err(e) = write_frame(fd, frame) {
+                result = Err(e);
+            }
+        });
+        result
+    }
+}
+
+/// Writes one complete frame (vnet header included).
+fn write_frame(fd: std::os::fd::RawFd, frame: &[u8]) -> io::Result<()> {
+    // SAFETY: writing from a live buffer of its own length.
+    let n = result(unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) })?;
+    if n != frame.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short TUN write: {n} of {}", frame.len()),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! - [`UserspaceDevice`]: no descriptor at all — a smoltcp TCP/IP stack in this process,
 //!   reached through a SOCKS5 server and TCP port forwards (no root, no TUN).
 
+pub mod coalesce;
 mod fd;
 #[cfg(target_os = "linux")]
 pub mod linux_tun;
@@ -25,6 +26,11 @@ pub trait Device: Send + Sync {
     -> impl Future<Output = io::Result<usize>> + Send + 'a;
     /// Reads a packet if one is ready; `WouldBlock` otherwise.
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes a packet if the device can take it now; `WouldBlock` otherwise.
+    /// Writes a packet if the device can take it now; `WouldBlock` otherwise. A device may
+    /// hold packets back to coalesce them until [`Device::flush`].
     fn try_send(&self, packet: &[u8]) -> io::Result<()>;
+    /// Writes anything `try_send` held back. Called after each batch.
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
 }

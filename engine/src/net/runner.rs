@@ -83,7 +83,7 @@ pub async fn run<D: Device>(
                         Err(e) => return Err(io::Error::new(e.kind(), format!("reading the packet device: {e}"))),
                     };
                 }
-                outbox.flush();
+                outbox.flush(&device);
             }
             r = udp.readable() => {
                 r.map_err(|e| io::Error::new(e.kind(), format!("waiting on the UDP socket: {e}")))?;
@@ -100,11 +100,11 @@ pub async fn run<D: Device>(
                         Err(e) => debug!(error = %e, "UDP receive error"),
                     }
                 }
-                outbox.flush();
+                outbox.flush(&device);
             }
             _ = tick.tick() => {
                 peers.update_timers(tokio::time::Instant::now().into_std(), &mut out, &mut |e| outbox.emit(&device, e));
-                outbox.flush();
+                outbox.flush(&device);
             }
             cmd = commands.recv() => match cmd {
                 Some(WgCommand::UpsertPeer(p)) => peers.upsert_peer(p),
@@ -142,7 +142,7 @@ impl Outbox {
         match e {
             Emit::Network { to, data } => {
                 if !self.batch.fits(data, to) {
-                    self.flush();
+                    self.flush_udp();
                 }
                 self.batch.push(data, to);
             }
@@ -157,7 +157,17 @@ impl Outbox {
         }
     }
 
-    fn flush(&mut self) {
+    fn flush<D: Device>(&mut self, device: &D) {
+        self.flush_udp();
+        if let Err(err) = device.flush() {
+            self.device_write_failed += 1;
+            if self.device_write_failed.is_power_of_two() {
+                warn!(error = %err, failures = self.device_write_failed, "device write failed");
+            }
+        }
+    }
+
+    fn flush_udp(&mut self) {
         if self.batch.is_empty() {
             return;
         }
