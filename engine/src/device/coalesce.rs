@@ -365,7 +365,7 @@ mod tests {
             vec![0x45; 60],
             vec![0xff; 100],
         ] {
-            let out = frames(&[junk.clone()]);
+            let out = frames(std::slice::from_ref(&junk));
             assert_eq!(out.len(), 1);
             assert_eq!(&out[0][VNET_HDR_LEN..], &junk[..]);
         }
