@@ -1,6 +1,10 @@
 //! The tokio shell around one [`Call`]: a task that owns the transport stream (a yamux
 //! stream), feeds it to the call, writes what the call queues, and talks to the user of the
 //! call through two bounded channels.
+//!
+//! Reading, writing, commands and event delivery all progress independently, so a peer that
+//! stops reading (say, after refusing an oversize packet) cannot keep us from reading its
+//! error.
 
 use std::any::Any;
 use std::io;
@@ -36,9 +40,10 @@ pub(crate) enum Inbound {
     Io(io::Error),
 }
 
-/// The user's end of a call task. Dropping `cmds` means "nothing more to send"; dropping
-/// both ends the call (a client sends close if the call was still running; a server just
-/// closes its transport stream, having sent its close-send or error already).
+/// The user's end of a call task. Dropping `cmds` means "nothing more to send" (a client
+/// sends close-send); dropping both ends the call (a client sends close if the call was
+/// still running; a server just closes its transport stream, having sent its close-send or
+/// error already).
 pub(crate) struct CallHandle {
     pub cmds: mpsc::Sender<Command>,
     pub events: mpsc::Receiver<Inbound>,
@@ -48,7 +53,7 @@ pub(crate) struct CallHandle {
 /// alive this way).
 pub(crate) fn spawn<S>(io: S, call: Call, keep: Option<Box<dyn Any + Send>>) -> CallHandle
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
@@ -63,37 +68,41 @@ where
 }
 
 async fn run<S>(
-    mut io: S,
+    io: S,
     mut call: Call,
     mut cmds: mpsc::Receiver<Command>,
     events: mpsc::Sender<Inbound>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
+    let (mut rd, mut wr) = tokio::io::split(io);
     let mut buf = vec![0u8; READ_BUF];
+    // Bytes to write: `out[written..]`.
+    let mut out: Vec<u8> = Vec::new();
+    let mut written = 0;
+    let mut need_flush = false;
+    let mut write_err: Option<io::Error> = None;
     let mut pending: Option<Inbound> = None;
     let mut cmds_open = true;
     let mut read_open = true;
-    let mut broken = false;
     loop {
-        if !broken {
-            if let Err(e) = flush(&mut io, &mut call).await {
-                tracing::debug!(error = %e, "drpc call: write failed");
-                broken = true;
-                read_open = false;
-                if pending.is_none() {
-                    pending = Some(Inbound::Io(e));
-                }
+        while let Some(bytes) = call.poll_transmit() {
+            if write_err.is_none() {
+                out.extend_from_slice(&bytes);
             }
         }
         if pending.is_none() {
             pending = call.poll_event().map(Inbound::Event);
         }
-        let Some(next) = pending.take() else {
-            if call.is_finished() || broken {
+        let writing = write_err.is_none() && (written < out.len() || need_flush);
+        let events_gone = events.is_closed();
+        if pending.is_none() && !writing {
+            if call.is_finished() {
                 break;
             }
-            let events_gone = events.is_closed();
+            if !read_open && write_err.is_some() {
+                break;
+            }
             if !cmds_open && events_gone {
                 // Nobody is left to use the call.
                 if call.role() == Role::Client {
@@ -102,75 +111,86 @@ async fn run<S>(
                 }
                 break;
             }
-            tokio::select! {
-                cmd = cmds.recv(), if cmds_open => match cmd {
-                    Some(cmd) => apply(&mut call, cmd),
-                    None => {
-                        cmds_open = false;
-                        if call.role() == Role::Client {
-                            call.close_send();
-                        }
+        }
+        tokio::select! {
+            permit = events.reserve(), if pending.is_some() => {
+                if let (Ok(permit), Some(item)) = (permit, pending.take()) {
+                    permit.send(item);
+                } else {
+                    pending = None;
+                }
+            }
+            cmd = cmds.recv(), if cmds_open => match cmd {
+                Some(cmd) => apply(&mut call, cmd),
+                None => {
+                    cmds_open = false;
+                    if call.role() == Role::Client {
+                        call.close_send();
                     }
-                },
-                read = io.read(&mut buf), if read_open => match read {
-                    Ok(0) => {
+                }
+            },
+            result = write_some(&mut wr, &out[written..]), if writing => match result {
+                Ok(0) => need_flush = false,
+                Ok(n) => {
+                    written += n;
+                    if written == out.len() {
+                        out.clear();
+                        written = 0;
+                    }
+                    need_flush = true;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "drpc call: write failed");
+                    out.clear();
+                    written = 0;
+                    write_err = Some(e);
+                }
+            },
+            read = rd.read(&mut buf), if read_open && pending.is_none() => match read {
+                Ok(0) => {
+                    read_open = false;
+                    if let Err(e) = call.handle_eof() {
+                        pending = Some(match write_err.take() {
+                            Some(w) => Inbound::Io(w),
+                            None => Inbound::Protocol(e),
+                        });
+                    }
+                }
+                Ok(n) => {
+                    if let Err(e) = call.handle_input(&buf[..n]) {
+                        tracing::debug!(error = %e, "drpc call: bad input");
                         read_open = false;
-                        if let Err(e) = call.handle_eof() {
-                            pending = Some(Inbound::Protocol(e));
-                        }
+                        pending = Some(Inbound::Protocol(e));
                     }
-                    Ok(n) => {
-                        if let Err(e) = call.handle_input(&buf[..n]) {
-                            tracing::debug!(error = %e, "drpc call: bad input");
-                            read_open = false;
-                            pending = Some(Inbound::Protocol(e));
-                        }
-                    }
-                    Err(e) => {
-                        read_open = false;
-                        broken = true;
+                }
+                Err(e) => {
+                    read_open = false;
+                    if !call.is_finished() {
                         pending = Some(Inbound::Io(e));
                     }
-                },
-                // Wakes the loop when the user drops the receiving end.
-                () = events.closed(), if !events_gone => {}
-                else => {
-                    // Neither commands nor input can arrive any more.
-                    break;
                 }
-            }
-            continue;
-        };
-        // Deliver `next`, still taking commands meanwhile so a sender is never blocked
-        // behind a reader that does not read.
-        let mut next = Some(next);
-        while let Some(item) = next.take() {
-            tokio::select! {
-                biased;
-                permit = events.reserve() => {
-                    if let Ok(permit) = permit {
-                        permit.send(item);
-                    }
-                }
-                cmd = cmds.recv(), if cmds_open => {
-                    next = Some(item);
-                    match cmd {
-                        Some(cmd) => apply(&mut call, cmd),
-                        None => cmds_open = false,
-                    }
-                    if !broken && flush(&mut io, &mut call).await.is_err() {
-                        broken = true;
-                    }
-                }
-            }
+            },
+            // Wakes the loop when the user drops the receiving end.
+            () = events.closed(), if !events_gone => {}
+            else => break,
         }
     }
-    // Whatever the call queued last (a close, an error) goes out before the FIN.
-    if !broken {
-        let _ = flush(&mut io, &mut call).await;
+    if write_err.is_none() {
+        if let Err(e) = wr.shutdown().await {
+            tracing::trace!(error = %e, "drpc call: closing the transport stream failed");
+        }
     }
-    if let Err(e) = io.shutdown().await {
-        tracing::trace!(error = %e, "drpc call: closing the transport stream failed");
+}
+
+/// Writes some of `out` (never 0 bytes), or flushes when `out` is empty (and says 0).
+async fn write_some<W: AsyncWrite + Unpin>(wr: &mut W, out: &[u8]) -> io::Result<usize> {
+    if out.is_empty() {
+        wr.flush().await?;
+        return Ok(0);
+    }
+    match wr.write(out).await? {
+        0 => Err(io::ErrorKind::WriteZero.into()),
+        n => Ok(n),
     }
 }
 
@@ -186,16 +206,4 @@ fn apply(call: &mut Call, cmd: Command) {
         Command::Cancel => call.cancel(),
         Command::Error { code, text } => call.send_error(code, &text),
     }
-}
-
-async fn flush<S: AsyncWrite + Unpin>(io: &mut S, call: &mut Call) -> io::Result<()> {
-    let mut wrote = false;
-    while let Some(bytes) = call.poll_transmit() {
-        io.write_all(&bytes).await?;
-        wrote = true;
-    }
-    if wrote {
-        io.flush().await?;
-    }
-    Ok(())
 }
