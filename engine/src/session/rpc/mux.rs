@@ -6,8 +6,9 @@
 //!   byte for byte by `tests/rpc_yamux_wire.rs`).
 //! - Opening: the crate sends SYN on the stream's first frame (usually data) instead of a
 //!   window update with delta 0 first; hashicorp accepts SYN on either frame type.
-//!   Accepting: it sends ACK on the first frame it writes; [`serve`] writes an empty data
-//!   frame at once so that a hashicorp client's 75 s stream-open timeout never fires.
+//!   Accepting: it sends ACK on the first frame it writes; the dRPC server calls
+//!   [`acknowledge`] (an empty data frame with ACK) at once so that a hashicorp client's 75 s
+//!   stream-open timeout never fires while a call waits for its first reply.
 //! - Windows: 256 KiB per stream at the start, both ways. The crate grows a busy stream's
 //!   receive window towards the bandwidth-delay product up to a connection-wide budget;
 //!   [`config`] sets that budget to exactly 256 KiB × the stream limit, which pins every
@@ -20,7 +21,12 @@
 //!   and closes the session itself when the answer does not come; a dead server is noticed
 //!   by the websocket layer (TCP) or not at all — see `ws`'s notes.
 //! - Go away: the crate treats any go-away frame as the end of the whole session;
-//!   hashicorp only refuses new streams and lets open ones finish.
+//!   hashicorp only refuses new streams and lets open ones finish. On a protocol error
+//!   (e.g. a peer overrunning a window) the crate sends go away `1` but, unlike hashicorp,
+//!   does not close the session itself: it ends when the peer closes the transport, which
+//!   hashicorp does on receiving that go away.
+//! - Half-close and reset go out as data frames with FIN / RST and length 0 (hashicorp uses
+//!   window-update frames); hashicorp honours the flags on both frame types.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
