@@ -13,8 +13,8 @@ use codervpn_engine::session::rpc::{
 };
 use codervpn_proto::tailnet::{
     CoordinateRequest, CoordinateResponse, DerpMap, RefreshResumeTokenRequest,
-    RefreshResumeTokenResponse, StreamDerpMapsRequest, WorkspaceUpdate, WorkspaceUpdatesRequest,
-    Workspace,
+    RefreshResumeTokenResponse, StreamDerpMapsRequest, Workspace, WorkspaceUpdate,
+    WorkspaceUpdatesRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -238,7 +238,10 @@ async fn cancelling_a_bidi_call_reaches_the_handler() {
     stream.cancel().await;
     assert_eq!(
         seen.recv().await.unwrap(),
-        format!("coordinate: {}: the peer cancelled the call", paths::COORDINATE)
+        format!(
+            "coordinate: {}: the peer cancelled the call",
+            paths::COORDINATE
+        )
     );
 }
 
@@ -256,7 +259,10 @@ async fn unknown_method_gets_drpcmuxs_error() {
     let (client, _) = tailnet_pair();
     let err = client
         .rpc()
-        .unary::<_, RefreshResumeTokenResponse>(paths::POST_TELEMETRY, &RefreshResumeTokenRequest {})
+        .unary::<_, RefreshResumeTokenResponse>(
+            paths::POST_TELEMETRY,
+            &RefreshResumeTokenRequest {},
+        )
         .await
         .unwrap_err();
     match &err {
@@ -320,7 +326,13 @@ fn packets(bytes: &[u8]) -> Vec<codec::Packet> {
 #[tokio::test]
 async fn malformed_frame_gets_a_protocol_error_and_a_closed_stream() {
     let mut wire = Vec::new();
-    codec::put_packet(&mut wire, Id::new(1, 1), Kind::Invoke, false, paths::COORDINATE.as_bytes());
+    codec::put_packet(
+        &mut wire,
+        Id::new(1, 1),
+        Kind::Invoke,
+        false,
+        paths::COORDINATE.as_bytes(),
+    );
     // A stream id varint that never ends.
     wire.push(0x05);
     wire.extend([0x80; 11]);
@@ -330,15 +342,36 @@ async fn malformed_frame_gets_a_protocol_error_and_a_closed_stream() {
     assert_eq!(got[0].kind, Kind::Error);
     let (code, text) = codec::parse_error_data(&got[0].data);
     assert_eq!(code, 0);
-    assert_eq!(text, "protocol error: stream id varint is longer than 10 bytes");
+    assert_eq!(
+        text,
+        "protocol error: stream id varint is longer than 10 bytes"
+    );
 }
 
 #[tokio::test]
 async fn unknown_kind_without_control_bit_closes_the_call() {
     let mut wire = Vec::new();
-    codec::put_packet(&mut wire, Id::new(1, 1), Kind::Invoke, false, paths::COORDINATE.as_bytes());
-    codec::put_packet(&mut wire, Id::new(1, 2), Kind::Unknown(33), true, b"ignored");
-    codec::put_packet(&mut wire, Id::new(1, 3), Kind::Unknown(33), false, b"refused");
+    codec::put_packet(
+        &mut wire,
+        Id::new(1, 1),
+        Kind::Invoke,
+        false,
+        paths::COORDINATE.as_bytes(),
+    );
+    codec::put_packet(
+        &mut wire,
+        Id::new(1, 2),
+        Kind::Unknown(33),
+        true,
+        b"ignored",
+    );
+    codec::put_packet(
+        &mut wire,
+        Id::new(1, 3),
+        Kind::Unknown(33),
+        false,
+        b"refused",
+    );
     let got = packets(&raw_exchange(&wire).await);
     let (_, text) = codec::parse_error_data(&got.last().unwrap().data);
     assert_eq!(
@@ -367,7 +400,10 @@ async fn oversize_request_is_refused_by_the_server() {
     let RpcError::Remote { code: 0, text, .. } = &err else {
         panic!("want a remote error, got {err:?}");
     };
-    assert!(text.starts_with("protocol error: packet (stream 1, message 2)"), "{text}");
+    assert!(
+        text.starts_with("protocol error: packet (stream 1, message 2)"),
+        "{text}"
+    );
     assert!(text.ends_with("over the 4194304-byte limit"), "{text}");
 
     // Just under the limit is fine.

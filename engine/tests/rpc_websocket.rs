@@ -30,23 +30,34 @@ fn echo_router() -> Router {
             "/t/Chat",
             |mut req: Requests<RefreshResumeTokenResponse>,
              resp: Sink<RefreshResumeTokenResponse>| async move {
-                while let Some(m) = req.message().await.map_err(|e| Status::new(0, e.to_string()))? {
-                    resp.send(&m).await.map_err(|e| Status::new(0, e.to_string()))?;
+                while let Some(m) = req
+                    .message()
+                    .await
+                    .map_err(|e| Status::new(0, e.to_string()))?
+                {
+                    resp.send(&m)
+                        .await
+                        .map_err(|e| Status::new(0, e.to_string()))?;
                 }
                 Ok(())
             },
         )
-        .unary(paths::REFRESH_RESUME_TOKEN, |_: RefreshResumeTokenRequest| async {
-            Ok::<_, Status>(RefreshResumeTokenResponse {
-                token: "over-websocket".into(),
-                ..Default::default()
-            })
-        })
+        .unary(
+            paths::REFRESH_RESUME_TOKEN,
+            |_: RefreshResumeTokenRequest| async {
+                Ok::<_, Status>(RefreshResumeTokenResponse {
+                    token: "over-websocket".into(),
+                    ..Default::default()
+                })
+            },
+        )
 }
 
 fn token(len: usize) -> RefreshResumeTokenResponse {
     RefreshResumeTokenResponse {
-        token: (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect(),
+        token: (0..len)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect(),
         ..Default::default()
     }
 }
@@ -55,6 +66,7 @@ type Seen = Arc<Mutex<Option<(String, Vec<(String, String)>)>>>;
 
 /// Serves one websocket connection on 127.0.0.1, recording the upgrade request, or
 /// refusing it with `refuse`.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
 async fn server(refuse: Option<(StatusCode, &'static str)>) -> (url::Url, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = url::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
@@ -102,7 +114,10 @@ async fn dial_sends_version_resume_token_and_headers_then_runs_calls() {
     let (base, seen) = server(None).await;
     let client = TailnetClient::dial(&base, &options()).await.unwrap();
 
-    assert_eq!(client.refresh_resume_token().await.unwrap().token, "over-websocket");
+    assert_eq!(
+        client.refresh_resume_token().await.unwrap().token,
+        "over-websocket"
+    );
     let big = token(300 * 1024);
     let back: RefreshResumeTokenResponse = client.rpc().unary("/t/Echo", &big).await.unwrap();
     assert_eq!(back, big);
@@ -149,7 +164,10 @@ async fn refused_upgrade_is_a_typed_permanent_error_with_status_and_body() {
     assert!(err.is_stale_resume_token(), "{err}");
     let shown = err.to_string();
     assert!(shown.contains("HTTP 401 (permanent)"), "{shown}");
-    assert!(!shown.contains("resume+me") && !shown.contains("resume%2Bme"), "{shown}");
+    assert!(
+        !shown.contains("resume+me") && !shown.contains("resume%2Bme"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
@@ -196,7 +214,10 @@ async fn recut<S, T>(
     let mut cut = cuts.iter().copied().cycle();
     while let Some(Ok(msg)) = from.next().await {
         let Message::Binary(data) = msg else {
-            assert!(matches!(msg, Message::Close(_)), "non-binary message {msg:?}");
+            assert!(
+                matches!(msg, Message::Close(_)),
+                "non-binary message {msg:?}"
+            );
             break;
         };
         {
@@ -233,8 +254,18 @@ async fn message_boundaries_need_not_match_yamux_frames() {
     let (out_sink, out_stream) = proxy_out.split();
     let from_client = Arc::new(Mutex::new(0));
     let from_server = Arc::new(Mutex::new(0));
-    tokio::spawn(recut(in_stream, out_sink, &[1, 5, 11, 3, 4099, 7, 13], from_client.clone()));
-    tokio::spawn(recut(out_stream, in_sink, &[2, 9, 3, 1, 16411, 6], from_server.clone()));
+    tokio::spawn(recut(
+        in_stream,
+        out_sink,
+        &[1, 5, 11, 3, 4099, 7, 13],
+        from_client.clone(),
+    ));
+    tokio::spawn(recut(
+        out_stream,
+        in_sink,
+        &[2, 9, 3, 1, 16411, 6],
+        from_server.clone(),
+    ));
 
     let client = RpcClient::new(MuxClient::start(WsByteStream::new(client_ws)));
     for len in [0, 1, 100, 70_000] {
@@ -253,6 +284,9 @@ async fn message_boundaries_need_not_match_yamux_frames() {
     chat.close_send().await.unwrap();
     assert!(chat.message().await.unwrap().is_none());
     let client_max = *from_client.lock().unwrap();
-    assert!(client_max > 0 && client_max <= MAX_WRITE_MESSAGE, "{client_max}");
+    assert!(
+        client_max > 0 && client_max <= MAX_WRITE_MESSAGE,
+        "{client_max}"
+    );
     client.mux().close().await;
 }

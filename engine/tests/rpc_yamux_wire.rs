@@ -92,7 +92,9 @@ async fn client_stream_open_and_data_match_the_hashicorp_layout() {
     let f = next_frame(&mut raw).await;
     assert_eq!(
         f.header,
-        [0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x05]
+        [
+            0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x05
+        ]
     );
     assert_eq!(f.body, b"hello");
 
@@ -111,7 +113,10 @@ async fn client_stream_open_and_data_match_the_hashicorp_layout() {
 
     // A ping with SYN is answered with ACK and the same opaque value.
     send(&mut raw, header(PING, SYN, 0, 0xdead_beef), &[]).await;
-    assert_eq!(next_frame(&mut raw).await.header, header(PING, ACK, 0, 0xdead_beef));
+    assert_eq!(
+        next_frame(&mut raw).await.header,
+        header(PING, ACK, 0, 0xdead_beef)
+    );
 
     // Half-close: FIN with length 0 (on a data frame; hashicorp uses a window update frame
     // and accepts the flag on either).
@@ -130,7 +135,12 @@ async fn receiver_sends_a_window_update_when_half_the_window_is_consumed() {
     send(&mut raw, header(WINDOW_UPDATE, ACK, 1, 0), &[]).await;
 
     let half = 128 * 1024;
-    send(&mut raw, header(DATA, 0, 1, half), &vec![7u8; half as usize]).await;
+    send(
+        &mut raw,
+        header(DATA, 0, 1, half),
+        &vec![7u8; half as usize],
+    )
+    .await;
     let mut got = vec![0u8; half as usize];
     stream.read_exact(&mut got).await.unwrap();
     // The crate sends the update from the next read.
@@ -157,7 +167,12 @@ async fn exceeding_the_256_kib_window_is_a_protocol_error_go_away() {
 
     // Nobody reads the stream, so no window update: 256 KiB fit, one more byte does not.
     let window = 256 * 1024;
-    send(&mut raw, header(DATA, 0, 1, window), &vec![0u8; window as usize]).await;
+    send(
+        &mut raw,
+        header(DATA, 0, 1, window),
+        &vec![0u8; window as usize],
+    )
+    .await;
     send(&mut raw, header(DATA, 0, 1, 1), &[0]).await;
     assert_eq!(next_frame(&mut raw).await.header, header(GO_AWAY, 0, 0, 1));
     // The crate leaves closing to the peer (hashicorp closes on a protocol-error go away);

@@ -84,7 +84,10 @@ fn model(stream: &[u8], max: usize) -> Outcome {
         }
         let control = stream[at];
         let mut fields = [0u64; 3];
-        for (i, name) in ["stream id", "message id", "data length"].into_iter().enumerate() {
+        for (i, name) in ["stream id", "message id", "data length"]
+            .into_iter()
+            .enumerate()
+        {
             match varint(&stream[p.min(stream.len())..], name) {
                 Err(e) => {
                     out.error = Some(e);
@@ -253,7 +256,11 @@ fn check_call(mut call: Call, chunks: &[&[u8]], server: bool) {
         )
     });
     if let Some(i) = terminal {
-        assert_eq!(i + 1, events.len(), "events after a terminal event: {events:?}");
+        assert_eq!(
+            i + 1,
+            events.len(),
+            "events after a terminal event: {events:?}"
+        );
         assert!(call.is_finished());
     }
     if server {
@@ -276,7 +283,11 @@ fn check_call(mut call: Call, chunks: &[&[u8]], server: bool) {
             assert!(text.starts_with("protocol error: "), "{text}");
         }
     } else {
-        assert!(events.iter().all(|e| !matches!(e, CallEvent::Invoked { .. })));
+        assert!(
+            events
+                .iter()
+                .all(|e| !matches!(e, CallEvent::Invoked { .. }))
+        );
     }
     // Whatever happened, nothing is sent after the call ended, and the call can be ended.
     call.close();

@@ -42,9 +42,7 @@ pub enum CallError {
     BeforeInvoke { kind: Kind, id: Id },
     #[error("invoke packet {id} on a stream that is already running")]
     InvokeOnExistingStream { id: Id },
-    #[error(
-        "packet {id} opens a second call on this transport stream (one call per yamux stream)"
-    )]
+    #[error("packet {id} opens a second call on this transport stream (one call per yamux stream)")]
     SecondCall { id: Id },
     #[error("{kind} packet {id} is for stream {}, but this call is stream {current}", id.stream)]
     OtherStream { kind: Kind, id: Id, current: u64 },

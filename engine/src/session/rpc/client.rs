@@ -41,15 +41,10 @@ impl RpcClient {
         call.close_send();
         let mut handle = self.start(path, call).await?;
         let path: Arc<str> = path.into();
-        let reply = loop {
-            match recv(&path, &mut handle.events).await? {
-                Some(bytes) => break bytes,
-                None => {
-                    return Err(RpcError::NoReply {
-                        path: path.to_string(),
-                    });
-                }
-            }
+        let Some(reply) = recv(&path, &mut handle.events).await? else {
+            return Err(RpcError::NoReply {
+                path: path.to_string(),
+            });
         };
         // A second message would be a server bug; drpc's client never reads it either.
         let _ = handle.cmds.send(Command::Close).await;
@@ -70,7 +65,11 @@ impl RpcClient {
         call.send_message(&req.encode_to_vec());
         call.close_send();
         let handle = self.start(path, call).await?;
-        Ok(Responses::new(path.into(), handle.events, Some(handle.cmds)))
+        Ok(Responses::new(
+            path.into(),
+            handle.events,
+            Some(handle.cmds),
+        ))
     }
 
     /// Bidirectional call: invoke now, then messages both ways.

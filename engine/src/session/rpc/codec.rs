@@ -131,9 +131,7 @@ pub enum CodecError {
     VarintTooLong { field: &'static str },
     #[error("{field} varint overflows 64 bits")]
     VarintOverflow { field: &'static str },
-    #[error(
-        "frame {id} announces {len} data bytes, over the {max}-byte packet limit"
-    )]
+    #[error("frame {id} announces {len} data bytes, over the {max}-byte packet limit")]
     FrameTooLarge { id: Id, len: u64, max: usize },
     #[error("frame {got} is below the next acceptable id {min}: ids must not go backwards")]
     IdNotMonotonic { got: Id, min: Id },
@@ -382,7 +380,10 @@ impl PacketReader {
             };
             let id = frame.id;
             if (id.stream, u128::from(id.message)) < self.floor {
-                let min = Id::new(self.floor.0, u64::try_from(self.floor.1).unwrap_or(u64::MAX));
+                let min = Id::new(
+                    self.floor.0,
+                    u64::try_from(self.floor.1).unwrap_or(u64::MAX),
+                );
                 return Err(CodecError::IdNotMonotonic { got: id, min });
             }
             let partial = match self.partial.take() {

@@ -175,10 +175,10 @@ async fn run<S>(
             else => break,
         }
     }
-    if write_err.is_none() {
-        if let Err(e) = wr.shutdown().await {
-            tracing::trace!(error = %e, "drpc call: closing the transport stream failed");
-        }
+    if write_err.is_none()
+        && let Err(e) = wr.shutdown().await
+    {
+        tracing::trace!(error = %e, "drpc call: closing the transport stream failed");
     }
 }
 

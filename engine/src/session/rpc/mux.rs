@@ -165,8 +165,7 @@ async fn drive_client<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut waiting: VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>> =
-        VecDeque::new();
+    let mut waiting: VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>> = VecDeque::new();
     let mut closing = false;
     poll_fn(|cx| {
         while !closing {

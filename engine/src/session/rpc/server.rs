@@ -229,15 +229,13 @@ pub async fn serve_stream(mut stream: MuxStream, router: Arc<Router>) {
         return;
     }
     let mut handle = driver::spawn(stream, Call::server(), None);
-    let path: Arc<str> = loop {
-        match handle.events.recv().await {
-            Some(Inbound::Event(CallEvent::Invoked { path })) => break path.into(),
-            Some(other) => {
-                tracing::debug!(?other, "drpc call ended before its invoke");
-                return;
-            }
-            None => return,
+    let path: Arc<str> = match handle.events.recv().await {
+        Some(Inbound::Event(CallEvent::Invoked { path })) => path.into(),
+        Some(other) => {
+            tracing::debug!(?other, "drpc call ended before its invoke");
+            return;
         }
+        None => return,
     };
     let Some(method) = router.methods.get(&*path) else {
         tracing::debug!(%path, "drpc call of an unknown method");
@@ -284,7 +282,10 @@ pub async fn serve_stream(mut stream: MuxStream, router: Arc<Router>) {
 }
 
 /// The request of a unary or server-streaming call.
-async fn first_request(path: &str, events: &mut mpsc::Receiver<Inbound>) -> Result<Vec<u8>, Status> {
+async fn first_request(
+    path: &str,
+    events: &mut mpsc::Receiver<Inbound>,
+) -> Result<Vec<u8>, Status> {
     match recv(path, events).await {
         Ok(Some(bytes)) => Ok(bytes),
         Ok(None) => Err(Status::new(

@@ -9,10 +9,10 @@ use codervpn_proto::tailnet::{
 };
 use url::Url;
 
+use super::RpcError;
 use super::client::{BidiStream, Responses, RpcClient};
 use super::server::{Requests, Router, Sink, Status};
 use super::ws::{self, DialError, DialOptions};
-use super::RpcError;
 use crate::session::BoxFuture;
 
 /// dRPC method paths.

@@ -192,7 +192,10 @@ impl std::fmt::Debug for DialOptions {
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("DialOptions")
             .field("headers", &names)
-            .field("resume_token", &self.resume_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "resume_token",
+                &self.resume_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -448,6 +451,9 @@ mod tests {
             resume_token: Some("tok".into()),
         };
         let shown = format!("{opts:?}");
-        assert!(!shown.contains("secret") && !shown.contains("tok\""), "{shown}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("tok\""),
+            "{shown}"
+        );
     }
 }

@@ -114,7 +114,13 @@ fn cancel_carries_the_control_bit() {
 fn error_packet_ends_the_call_with_code_and_text() {
     let mut client = Call::client("/svc/M");
     client
-        .handle_input(&pkt(1, 1, Kind::Error, false, &codec::error_data(12, "nope")))
+        .handle_input(&pkt(
+            1,
+            1,
+            Kind::Error,
+            false,
+            &codec::error_data(12, "nope"),
+        ))
         .unwrap();
     assert_eq!(
         events(&mut client),

@@ -32,7 +32,13 @@ fn hex(s: &str) -> Vec<u8> {
 #[test]
 fn refresh_resume_token_example_encodes_byte_for_byte() {
     let mut client = Vec::new();
-    put_packet(&mut client, Id::new(1, 1), Kind::Invoke, false, REFRESH_PATH.as_bytes());
+    put_packet(
+        &mut client,
+        Id::new(1, 1),
+        Kind::Invoke,
+        false,
+        REFRESH_PATH.as_bytes(),
+    );
     put_packet(
         &mut client,
         Id::new(1, 2),
@@ -122,7 +128,11 @@ fn varints_round_trip_at_every_length() {
         assert_eq!(read_varint(&buf, "v").unwrap(), Some((v, buf.len())), "{v}");
         // Every strict prefix asks for more.
         for cut in 0..buf.len() {
-            assert_eq!(read_varint(&buf[..cut], "v").unwrap(), None, "{v} cut {cut}");
+            assert_eq!(
+                read_varint(&buf[..cut], "v").unwrap(),
+                None,
+                "{v} cut {cut}"
+            );
         }
     }
     let mut buf = Vec::new();
@@ -150,7 +160,12 @@ fn varint_overflowing_64_bits_is_an_error() {
     let mut buf = vec![0xffu8; 9];
     buf.push(0x02);
     let err = read_varint(&buf, "data length").unwrap_err();
-    assert_eq!(err, CodecError::VarintOverflow { field: "data length" });
+    assert_eq!(
+        err,
+        CodecError::VarintOverflow {
+            field: "data length"
+        }
+    );
     assert_eq!(err.to_string(), "data length varint overflows 64 bits");
 }
 
@@ -181,7 +196,11 @@ fn frame_fields_come_from_the_control_byte_and_varints() {
 fn incomplete_frames_ask_for_more_bytes() {
     let buf = packet(Id::new(1, 1), Kind::Message, b"hello");
     for cut in 0..buf.len() {
-        assert_eq!(parse_frame(&buf[..cut], MAX_PACKET_SIZE).unwrap(), None, "cut {cut}");
+        assert_eq!(
+            parse_frame(&buf[..cut], MAX_PACKET_SIZE).unwrap(),
+            None,
+            "cut {cut}"
+        );
     }
 }
 
@@ -211,7 +230,14 @@ fn empty_packet_is_one_empty_done_frame() {
 #[test]
 fn reassembly_works_one_byte_at_a_time() {
     let mut wire = packet(Id::new(1, 1), Kind::Invoke, b"/a/b");
-    put_packet_split(&mut wire, Id::new(1, 2), Kind::Message, false, b"0123456789", 3);
+    put_packet_split(
+        &mut wire,
+        Id::new(1, 2),
+        Kind::Message,
+        false,
+        b"0123456789",
+        3,
+    );
     let mut r = PacketReader::new();
     let mut got = Vec::new();
     for b in &wire {
@@ -279,7 +305,10 @@ fn repeating_a_finished_packets_id_is_an_error() {
 fn ids_start_at_stream_1_message_1() {
     for id in [Id::new(0, 5), Id::new(1, 0)] {
         let err = read_all(&packet(id, Kind::Message, b"")).unwrap_err();
-        assert!(matches!(err, CodecError::IdNotMonotonic { .. }), "{id}: {err}");
+        assert!(
+            matches!(err, CodecError::IdNotMonotonic { .. }),
+            "{id}: {err}"
+        );
     }
 }
 
@@ -367,7 +396,9 @@ fn control_bit_on_any_frame_marks_the_packet() {
 #[test]
 fn reader_stays_failed_after_an_error() {
     let mut r = PacketReader::new();
-    r.push(&[0x05, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80]);
+    r.push(&[
+        0x05, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+    ]);
     let first = r.next_packet().unwrap_err();
     r.push(&packet(Id::new(1, 1), Kind::Message, b""));
     assert_eq!(r.next_packet().unwrap_err(), first);
