@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The tailnet stack over websockets: a tokio-tungstenite server on 127.0.0.1 running our
-//! dRPC server, our client dialing it; and a proxy that re-cuts websocket messages at odd
-//! sizes.
+//! The tailnet stack over websockets (ws:// and wss://): a tokio-tungstenite server on
+//! 127.0.0.1 running our dRPC server, our client dialing it; and a proxy that re-cuts
+//! websocket messages at odd sizes.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use codervpn_engine::session::rpc::tailnet::paths;
@@ -13,6 +14,7 @@ use codervpn_engine::session::rpc::{
 };
 use codervpn_proto::tailnet::{RefreshResumeTokenRequest, RefreshResumeTokenResponse};
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -106,6 +108,7 @@ fn options() -> DialOptions {
             ("X-Proxy-Auth".into(), "two".into()),
         ],
         resume_token: Some("resume+me".into()),
+        tls: None,
     }
 }
 
@@ -191,13 +194,90 @@ async fn connection_refused_is_retryable() {
     assert!(!err.is_permanent());
 }
 
+fn tls_file(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/tls")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client configuration trusting only `roots`.
+fn client_tls(roots: &[Vec<u8>]) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(CertificateDer::from(r.clone())).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth(),
+    )
+}
+
+/// A TLS websocket server on 127.0.0.1 with the self-signed certificate in tests/data/tls
+/// (CN and SAN localhost and 127.0.0.1; made with openssl, valid until 2126).
+async fn tls_server() -> url::Url {
+    let cert = CertificateDer::from(tls_file("localhost.crt.der"));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(tls_file("localhost.key.der")));
+    let config = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = url::Url::parse(&format!("https://{}", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let Ok(tls) = acceptor.accept(tcp).await else {
+            return;
+        };
+        let ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+        let _ = serve_websocket(ws, Arc::new(echo_router())).await;
+    });
+    base
+}
+
 #[tokio::test]
-async fn https_is_refused_until_tls_is_supported() {
-    let base = url::Url::parse("https://coder.example.com").unwrap();
-    let err = TailnetClient::dial(&base, &DialOptions::default())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, DialError::TlsNotSupported { .. }), "{err:?}");
+async fn wss_dial_verifies_the_server_against_the_given_roots() {
+    let base = tls_server().await;
+    let opts = DialOptions {
+        tls: Some(client_tls(&[tls_file("localhost.crt.der")])),
+        ..options()
+    };
+    let client = TailnetClient::dial(&base, &opts).await.unwrap();
+    assert_eq!(
+        client.refresh_resume_token().await.unwrap().token,
+        "over-websocket"
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn wss_with_an_untrusted_certificate_is_a_retryable_tls_error() {
+    let base = tls_server().await;
+    let opts = DialOptions {
+        tls: Some(client_tls(&[])),
+        ..options()
+    };
+    let err = TailnetClient::dial(&base, &opts).await.unwrap_err();
+    assert!(matches!(err, DialError::Tls { .. }), "{err:?}");
+    assert!(!err.is_permanent());
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("TLS handshake with 127.0.0.1 for wss://127.0.0.1:"),
+        "{shown}"
+    );
+    assert!(shown.contains("UnknownIssuer"), "{shown}");
 }
 
 /// Forwards binary messages, re-cut at the sizes in `cuts` (cycled); records the largest

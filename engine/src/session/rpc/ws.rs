@@ -10,12 +10,14 @@
 //!   headers, then a yamux client session, as an [`RpcClient`].
 //! - [`serve_websocket`]: the server side, given an already-upgraded socket.
 //!
-//! Not here yet: `wss://` (TLS) — [`dial`] refuses `https` base URLs with
-//! [`DialError::TlsNotSupported`]; websocket-level keep-alive pings.
+//! `wss://` runs over rustls (ring provider) with the system's root certificates
+//! (rustls-native-certs), or a caller-supplied `rustls::ClientConfig`.
+//!
+//! Not here yet: websocket-level keep-alive pings; HTTP proxies.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -184,6 +186,37 @@ pub struct DialOptions {
     pub headers: Vec<(String, String)>,
     /// Sent as `resume_token=` when set (tailnet.md §7).
     pub resume_token: Option<String>,
+    /// TLS for `https` base URLs; `None` uses [`default_tls_config`].
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// rustls with the ring provider and the system's root certificates, loaded once. No
+/// ALPN: the websocket upgrade is HTTP/1.1.
+pub fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, DialError> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
+        if !loaded.errors.is_empty() {
+            tracing::debug!(errors = ?loaded.errors, "some system root certificates could not be loaded");
+        }
+        tracing::debug!(added, ignored, "system root certificates loaded");
+        if roots.is_empty() {
+            return Err(format!(
+                "no usable root certificates in the system store ({} errors)",
+                loaded.errors.len()
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+            .map_err(|e| e.to_string())
+    });
+    config
+        .clone()
+        .map_err(|reason| DialError::TlsConfig { reason })
 }
 
 impl std::fmt::Debug for DialOptions {
@@ -206,8 +239,15 @@ impl std::fmt::Debug for DialOptions {
 pub enum DialError {
     #[error("invalid coder url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("cannot dial {url}: wss:// (TLS) is not supported by this build yet")]
-    TlsNotSupported { url: String },
+    #[error("cannot set up TLS: {reason}")]
+    TlsConfig { reason: String },
+    #[error("TLS handshake with {host} for {url} failed: {source}")]
+    Tls {
+        host: String,
+        url: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("invalid header {name:?}: {reason}")]
     InvalidHeader { name: String, reason: String },
     #[error("cannot connect to {addr} for {url}: {source}")]
@@ -242,10 +282,8 @@ impl DialError {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Http { permanent, .. } => *permanent,
-            Self::InvalidUrl { .. } | Self::TlsNotSupported { .. } | Self::InvalidHeader { .. } => {
-                true
-            }
-            Self::Connect { .. } | Self::Handshake { .. } => false,
+            Self::InvalidUrl { .. } | Self::TlsConfig { .. } | Self::InvalidHeader { .. } => true,
+            Self::Connect { .. } | Self::Tls { .. } | Self::Handshake { .. } => false,
         }
     }
 
@@ -254,9 +292,10 @@ impl DialError {
         match self {
             Self::Http { status, .. } => Some(*status),
             Self::InvalidUrl { .. }
-            | Self::TlsNotSupported { .. }
+            | Self::TlsConfig { .. }
             | Self::InvalidHeader { .. }
             | Self::Connect { .. }
+            | Self::Tls { .. }
             | Self::Handshake { .. } => None,
         }
     }
@@ -316,9 +355,6 @@ pub async fn dial(base: &Url, opts: &DialOptions) -> Result<RpcClient, DialError
         u.set_query(None);
         u.to_string()
     };
-    if url.scheme() == "wss" {
-        return Err(DialError::TlsNotSupported { url: shown });
-    }
     let mut request = url
         .as_str()
         .into_client_request()
@@ -355,12 +391,37 @@ pub async fn dial(base: &Url, opts: &DialOptions) -> Result<RpcClient, DialError
     })?;
     let _ = tcp.set_nodelay(true);
     tracing::debug!(url = %shown, "dialing the tailnet websocket");
-    let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(request, tcp, Some(websocket_config()))
+    let config = Some(websocket_config());
+    let ws_err = |e| handshake_error(&shown, e);
+    let rpc = if url.scheme() == "wss" {
+        let tls = match &opts.tls {
+            Some(c) => c.clone(),
+            None => default_tls_config()?,
+        };
+        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+        let tls_err = |source| DialError::Tls {
+            host: host.to_owned(),
+            url: shown.clone(),
+            source,
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
             .await
-            .map_err(|e| handshake_error(&shown, e))?;
+            .map_err(tls_err)?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, config)
+            .await
+            .map_err(ws_err)?;
+        RpcClient::new(MuxClient::start(WsByteStream::new(ws)))
+    } else {
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, config)
+            .await
+            .map_err(ws_err)?;
+        RpcClient::new(MuxClient::start(WsByteStream::new(ws)))
+    };
     tracing::debug!(url = %shown, "tailnet websocket open");
-    Ok(RpcClient::new(MuxClient::start(WsByteStream::new(ws))))
+    Ok(rpc)
 }
 
 fn handshake_error(url: &str, e: tungstenite::Error) -> DialError {
@@ -449,6 +510,7 @@ mod tests {
         let opts = DialOptions {
             headers: vec![("Coder-Session-Token".into(), "secret".into())],
             resume_token: Some("tok".into()),
+            tls: None,
         };
         let shown = format!("{opts:?}");
         assert!(
