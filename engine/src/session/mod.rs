@@ -1,6 +1,8 @@
 //! Joining a Coder deployment: what the tunnel hands to the control plane on `start`, and
 //! what it gets back.
 
+pub mod rpc;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
