@@ -9,6 +9,7 @@
 mod bin;
 mod derp;
 pub mod model;
+mod tailnet;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ struct AppState {
     derp: DerpServer,
     version: String,
     url: url::Url,
+    tailnet: Arc<codervpn_engine::session::rpc::Router>,
 }
 
 /// A running testbed. Dropping it stops the server.
@@ -119,7 +121,14 @@ impl Testbed {
         let (dep_tx, dep_rx) = watch::channel(Arc::new(deployment));
         let (art_tx, art_rx) = watch::channel(Artifacts::default());
         let derp = DerpServer::new(NodePrivateKey::generate());
+        let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let service = Arc::new(tailnet::TestbedTailnet {
+            deployment: dep_rx.clone(),
+            derp_map: tailnet::derp_map_proto(&host, port, url.scheme() == "http"),
+        });
         let state = AppState {
+            tailnet: Arc::new(codervpn_engine::session::rpc::tailnet::router(service)),
             deployment: dep_rx,
             artifacts: art_rx,
             derp: derp.clone(),
@@ -163,6 +172,35 @@ impl Testbed {
         &self.derp
     }
 
+    /// Sets a workspace's status (e.g. [`model::status::STOPPED`]); with `running = false`
+    /// its agents disappear, as they do when Coder stops a workspace. Clients see the change
+    /// on their `WorkspaceUpdates` stream.
+    pub fn set_workspace_running(&self, workspace: &str, running: bool) -> bool {
+        let mut found = false;
+        self.deployment.send_modify(|d| {
+            let mut next = (**d).clone();
+            for w in &mut next.workspaces {
+                if w.name == workspace {
+                    found = true;
+                    if running {
+                        w.status = model::status::RUNNING;
+                        if w.agents.is_empty() {
+                            w.agents.push(model::Agent {
+                                id: Uuid::random(),
+                                name: "main".into(),
+                            });
+                        }
+                    } else {
+                        w.status = model::status::STOPPED;
+                        w.agents.clear();
+                    }
+                }
+            }
+            *d = Arc::new(next);
+        });
+        found
+    }
+
     /// Publishes (or replaces) `/bin/<name>`.
     pub fn publish(&self, name: &str, bytes: impl Into<Bytes>) {
         let artifact = Artifact::new(bytes.into());
@@ -198,6 +236,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v2/users/me", get(users_me))
         .route("/api/v2/workspaceagents/connection", get(connection_info))
         .route("/derp", get(derp::upgrade))
+        .route("/api/v2/tailnet", get(tailnet_upgrade))
         .route("/bin/", get(bin_listing))
         .route("/bin/{*name}", get(bin_file))
         .with_state(state)
@@ -308,4 +347,69 @@ async fn bin_file(
     headers: HeaderMap,
 ) -> Response {
     bin::serve(&state.artifacts.borrow().clone(), &name, &headers)
+}
+
+/// `/api/v2/tailnet?version=2.x`: token, version and websocket checks, then dRPC over yamux
+/// over the websocket.
+async fn tailnet_upgrade(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    mut req: axum::extract::Request,
+) -> Response {
+    if let Err(e) = authorize(&state, req.headers()) {
+        return e.into_response();
+    }
+    let version = query.get("version").map(String::as_str).unwrap_or("");
+    let supported = version
+        .strip_prefix("2.")
+        .and_then(|minor| minor.parse::<u32>().ok())
+        .is_some_and(|minor| minor <= 3);
+    if !supported {
+        return coder_error(
+            StatusCode::BAD_REQUEST,
+            "Unknown or unsupported API version",
+            &format!("version {version:?}: this server speaks tailnet API 2.0 to 2.3"),
+        );
+    }
+    let is_ws = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req
+        .headers()
+        .get(axum::http::header::SEC_WEBSOCKET_KEY)
+        .cloned()
+    else {
+        return coder_error(StatusCode::BAD_REQUEST, "Expected a websocket upgrade", "");
+    };
+    if !is_ws {
+        return coder_error(StatusCode::BAD_REQUEST, "Expected a websocket upgrade", "");
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let router = state.tailnet.clone();
+    tokio::spawn(async move {
+        let Ok(up) = on_upgrade.await else {
+            return;
+        };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(up),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(codervpn_engine::session::rpc::ws::websocket_config()),
+        )
+        .await;
+        if let Err(e) = codervpn_engine::session::rpc::ws::serve_websocket(ws, router).await {
+            tracing::debug!(error = %e, "tailnet connection ended");
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::UPGRADE, "websocket")
+        .header(axum::http::header::CONNECTION, "Upgrade")
+        .header(
+            axum::http::header::SEC_WEBSOCKET_ACCEPT,
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

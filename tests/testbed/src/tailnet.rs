@@ -1,0 +1,216 @@
+//! `/api/v2/tailnet?version=2.x`: websocket → yamux → dRPC, serving `coder.tailnet.v2.Tailnet`
+//! from the deployment: `WorkspaceUpdates` (a snapshot, then diffs as the deployment
+//! changes), `StreamDERPMaps`, `RefreshResumeToken`, and `Coordinate` (records the client's
+//! node and tunnels; there are no simulated agents yet, so it sends no peer updates).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use codervpn_engine::session::BoxFuture;
+use codervpn_engine::session::rpc::{Requests, Sink, Status, TailnetService};
+use codervpn_proto::tailnet::{
+    CoordinateRequest, CoordinateResponse, DerpMap, RefreshResumeTokenRequest,
+    RefreshResumeTokenResponse, StreamDerpMapsRequest, WorkspaceUpdate, WorkspaceUpdatesRequest,
+    derp_map,
+};
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::model::{Deployment, Uuid};
+
+/// How long a resume token says to wait before refreshing, and how long it lives.
+const REFRESH_IN: Duration = Duration::from_secs(30 * 60);
+const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) struct TestbedTailnet {
+    pub(crate) deployment: watch::Receiver<Arc<Deployment>>,
+    pub(crate) derp_map: DerpMap,
+}
+
+impl TailnetService for TestbedTailnet {
+    fn workspace_updates(
+        self: Arc<Self>,
+        request: WorkspaceUpdatesRequest,
+        updates: Sink<WorkspaceUpdate>,
+    ) -> BoxFuture<Result<(), Status>> {
+        Box::pin(async move {
+            let mut deployment = self.deployment.clone();
+            let mut current = deployment.borrow_and_update().clone();
+            if request.workspace_owner_id != current.user_id.0 {
+                return Err(Status::new(
+                    0,
+                    format!(
+                        "workspace_owner_id {} is not the authenticated user {}",
+                        hex::encode(&request.workspace_owner_id),
+                        current.user_id
+                    ),
+                ));
+            }
+            if updates.send(&diff(None, &current)).await.is_err() {
+                return Ok(());
+            }
+            loop {
+                tokio::select! {
+                    changed = deployment.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        let next = deployment.borrow_and_update().clone();
+                        let update = diff(Some(&current), &next);
+                        current = next;
+                        if updates.send(&update).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    () = updates.closed() => return Ok(()),
+                }
+            }
+        })
+    }
+
+    fn stream_derp_maps(
+        self: Arc<Self>,
+        _request: StreamDerpMapsRequest,
+        maps: Sink<DerpMap>,
+    ) -> BoxFuture<Result<(), Status>> {
+        Box::pin(async move {
+            if maps.send(&self.derp_map).await.is_ok() {
+                maps.closed().await;
+            }
+            Ok(())
+        })
+    }
+
+    fn refresh_resume_token(
+        self: Arc<Self>,
+        _request: RefreshResumeTokenRequest,
+    ) -> BoxFuture<Result<RefreshResumeTokenResponse, Status>> {
+        Box::pin(async move {
+            let expires = SystemTime::now() + TOKEN_LIFETIME;
+            let secs = expires
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            Ok(RefreshResumeTokenResponse {
+                token: format!("resume-{}", Uuid::random()),
+                refresh_in: Some(prost_types::Duration {
+                    seconds: REFRESH_IN.as_secs() as i64,
+                    nanos: 0,
+                }),
+                expires_at: Some(prost_types::Timestamp {
+                    seconds: secs as i64,
+                    nanos: 0,
+                }),
+            })
+        })
+    }
+
+    fn coordinate(
+        self: Arc<Self>,
+        mut requests: Requests<CoordinateRequest>,
+        _responses: Sink<CoordinateResponse>,
+    ) -> BoxFuture<Result<(), Status>> {
+        Box::pin(async move {
+            let mut tunnels = 0usize;
+            while let Ok(Some(req)) = requests.message().await {
+                if req.update_self.is_some() {
+                    debug!("coordinate: client node updated");
+                }
+                if req.add_tunnel.is_some() {
+                    tunnels += 1;
+                }
+                if req.remove_tunnel.is_some() {
+                    tunnels = tunnels.saturating_sub(1);
+                }
+                if req.disconnect.is_some() {
+                    debug!(tunnels, "coordinate: client disconnected");
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The update that turns `before` (nothing, for a snapshot) into `after`.
+pub(crate) fn diff(before: Option<&Deployment>, after: &Deployment) -> WorkspaceUpdate {
+    use codervpn_proto::tailnet::{Agent, Workspace};
+    let ws = |w: &crate::model::Workspace| Workspace {
+        id: w.id.0.to_vec(),
+        name: w.name.clone(),
+        status: w.status,
+    };
+    let agent = |w: &crate::model::Workspace, a: &crate::model::Agent| Agent {
+        id: a.id.0.to_vec(),
+        name: a.name.clone(),
+        workspace_id: w.id.0.to_vec(),
+    };
+    let mut update = WorkspaceUpdate::default();
+    let old_ws: HashMap<Uuid, &crate::model::Workspace> = before
+        .map(|b| b.workspaces.iter().map(|w| (w.id, w)).collect())
+        .unwrap_or_default();
+    let old_agents: HashMap<Uuid, (&crate::model::Workspace, &crate::model::Agent)> = before
+        .map(|b| {
+            b.workspaces
+                .iter()
+                .flat_map(|w| w.agents.iter().map(move |a| (a.id, (w, a))))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut seen_ws = Vec::new();
+    let mut seen_agents = Vec::new();
+    for w in &after.workspaces {
+        seen_ws.push(w.id);
+        let changed = old_ws
+            .get(&w.id)
+            .is_none_or(|o| o.name != w.name || o.status != w.status);
+        if changed {
+            update.upserted_workspaces.push(ws(w));
+        }
+        for a in &w.agents {
+            seen_agents.push(a.id);
+            if old_agents
+                .get(&a.id)
+                .is_none_or(|(ow, oa)| oa.name != a.name || ow.id != w.id)
+            {
+                update.upserted_agents.push(agent(w, a));
+            }
+        }
+    }
+    for (id, (w, a)) in &old_agents {
+        if !seen_agents.contains(id) {
+            update.deleted_agents.push(agent(w, a));
+        }
+    }
+    for (id, w) in &old_ws {
+        if !seen_ws.contains(id) {
+            update.deleted_workspaces.push(ws(w));
+        }
+    }
+    update
+}
+
+/// The protobuf form of the testbed's DERP map (what `StreamDERPMaps` sends).
+pub(crate) fn derp_map_proto(host: &str, port: u16, force_http: bool) -> DerpMap {
+    let region = derp_map::Region {
+        region_id: crate::EMBEDDED_REGION_ID,
+        embedded_relay: true,
+        region_code: "coder".into(),
+        region_name: crate::EMBEDDED_REGION_NAME.into(),
+        avoid: false,
+        nodes: vec![derp_map::region::Node {
+            name: format!("{}a", crate::EMBEDDED_REGION_ID),
+            region_id: crate::EMBEDDED_REGION_ID,
+            host_name: host.into(),
+            stun_port: -1,
+            derp_port: i32::from(port),
+            force_http,
+            ..Default::default()
+        }],
+    };
+    DerpMap {
+        home_params: None,
+        regions: [(crate::EMBEDDED_REGION_ID, region)].into_iter().collect(),
+    }
+}
