@@ -3,7 +3,7 @@
 //! with a `virtio_net_hdr` asking the kernel to treat it as GSO, so the receiving stack
 //! handles one large packet instead of dozens. Pure: bytes in, frames out.
 
-use super::offload::{VNET_HDR_LEN, VnetHdr};
+use super::offload::{VNET_HDR_LEN, VnetHdr, fold, sum16};
 
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;
@@ -211,27 +211,6 @@ fn write_plain(buf: &mut Vec<u8>, packet: &[u8], write: &mut impl FnMut(&[u8])) 
     buf.extend_from_slice(packet);
     write(buf);
     buf.clear();
-}
-
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for w in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-        if sum > 0xffff_0000 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 #[cfg(test)]

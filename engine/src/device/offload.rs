@@ -175,7 +175,7 @@ fn pseudo_header(packet: &[u8], v4: bool, _ip_len: usize, l4_len: usize) -> u32 
 }
 
 /// Ones-complement sum of big-endian 16-bit words (odd tail padded with zero).
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
+pub(crate) fn sum16(data: &[u8], mut sum: u32) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for w in &mut chunks {
         sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
@@ -189,7 +189,8 @@ fn sum16(data: &[u8], mut sum: u32) -> u32 {
     sum
 }
 
-fn fold(mut sum: u32) -> u16 {
+/// Folds a 32-bit ones-complement sum to 16 bits.
+pub(crate) fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
