@@ -4,6 +4,8 @@ use std::io;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::udp_batch::canonical;
 use tokio::net::UdpSocket;
 
 /// Socket buffer size asked for (the kernel may cap it; as root we force it).
@@ -107,16 +109,6 @@ fn setsockopt_int(socket: &Socket, opt: libc::c_int, value: libc::c_int) -> io::
         Err(io::Error::last_os_error())
     } else {
         Ok(())
-    }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
     }
 }
 

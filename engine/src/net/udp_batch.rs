@@ -224,7 +224,8 @@ pub fn recv_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usi
     Ok((n, canonical(addr), segment.max(1)))
 }
 
-fn canonical(addr: SocketAddr) -> SocketAddr {
+/// IPv4-mapped IPv6 addresses as plain IPv4 (what a dual-stack socket reports).
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),
