@@ -6,6 +6,7 @@
 //!   shells (tailnet.md §11, §13.3).
 
 pub mod derp;
+pub mod dns_intercept;
 pub mod runner;
 pub mod udp;
 pub mod udp_batch;

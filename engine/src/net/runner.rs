@@ -10,6 +10,11 @@ use tracing::{debug, info, trace, warn};
 
 use std::os::fd::RawFd;
 
+use std::sync::Arc;
+
+use codervpn_dns::SharedZone;
+
+use super::dns_intercept::{self, Intercepted};
 use super::udp::Udp;
 use super::udp_batch::{self, SendBatch};
 use super::wg::{Counters, Emit, PeerConfig, PeerSet, PeerStats};
@@ -41,13 +46,17 @@ pub struct WgStats {
 }
 
 /// Moves packets between `device` and `udp` through `peers` until `shutdown` completes.
+/// With `dns`, UDP queries to the in-tunnel resolver (`[fd60:627a:a42b::53]:53`) are
+/// answered from its zone and never reach a peer.
 pub async fn run<D: Device>(
     mut peers: PeerSet,
     device: D,
     udp: Udp,
     mut commands: mpsc::Receiver<WgCommand>,
+    dns: Option<Arc<SharedZone>>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let mut dns_reply = Vec::with_capacity(2048);
     let mut dev_buf = vec![0u8; BUF];
     let mut net_buf = vec![0u8; BUF];
     let mut out = vec![0u8; BUF + 64];
@@ -73,7 +82,15 @@ pub async fn run<D: Device>(
             r = device.recv(&mut dev_buf) => {
                 let mut n = r.map_err(|e| io::Error::new(e.kind(), format!("reading the packet device: {e}")))?;
                 for i in 0..BATCH {
-                    peers.encapsulate(&dev_buf[..n], &mut out, &mut |e| outbox.emit(&device, e));
+                    let intercepted = match &dns {
+                        Some(zone) => dns_intercept::intercept(&dev_buf[..n], &zone.load(), &mut dns_reply),
+                        None => Intercepted::No,
+                    };
+                    match intercepted {
+                        Intercepted::No => peers.encapsulate(&dev_buf[..n], &mut out, &mut |e| outbox.emit(&device, e)),
+                        Intercepted::Answered => outbox.emit(&device, Emit::Tunnel(&dns_reply)),
+                        Intercepted::Dropped => trace!("DNS query dropped"),
+                    }
                     if i + 1 == BATCH {
                         break;
                     }

@@ -1,0 +1,177 @@
+//! Answering DNS inside the tunnel: an IPv6/UDP packet to `[fd60:627a:a42b::53]:53` from the
+//! device is answered from the workspace zone and the answer written straight back to the
+//! device; it never reaches a peer. Pure: packet in, packet out.
+//! (TCP to port 53 is not intercepted yet: it needs a TCP stack on this path.)
+
+use std::net::Ipv6Addr;
+
+use codervpn_dns::{CODER_DNS_ADDR, DEFAULT_UDP_PAYLOAD, Transport, Zone};
+
+use crate::device::offload::{fold, sum16};
+
+const IPV6_HEADER: usize = 40;
+const UDP_HEADER: usize = 8;
+const UDP: u8 = 17;
+const DNS_PORT: u16 = 53;
+
+/// What [`intercept`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intercepted {
+    /// Not a DNS query to the in-tunnel resolver: route it as usual.
+    No,
+    /// Answered: the reply packet is in `out`.
+    Answered,
+    /// A query to the resolver that gets no answer (malformed beyond a FORMERR).
+    Dropped,
+}
+
+/// If `packet` is a UDP query to the in-tunnel resolver, answers it from `zone` into `out`
+/// (a whole IPv6/UDP packet, addressed back to the asker).
+pub fn intercept(packet: &[u8], zone: &Zone, out: &mut Vec<u8>) -> Intercepted {
+    let Some((src, sport, payload)) = dns_query(packet) else {
+        return Intercepted::No;
+    };
+    let Some(answer) = zone.answer(
+        payload,
+        Transport::Udp {
+            max_payload: DEFAULT_UDP_PAYLOAD,
+        },
+    ) else {
+        return Intercepted::Dropped;
+    };
+    build_reply(src, sport, &answer, out);
+    Intercepted::Answered
+}
+
+/// (source address, source port, UDP payload) of a UDP packet to `[CODER_DNS_ADDR]:53`.
+fn dns_query(p: &[u8]) -> Option<(Ipv6Addr, u16, &[u8])> {
+    if p.len() < IPV6_HEADER + UDP_HEADER || p[0] >> 4 != 6 || p[6] != UDP {
+        return None;
+    }
+    let dst: [u8; 16] = p[24..40].try_into().ok()?;
+    if Ipv6Addr::from(dst) != CODER_DNS_ADDR {
+        return None;
+    }
+    let udp = &p[IPV6_HEADER..];
+    if u16::from_be_bytes([udp[2], udp[3]]) != DNS_PORT {
+        return None;
+    }
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if udp_len < UDP_HEADER || udp_len > udp.len() {
+        return None;
+    }
+    let src: [u8; 16] = p[8..24].try_into().ok()?;
+    Some((
+        Ipv6Addr::from(src),
+        u16::from_be_bytes([udp[0], udp[1]]),
+        &udp[UDP_HEADER..udp_len],
+    ))
+}
+
+fn build_reply(to: Ipv6Addr, port: u16, payload: &[u8], out: &mut Vec<u8>) {
+    let udp_len = UDP_HEADER + payload.len();
+    out.clear();
+    out.extend_from_slice(&[0x60, 0, 0, 0]);
+    out.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    out.extend_from_slice(&[UDP, 64]);
+    out.extend_from_slice(&CODER_DNS_ADDR.octets());
+    out.extend_from_slice(&to.octets());
+    out.extend_from_slice(&DNS_PORT.to_be_bytes());
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(payload);
+    let mut sum = sum16(&out[8..40], 0);
+    sum += udp_len as u32 + u32::from(UDP);
+    let c = !fold(sum16(&out[IPV6_HEADER..], sum));
+    // A computed 0 is sent as 0xffff (RFC 768); IPv6 forbids a zero UDP checksum.
+    let c = if c == 0 { 0xffff } else { c };
+    out[IPV6_HEADER + 6..IPV6_HEADER + 8].copy_from_slice(&c.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codervpn_dns::{AgentInfo, ZoneConfig};
+
+    fn zone() -> Zone {
+        let mut id = [0u8; 16];
+        id[6] = 1;
+        id[7] = 1;
+        Zone::new(
+            ZoneConfig::default(),
+            &[AgentInfo {
+                id,
+                name: "main".into(),
+                workspace: "dev".into(),
+                owner: "testy".into(),
+            }],
+        )
+    }
+
+    /// A DNS query for `name` (type AAAA) in an IPv6/UDP packet from `[fd60:627a:a42b::1]:5353`.
+    fn query_packet(name: &str, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.trim_end_matches('.').split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 28, 0, 1]);
+        let udp_len = 8 + q.len();
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        p.extend_from_slice(&[UDP, 64]);
+        p.extend_from_slice(&"fd60:627a:a42b::1".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(&5353u16.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(&q);
+        p
+    }
+
+    #[test]
+    fn a_query_to_the_resolver_is_answered_back_to_the_asker() {
+        let mut out = Vec::new();
+        let q = query_packet("dev.coder.", CODER_DNS_ADDR, 53);
+        assert_eq!(intercept(&q, &zone(), &mut out), Intercepted::Answered);
+        assert_eq!(&out[8..24], &CODER_DNS_ADDR.octets(), "from the resolver");
+        assert_eq!(&out[24..40], &q[8..24], "to the asker");
+        assert_eq!(u16::from_be_bytes([out[40], out[41]]), 53);
+        assert_eq!(u16::from_be_bytes([out[42], out[43]]), 5353);
+        // UDP checksum verifies.
+        let udp_len = out.len() - 40;
+        let sum = sum16(&out[8..40], 0) + udp_len as u32 + 17;
+        assert_eq!(fold(sum16(&out[40..], sum)), 0xffff);
+        // One AAAA answer: fd60:627a:a42b:101::
+        let dns = &out[48..];
+        assert_eq!(&dns[..2], &[0x12, 0x34]);
+        assert_eq!(u16::from_be_bytes([dns[6], dns[7]]), 1, "ANCOUNT");
+        assert!(
+            out.windows(16)
+                .any(|w| w == "fd60:627a:a42b:101::".parse::<Ipv6Addr>().unwrap().octets())
+        );
+    }
+
+    #[test]
+    fn other_traffic_is_not_intercepted() {
+        let mut out = Vec::new();
+        let other_dst = query_packet("dev.coder.", "fd60:627a:a42b::54".parse().unwrap(), 53);
+        assert_eq!(intercept(&other_dst, &zone(), &mut out), Intercepted::No);
+        let other_port = query_packet("dev.coder.", CODER_DNS_ADDR, 5353);
+        assert_eq!(intercept(&other_port, &zone(), &mut out), Intercepted::No);
+        assert_eq!(intercept(&[0x45; 60], &zone(), &mut out), Intercepted::No);
+        assert_eq!(intercept(&[], &zone(), &mut out), Intercepted::No);
+    }
+
+    #[test]
+    fn hostile_udp_lengths_are_not_read_past_the_packet() {
+        let mut q = query_packet("dev.coder.", CODER_DNS_ADDR, 53);
+        q[44..46].copy_from_slice(&u16::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        assert_eq!(intercept(&q, &zone(), &mut out), Intercepted::No);
+        q[44..46].copy_from_slice(&3u16.to_be_bytes());
+        assert_eq!(intercept(&q, &zone(), &mut out), Intercepted::No);
+    }
+}
