@@ -5,12 +5,13 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use codervpn_engine::session::rpc::tailnet::paths;
 use codervpn_engine::session::rpc::ws::{MAX_WRITE_MESSAGE, serve_websocket};
 use codervpn_engine::session::rpc::{
-    DialError, DialOptions, MuxClient, Requests, Router, RpcClient, Sink, Status, TailnetClient,
-    WsByteStream,
+    DialError, DialOptions, KeepAliveConfig, MuxClient, MuxError, Requests, Router, RpcClient,
+    Sink, Status, TailnetClient, WsByteStream,
 };
 use codervpn_proto::tailnet::{RefreshResumeTokenRequest, RefreshResumeTokenResponse};
 use futures_util::{SinkExt, StreamExt};
@@ -108,7 +109,7 @@ fn options() -> DialOptions {
             ("X-Proxy-Auth".into(), "two".into()),
         ],
         resume_token: Some("resume+me".into()),
-        tls: None,
+        ..DialOptions::default()
     }
 }
 
@@ -369,4 +370,39 @@ async fn message_boundaries_need_not_match_yamux_frames() {
         "{client_max}"
     );
     client.mux().close().await;
+}
+
+fn quick_keepalive() -> Option<KeepAliveConfig> {
+    Some(KeepAliveConfig {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn unanswered_ping_ends_the_session() {
+    let (c_io, s_io) = tokio::io::duplex(64 * 1024);
+    let client_ws = WebSocketStream::from_raw_socket(c_io, Role::Client, None).await;
+    // A peer that never reads, so never answers.
+    let _silent = WebSocketStream::from_raw_socket(s_io, Role::Server, None).await;
+    let mux = MuxClient::start(WsByteStream::with_keepalive(client_ws, quick_keepalive()));
+    let err = mux.ended().await.unwrap_err();
+    let MuxError::Session(text) = &err else {
+        panic!("want a session error, got {err:?}");
+    };
+    assert!(text.contains("did not answer a ping within 1s"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn answered_pings_keep_a_quiet_session_alive() {
+    let (c_io, s_io) = tokio::io::duplex(64 * 1024);
+    let client_ws = WebSocketStream::from_raw_socket(c_io, Role::Client, None).await;
+    let server_ws = WebSocketStream::from_raw_socket(s_io, Role::Server, None).await;
+    tokio::spawn(serve_websocket(server_ws, Arc::new(echo_router())));
+    let mux = MuxClient::start(WsByteStream::with_keepalive(client_ws, quick_keepalive()));
+    let client = RpcClient::new(mux.clone());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!mux.is_ended());
+    let back: RefreshResumeTokenResponse = client.unary("/t/Echo", &token(5)).await.unwrap();
+    assert_eq!(back, token(5));
 }

@@ -5,8 +5,9 @@
 //! - [`client`] / [`server`]: calls over yamux streams — unary, server stream and
 //!   bidirectional stream — and a method router for the serving side.
 //! - [`mux`]: the `yamux` crate configured like hashicorp/yamux's defaults.
-//! - [`ws`]: the WebSocket as one byte stream; dialing `/api/v2/tailnet` and serving an
-//!   upgraded socket.
+//! - [`ws`]: the WebSocket as one byte stream, and serving an upgraded socket;
+//!   [`keepalive`]: pinging a quiet websocket (sans-IO).
+//! - [`dial`]: dialing `/api/v2/tailnet` (ws:// or wss://), typed upgrade errors.
 //! - [`tailnet`]: the typed `coder.tailnet.v2.Tailnet` client and the service trait a server
 //!   implements.
 //!
@@ -16,7 +17,9 @@
 pub mod call;
 pub mod client;
 pub mod codec;
+pub mod dial;
 mod driver;
+pub mod keepalive;
 pub mod mux;
 pub mod server;
 pub mod tailnet;
@@ -27,10 +30,12 @@ use std::io;
 pub use call::{Call, CallError, CallEvent, Role};
 pub use client::{BidiSender, BidiStream, Responses, RpcClient};
 pub use codec::CODE_UNIMPLEMENTED;
+pub use dial::{DialError, DialOptions};
+pub use keepalive::KeepAliveConfig;
 pub use mux::{MuxClient, MuxError};
 pub use server::{Requests, Router, Sink, Status};
 pub use tailnet::{TailnetClient, TailnetService};
-pub use ws::{DialError, DialOptions, WsByteStream};
+pub use ws::WsByteStream;
 
 /// A client call that failed.
 #[derive(Debug, thiserror::Error)]

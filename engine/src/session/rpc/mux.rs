@@ -18,8 +18,8 @@
 //! - Keep-alive: none. The crate answers pings (ACK, same value) and sends its own pings
 //!   only to measure the round-trip time (at most every 10 s, and only while the session is
 //!   busy); a missing answer does not close the session. Coder's server pings every 30 s
-//!   and closes the session itself when the answer does not come; a dead server is noticed
-//!   by the websocket layer (TCP) or not at all — see `ws`'s notes.
+//!   and closes the session itself when the answer does not come; our client gets the same
+//!   liveness one layer down, from websocket pings (`keepalive`, `ws`).
 //! - Go away: the crate treats any go-away frame as the end of the whole session;
 //!   hashicorp only refuses new streams and lets open ones finish. On a protocol error
 //!   (e.g. a peer overrunning a window) the crate sends go away `1` but, unlike hashicorp,

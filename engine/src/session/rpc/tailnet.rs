@@ -11,8 +11,8 @@ use url::Url;
 
 use super::RpcError;
 use super::client::{BidiStream, Responses, RpcClient};
+use super::dial::{self, DialError, DialOptions};
 use super::server::{Requests, Router, Sink, Status};
-use super::ws::{self, DialError, DialOptions};
 use crate::session::BoxFuture;
 
 /// dRPC method paths.
@@ -38,7 +38,7 @@ impl TailnetClient {
 
     /// Dials `<base>/api/v2/tailnet?version=2.3` (tailnet.md §4.1).
     pub async fn dial(base: &Url, opts: &DialOptions) -> Result<Self, DialError> {
-        ws::dial(base, opts).await.map(Self::new)
+        dial::dial(base, opts).await.map(Self::new)
     }
 
     pub fn rpc(&self) -> &RpcClient {

@@ -1,52 +1,37 @@
 //! The WebSocket under the tailnet connection (tailnet.md §4.1): binary messages, no
 //! compression, the message sequence read and written as one byte stream.
 //!
-//! - [`WsByteStream`]: tokio `AsyncRead`/`AsyncWrite` over a `WebSocketStream`. Reads
-//!   concatenate binary messages and never assume a message holds whole yamux frames;
-//!   writes are gathered until flush and sent as binary messages of at most
-//!   [`MAX_WRITE_MESSAGE`] bytes (under the 32 KiB default read limit of Coder's Go
-//!   websocket library).
-//! - [`dial`]: `GET <base>/api/v2/tailnet?version=2.3[&resume_token=…]` with the caller's
-//!   headers, then a yamux client session, as an [`RpcClient`].
-//! - [`serve_websocket`]: the server side, given an already-upgraded socket.
-//!
-//! `wss://` runs over rustls (ring provider) with the system's root certificates
-//! (rustls-native-certs), or a caller-supplied `rustls::ClientConfig`.
-//!
-//! Not here yet: websocket-level keep-alive pings; HTTP proxies.
+//! [`WsByteStream`] is tokio `AsyncRead`/`AsyncWrite` over a `WebSocketStream`. Reads
+//! concatenate binary messages and never assume a message holds whole yamux frames; writes
+//! are gathered until flush and sent as binary messages of at most [`MAX_WRITE_MESSAGE`]
+//! bytes (under the 32 KiB default read limit of Coder's Go websocket library). With a
+//! [`KeepAliveConfig`] it pings a quiet peer and fails reads once a ping goes unanswered
+//! (see [`super::keepalive`]). [`serve_websocket`] is the server side, given an
+//! already-upgraded socket; dialing is in [`super::dial`].
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use url::Url;
 
-use super::client::RpcClient;
-use super::mux::{MuxClient, MuxError};
+use super::keepalive::{KeepAlive, KeepAliveAction, KeepAliveConfig};
+use super::mux::MuxError;
 use super::server::{Router, serve_mux};
 
-/// The tailnet API version this client speaks (tailnet.md §4.3).
-pub const TAILNET_VERSION: &str = "2.3";
 /// Largest binary message we send.
 pub const MAX_WRITE_MESSAGE: usize = 32 * 1024;
 /// Largest message or frame we accept: a hashicorp/yamux peer writes a data frame's body
 /// in one write, up to the 256 KiB window.
 pub const MAX_READ_MESSAGE: usize = 1 << 20;
-/// HTTP statuses that fail the first dial for good (coder/coder
-/// `codersdk/workspacesdk/dialer.go` `permanentErrorStatuses`).
-pub const PERMANENT_STATUSES: [u16; 6] = [400, 401, 403, 404, 409, 500];
-/// Most bytes of an HTTP error body kept in [`DialError::Http`].
-const MAX_ERROR_BODY: usize = 4096;
 
 /// The websocket configuration of both sides.
 pub fn websocket_config() -> WebSocketConfig {
@@ -61,20 +46,89 @@ pub struct WsByteStream<S> {
     read: Bytes,
     read_eof: bool,
     write: Vec<u8>,
+    keepalive: Option<Liveness>,
+}
+
+/// The tokio side of [`KeepAlive`]: its timer and a ping waiting for room in the sink.
+struct Liveness {
+    core: KeepAlive,
+    timer: Pin<Box<Sleep>>,
+    ping_queued: bool,
 }
 
 impl<S> WsByteStream<S> {
+    /// Without keep-alive (the server side: the client pings).
     pub fn new(ws: WebSocketStream<S>) -> Self {
+        Self::with_keepalive(ws, None)
+    }
+
+    /// With keep-alive when `config` is set (the client side).
+    pub fn with_keepalive(ws: WebSocketStream<S>, config: Option<KeepAliveConfig>) -> Self {
+        let keepalive = config.map(|config| {
+            let core = KeepAlive::new(config, Instant::now().into_std());
+            let timer = Box::pin(tokio::time::sleep_until(Instant::from_std(
+                core.poll_timeout(),
+            )));
+            Liveness {
+                core,
+                timer,
+                ping_queued: false,
+            }
+        });
         Self {
             ws,
             read: Bytes::new(),
             read_eof: false,
             write: Vec::new(),
+            keepalive,
         }
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
+    /// Runs the keep-alive timer; an error once a ping went unanswered.
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(live) = &mut self.keepalive else {
+            return Ok(());
+        };
+        while live.timer.as_mut().poll(cx).is_ready() {
+            match live.core.handle_timeout(Instant::now().into_std()) {
+                KeepAliveAction::Wait => {}
+                KeepAliveAction::Ping => {
+                    tracing::trace!("websocket quiet: ping");
+                    live.ping_queued = true;
+                }
+                KeepAliveAction::Dead { waited } => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the tailnet websocket peer did not answer a ping within {waited:?}"
+                        ),
+                    ));
+                }
+            }
+            let next = Instant::from_std(live.core.poll_timeout());
+            live.timer.as_mut().reset(next);
+        }
+        if live.ping_queued && Pin::new(&mut self.ws).poll_ready(cx).is_ready() {
+            live.ping_queued = false;
+            Pin::new(&mut self.ws)
+                .start_send(Message::Ping(Bytes::new()))
+                .map_err(ws_io_error)?;
+            // Pushed out now or with the next flush.
+            let _ = Pin::new(&mut self.ws).poll_flush(cx).map_err(ws_io_error)?;
+        }
+        Ok(())
+    }
+
+    fn received(&mut self) {
+        if let Some(live) = &mut self.keepalive {
+            live.core.on_receive(Instant::now().into_std());
+            let next = Instant::from_std(live.core.poll_timeout());
+            live.timer.as_mut().reset(next);
+        }
+    }
+
     /// Starts sending the gathered bytes as one binary message.
     fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.write.is_empty() {
@@ -97,6 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.poll_keepalive(cx)?;
         loop {
             if !this.read.is_empty() {
                 let n = this.read.len().min(buf.remaining());
@@ -106,7 +161,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
             if this.read_eof {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+            let next = ready!(Pin::new(&mut this.ws).poll_next(cx));
+            if matches!(next, Some(Ok(_))) {
+                this.received();
+            }
+            match next {
                 Some(Ok(Message::Binary(data))) => {
                     tracing::trace!(len = data.len(), "websocket message in");
                     this.read = data;
@@ -177,345 +236,4 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     serve_mux(WsByteStream::new(ws), router).await
-}
-
-/// What a tailnet dial sends besides the URL.
-#[derive(Clone, Default)]
-pub struct DialOptions {
-    /// Added in order, duplicates kept (`Coder-Session-Token`, `StartRequest.headers`, …).
-    pub headers: Vec<(String, String)>,
-    /// Sent as `resume_token=` when set (tailnet.md §7).
-    pub resume_token: Option<String>,
-    /// TLS for `https` base URLs; `None` uses [`default_tls_config`].
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-/// rustls with the ring provider and the system's root certificates, loaded once. No
-/// ALPN: the websocket upgrade is HTTP/1.1.
-pub fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, DialError> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let loaded = rustls_native_certs::load_native_certs();
-        let mut roots = rustls::RootCertStore::empty();
-        let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
-        if !loaded.errors.is_empty() {
-            tracing::debug!(errors = ?loaded.errors, "some system root certificates could not be loaded");
-        }
-        tracing::debug!(added, ignored, "system root certificates loaded");
-        if roots.is_empty() {
-            return Err(format!(
-                "no usable root certificates in the system store ({} errors)",
-                loaded.errors.len()
-            ));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-            .map_err(|e| e.to_string())
-    });
-    config
-        .clone()
-        .map_err(|reason| DialError::TlsConfig { reason })
-}
-
-impl std::fmt::Debug for DialOptions {
-    /// Never shows header values or the token.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("DialOptions")
-            .field("headers", &names)
-            .field(
-                "resume_token",
-                &self.resume_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-/// Why the tailnet websocket could not be opened. URLs in messages never carry the query
-/// (which may hold the resume token).
-#[derive(Debug, thiserror::Error)]
-pub enum DialError {
-    #[error("invalid coder url {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
-    #[error("cannot set up TLS: {reason}")]
-    TlsConfig { reason: String },
-    #[error("TLS handshake with {host} for {url} failed: {source}")]
-    Tls {
-        host: String,
-        url: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("invalid header {name:?}: {reason}")]
-    InvalidHeader { name: String, reason: String },
-    #[error("cannot connect to {addr} for {url}: {source}")]
-    Connect {
-        addr: String,
-        url: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The server answered the upgrade with an HTTP error.
-    #[error("{url} answered the websocket upgrade with HTTP {status}{}: {body}", if *.permanent { " (permanent)" } else { "" })]
-    Http {
-        url: String,
-        status: u16,
-        /// As much of the body as arrived with the headers, at most 4 KiB, lossy UTF-8.
-        body: String,
-        permanent: bool,
-        /// `Coder-Connect-Auth-Required: true` was set (tailnet.md §4.1 connect proof).
-        connect_auth_required: bool,
-    },
-    #[error("websocket handshake with {url} failed: {source}")]
-    Handshake {
-        url: String,
-        #[source]
-        source: Box<tungstenite::Error>,
-    },
-}
-
-impl DialError {
-    /// Whether a first dial should give up (tailnet.md §4.1): HTTP 400, 401, 403, 404, 409,
-    /// 500, or a request we cannot even build. Everything else is retried with backoff.
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            Self::Http { permanent, .. } => *permanent,
-            Self::InvalidUrl { .. } | Self::TlsConfig { .. } | Self::InvalidHeader { .. } => true,
-            Self::Connect { .. } | Self::Tls { .. } | Self::Handshake { .. } => false,
-        }
-    }
-
-    /// The HTTP status of a refused upgrade.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Http { status, .. } => Some(*status),
-            Self::InvalidUrl { .. }
-            | Self::TlsConfig { .. }
-            | Self::InvalidHeader { .. }
-            | Self::Connect { .. }
-            | Self::Tls { .. }
-            | Self::Handshake { .. } => None,
-        }
-    }
-
-    /// A 401 whose validation errors name the field `resume_token`: drop the token and
-    /// redial at once (tailnet.md §4.1).
-    pub fn is_stale_resume_token(&self) -> bool {
-        let Self::Http {
-            status: 401, body, ..
-        } = self
-        else {
-            return false;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-            return false;
-        };
-        v["validations"].as_array().is_some_and(|list| {
-            list.iter()
-                .any(|item| item["field"].as_str() == Some("resume_token"))
-        })
-    }
-}
-
-/// `<base>/api/v2/tailnet?version=2.3[&resume_token=…]` with `http`→`ws`, `https`→`wss`.
-pub fn tailnet_url(base: &Url, resume_token: Option<&str>) -> Result<Url, DialError> {
-    let invalid = |reason: &str| DialError::InvalidUrl {
-        url: base.as_str().to_owned(),
-        reason: reason.to_owned(),
-    };
-    let scheme = match base.scheme() {
-        "http" | "ws" => "ws",
-        "https" | "wss" => "wss",
-        _ => return Err(invalid("want an http:// or https:// URL")),
-    };
-    let mut url = base
-        .join("/api/v2/tailnet")
-        .map_err(|e| invalid(&e.to_string()))?;
-    url.set_scheme(scheme)
-        .map_err(|()| invalid("cannot change the scheme"))?;
-    url.set_fragment(None);
-    url.set_query(None);
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("version", TAILNET_VERSION);
-        if let Some(token) = resume_token {
-            q.append_pair("resume_token", token);
-        }
-    }
-    Ok(url)
-}
-
-/// Opens the tailnet websocket and a yamux client session on it.
-pub async fn dial(base: &Url, opts: &DialOptions) -> Result<RpcClient, DialError> {
-    let url = tailnet_url(base, opts.resume_token.as_deref())?;
-    let shown = {
-        let mut u = url.clone();
-        u.set_query(None);
-        u.to_string()
-    };
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| DialError::InvalidUrl {
-            url: shown.clone(),
-            reason: e.to_string(),
-        })?;
-    for (name, value) in &opts.headers {
-        let invalid = |reason: String| DialError::InvalidHeader {
-            name: name.clone(),
-            reason,
-        };
-        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| invalid("the value is not valid in an HTTP header".into()))?;
-        request.headers_mut().append(header, value);
-    }
-    let port = url.port_or_known_default().unwrap_or(80);
-    let tcp = match url.host() {
-        Some(url::Host::Domain(d)) => TcpStream::connect((d, port)).await,
-        Some(url::Host::Ipv4(ip)) => TcpStream::connect((ip, port)).await,
-        Some(url::Host::Ipv6(ip)) => TcpStream::connect((ip, port)).await,
-        None => {
-            return Err(DialError::InvalidUrl {
-                url: shown,
-                reason: "no host".into(),
-            });
-        }
-    }
-    .map_err(|source| DialError::Connect {
-        addr: format!("{}:{port}", url.host_str().unwrap_or_default()),
-        url: shown.clone(),
-        source,
-    })?;
-    let _ = tcp.set_nodelay(true);
-    tracing::debug!(url = %shown, "dialing the tailnet websocket");
-    let config = Some(websocket_config());
-    let ws_err = |e| handshake_error(&shown, e);
-    let rpc = if url.scheme() == "wss" {
-        let tls = match &opts.tls {
-            Some(c) => c.clone(),
-            None => default_tls_config()?,
-        };
-        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
-        let tls_err = |source| DialError::Tls {
-            host: host.to_owned(),
-            url: shown.clone(),
-            source,
-        };
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(tls_err)?;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, config)
-            .await
-            .map_err(ws_err)?;
-        RpcClient::new(MuxClient::start(WsByteStream::new(ws)))
-    } else {
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, config)
-            .await
-            .map_err(ws_err)?;
-        RpcClient::new(MuxClient::start(WsByteStream::new(ws)))
-    };
-    tracing::debug!(url = %shown, "tailnet websocket open");
-    Ok(rpc)
-}
-
-fn handshake_error(url: &str, e: tungstenite::Error) -> DialError {
-    match e {
-        tungstenite::Error::Http(response) => {
-            let status = response.status().as_u16();
-            let body = response.body().as_deref().unwrap_or_default();
-            let body = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]);
-            let connect_auth_required = response
-                .headers()
-                .get("Coder-Connect-Auth-Required")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-            DialError::Http {
-                url: url.to_owned(),
-                status,
-                body: body.trim_end().to_owned(),
-                permanent: PERMANENT_STATUSES.contains(&status),
-                connect_auth_required,
-            }
-        }
-        other => DialError::Handshake {
-            url: url.to_owned(),
-            source: Box::new(other),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tailnet_url_uses_ws_schemes_and_version_2_3() {
-        let base = Url::parse("https://coder.example.com/some/path?x=1#f").unwrap();
-        assert_eq!(
-            tailnet_url(&base, None).unwrap().as_str(),
-            "wss://coder.example.com/api/v2/tailnet?version=2.3"
-        );
-        let base = Url::parse("http://127.0.0.1:3000").unwrap();
-        assert_eq!(
-            tailnet_url(&base, Some("a b&c")).unwrap().as_str(),
-            "ws://127.0.0.1:3000/api/v2/tailnet?version=2.3&resume_token=a+b%26c"
-        );
-        assert!(tailnet_url(&Url::parse("ftp://x").unwrap(), None).is_err());
-    }
-
-    #[test]
-    fn permanent_statuses_follow_the_dialer() {
-        let http = |status| DialError::Http {
-            url: "ws://x/api/v2/tailnet".into(),
-            status,
-            body: String::new(),
-            permanent: PERMANENT_STATUSES.contains(&status),
-            connect_auth_required: false,
-        };
-        for s in [400, 401, 403, 404, 409, 500] {
-            assert!(http(s).is_permanent(), "{s}");
-        }
-        for s in [429, 502, 503, 504] {
-            assert!(!http(s).is_permanent(), "{s}");
-        }
-    }
-
-    #[test]
-    fn stale_resume_token_is_a_401_naming_the_field() {
-        let err = DialError::Http {
-            url: "ws://x/api/v2/tailnet".into(),
-            status: 401,
-            body: r#"{"message":"Invalid resume token.","validations":[{"field":"resume_token","detail":"expired"}]}"#.into(),
-            permanent: true,
-            connect_auth_required: false,
-        };
-        assert!(err.is_stale_resume_token());
-        let err = DialError::Http {
-            url: "ws://x/api/v2/tailnet".into(),
-            status: 401,
-            body: r#"{"message":"Unauthorized."}"#.into(),
-            permanent: true,
-            connect_auth_required: false,
-        };
-        assert!(!err.is_stale_resume_token());
-    }
-
-    #[test]
-    fn dial_options_debug_hides_values() {
-        let opts = DialOptions {
-            headers: vec![("Coder-Session-Token".into(), "secret".into())],
-            resume_token: Some("tok".into()),
-            tls: None,
-        };
-        let shown = format!("{opts:?}");
-        assert!(
-            !shown.contains("secret") && !shown.contains("tok\""),
-            "{shown}"
-        );
-    }
 }
