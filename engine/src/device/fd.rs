@@ -264,31 +264,28 @@ impl Device for FdDevice {
         if self.framing != Framing::Vnet {
             return self.write_once(packet);
         }
-        let fd = self.fd.get_ref().as_raw_fd();
-        let mut result = Ok(());
-        let mut c = self
-            .coalescer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        c.push(packet, &mut |frame| {
-            if let Err(e) = write_frame(fd, frame) {
-                result = Err(e);
-            }
-        });
-        result
+        self.coalesce(|c, mut write| c.push(packet, &mut write))
     }
 
     fn flush(&self) -> io::Result<()> {
         if self.framing != Framing::Vnet {
             return Ok(());
         }
+        self.coalesce(|c, mut write| c.flush(&mut write))
+    }
+}
+
+impl FdDevice {
+    /// Runs `op` on the coalescer with a sink that writes each finished frame to the TUN;
+    /// returns the last write error, if any.
+    fn coalesce(&self, op: impl FnOnce(&mut Coalescer, &mut dyn FnMut(&[u8]))) -> io::Result<()> {
         let fd = self.fd.get_ref().as_raw_fd();
         let mut result = Ok(());
         let mut c = self
             .coalescer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        c.flush(&mut |frame| {
+        op(&mut c, &mut |frame| {
             if let Err(e) = write_frame(fd, frame) {
                 result = Err(e);
             }

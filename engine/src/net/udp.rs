@@ -5,7 +5,7 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::udp_batch::canonical;
+use super::udp_batch::{canonical, mapped};
 use tokio::net::UdpSocket;
 
 /// Socket buffer size asked for (the kernel may cap it; as root we force it).
@@ -109,13 +109,6 @@ fn setsockopt_int(socket: &Socket, opt: libc::c_int, value: libc::c_int) -> io::
         Err(io::Error::last_os_error())
     } else {
         Ok(())
-    }
-}
-
-fn mapped(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
-        SocketAddr::V6(_) => addr,
     }
 }
 

@@ -235,11 +235,19 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// An IPv4 address as its v4-mapped IPv6 form (what a dual-stack socket sends to).
+pub(crate) fn mapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        SocketAddr::V6(_) => addr,
+    }
+}
+
 /// A v4 destination becomes v4-mapped (the socket is dual-stack IPv6).
 fn sockaddr(addr: SocketAddr) -> libc::sockaddr_in6 {
-    let v6 = match addr {
-        SocketAddr::V4(v4) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
+    let v6 = match mapped(addr) {
         SocketAddr::V6(v6) => v6,
+        SocketAddr::V4(v4) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
     };
     // SAFETY: plain data.
     let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
