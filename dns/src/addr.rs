@@ -16,6 +16,17 @@ pub fn coder_addr(agent_id: [u8; 16]) -> Ipv6Addr {
     Ipv6Addr::from(bytes)
 }
 
+/// First 6 bytes of `TailscaleServicePrefix`, `fd7a:115c:a1e0::/48`.
+pub const TAILSCALE_SERVICE_PREFIX: [u8; 6] = [0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0];
+
+/// `AddrFromUUID(TailscaleServicePrefix, id)`: the agent's other address; status pings go
+/// there.
+pub fn tailscale_addr(agent_id: [u8; 16]) -> Ipv6Addr {
+    let mut bytes = agent_id;
+    bytes[..6].copy_from_slice(&TAILSCALE_SERVICE_PREFIX);
+    Ipv6Addr::from(bytes)
+}
+
 /// Parses a hyphenated (or bare hex) UUID into its 16 bytes. For configs and tests; the
 /// control plane hands agent ids over as bytes.
 pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
@@ -64,6 +75,14 @@ mod tests {
                 .parse::<Ipv6Addr>()
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn tailscale_address_uses_the_tailscale_prefix() {
+        let mut id = [0u8; 16];
+        id[6] = 0x01;
+        id[7] = 0x01;
+        assert_eq!(tailscale_addr(id).to_string(), "fd7a:115c:a1e0:101::");
     }
 
     #[test]

@@ -28,7 +28,10 @@ mod shared;
 pub mod tcp;
 mod zone;
 
-pub use addr::{CODER_DNS_ADDR, CODER_SERVICE_PREFIX, coder_addr, parse_uuid};
+pub use addr::{
+    CODER_DNS_ADDR, CODER_SERVICE_PREFIX, TAILSCALE_SERVICE_PREFIX, coder_addr, parse_uuid,
+    tailscale_addr,
+};
 pub use answer::{Answered, DEFAULT_UDP_PAYLOAD, NEGATIVE_TTL, Outcome, TTL, Transport};
 pub use config::{ConfigError, DEFAULT_ALIAS, DEFAULT_SUFFIX, MAX_SUFFIX_LEN, ZoneConfig};
 pub use shared::SharedZone;

@@ -61,7 +61,10 @@ async fn dns_queries_from_the_device_are_answered_by_the_runner() {
         device,
         Udp::bind(0).unwrap(),
         cmd_rx,
-        Some(Arc::new(SharedZone::new(zone))),
+        runner::RunOptions {
+            dns: Some(Arc::new(SharedZone::new(zone))),
+            relay: None,
+        },
         async {
             let _ = stop_rx.await;
         },

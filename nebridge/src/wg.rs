@@ -115,7 +115,7 @@ async fn up(cfg: WgConfig, name: String) -> anyhow::Result<()> {
         }
     );
     let (_cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
-    runner::run(peers, device, udp, cmd_rx, None, signalled).await?;
+    runner::run(peers, device, udp, cmd_rx, Default::default(), signalled).await?;
     // Closing the TUN descriptor removes the interface with its addresses and routes.
     info!("{name} down");
     Ok(())
@@ -186,7 +186,7 @@ async fn up_userspace(
         addrs.join(", ")
     );
     let (_cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
-    let result = runner::run(peers, device, udp, cmd_rx, None, stop).await;
+    let result = runner::run(peers, device, udp, cmd_rx, Default::default(), stop).await;
     // The runner dropped the device: the stack stops and open connections end.
     servers.shutdown().await;
     result?;

@@ -7,6 +7,7 @@
 
 pub mod derp;
 pub mod dns_intercept;
+pub mod relay;
 pub mod runner;
 pub mod udp;
 pub mod udp_batch;

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use codervpn_dns::SharedZone;
 
+use super::derp::{DerpHandle, NodePublicKey};
 use super::dns_intercept::{self, Intercepted};
+use super::relay::{self, Relay, RelayCounters, RelayIn};
 use super::udp::Udp;
 use super::udp_batch::{self, SendBatch};
 use super::wg::{Counters, Emit, PeerConfig, PeerSet, PeerStats};
@@ -30,7 +32,19 @@ const BUF: usize = 65_536;
 #[derive(Debug)]
 pub enum WgCommand {
     UpsertPeer(PeerConfig),
+    /// Upserts a peer reached through the DERP relay of `derp_region` (its endpoint, when
+    /// not given, is the relay path). Needs [`RunOptions::relay`].
+    UpsertRelayedPeer {
+        config: PeerConfig,
+        derp_region: i64,
+    },
     RemovePeer([u8; 32]),
+    /// Adds (or replaces) the connection to a DERP region; `home` marks our own.
+    AddRelay {
+        region: i64,
+        handle: DerpHandle,
+        home: bool,
+    },
     Stats(oneshot::Sender<WgStats>),
 }
 
@@ -43,19 +57,31 @@ pub struct WgStats {
     pub udp_send_failed: u64,
     /// Packets the device would not take.
     pub device_write_failed: u64,
+    /// Relayed packets that went nowhere.
+    pub relay: RelayCounters,
 }
 
-/// Moves packets between `device` and `udp` through `peers` until `shutdown` completes.
-/// With `dns`, UDP queries to the in-tunnel resolver (`[fd60:627a:a42b::53]:53`) are
-/// answered from its zone and never reach a peer.
+/// What the data plane does besides WireGuard.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Answer UDP queries to the in-tunnel resolver (`[fd60:627a:a42b::53]:53`) from this
+    /// zone; they never reach a peer.
+    pub dns: Option<Arc<SharedZone>>,
+    /// Reach peers through DERP relays too.
+    pub relay: Option<Relay>,
+}
+
+/// Moves packets between `device` and `udp` (and the relays of `opts`) through `peers`
+/// until `shutdown` completes.
 pub async fn run<D: Device>(
     mut peers: PeerSet,
     device: D,
     udp: Udp,
     mut commands: mpsc::Receiver<WgCommand>,
-    dns: Option<Arc<SharedZone>>,
+    opts: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let RunOptions { dns, relay } = opts;
     let mut dns_reply = Vec::with_capacity(2048);
     let mut dev_buf = vec![0u8; BUF];
     let mut net_buf = vec![0u8; BUF];
@@ -67,6 +93,7 @@ pub async fn run<D: Device>(
         gso: true,
         udp_send_failed: 0,
         device_write_failed: 0,
+        relay,
     };
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -119,19 +146,51 @@ pub async fn run<D: Device>(
                 }
                 outbox.flush(&device);
             }
+            Some(first) = next_relayed(&mut outbox.relay) => {
+                let mut next = Some(first);
+                let mut n = 0;
+                while let Some(RelayIn { from, data, .. }) = next {
+                    if let Some(src) = outbox.relay.as_mut().and_then(|r| r.source(&from)) {
+                        peers.decapsulate(src, &data, &mut out, &mut |e| outbox.emit(&device, e));
+                    }
+                    n += 1;
+                    next = if n < BATCH { outbox.relay.as_mut().and_then(Relay::try_recv) } else { None };
+                }
+                outbox.flush(&device);
+            }
             _ = tick.tick() => {
                 peers.update_timers(tokio::time::Instant::now().into_std(), &mut out, &mut |e| outbox.emit(&device, e));
                 outbox.flush(&device);
             }
             cmd = commands.recv() => match cmd {
                 Some(WgCommand::UpsertPeer(p)) => peers.upsert_peer(p),
-                Some(WgCommand::RemovePeer(k)) => { peers.remove_peer(&k); }
+                Some(WgCommand::UpsertRelayedPeer { mut config, derp_region }) => {
+                    match outbox.relay.as_mut() {
+                        Some(r) => {
+                            let magic = r.route(NodePublicKey::from_bytes(config.public_key), derp_region);
+                            config.endpoint = config.endpoint.or(magic);
+                        }
+                        None => warn!("a relayed peer was added to a data plane without relays"),
+                    }
+                    peers.upsert_peer(config);
+                }
+                Some(WgCommand::RemovePeer(k)) => {
+                    peers.remove_peer(&k);
+                    if let Some(r) = outbox.relay.as_mut() {
+                        r.unroute(&NodePublicKey::from_bytes(k));
+                    }
+                }
+                Some(WgCommand::AddRelay { region, handle, home }) => match outbox.relay.as_mut() {
+                    Some(r) => r.add_region(region, handle, home),
+                    None => warn!(region, "a DERP region was added to a data plane without relays"),
+                },
                 Some(WgCommand::Stats(tx)) => {
                     let _ = tx.send(WgStats {
                         peers: peers.stats().collect(),
                         dropped: peers.counters().clone(),
                         udp_send_failed: outbox.udp_send_failed,
                         device_write_failed: outbox.device_write_failed,
+                        relay: outbox.relay.as_ref().map(|r| r.counters().clone()).unwrap_or_default(),
                     });
                 }
                 None => {}
@@ -152,11 +211,24 @@ struct Outbox {
     gso: bool,
     udp_send_failed: u64,
     device_write_failed: u64,
+    relay: Option<Relay>,
+}
+
+/// The next packet a relay delivered; never resolves without relays.
+async fn next_relayed(relay: &mut Option<Relay>) -> Option<RelayIn> {
+    match relay {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Outbox {
     fn emit<D: Device>(&mut self, device: &D, e: Emit<'_>) {
         match e {
+            Emit::Network { to, data } if relay::is_magic(&to) => match self.relay.as_mut() {
+                Some(r) => r.send(to, data),
+                None => self.udp_send_failed += 1,
+            },
             Emit::Network { to, data } => {
                 if !self.batch.fits(data, to) {
                     self.flush_udp();

@@ -1,6 +1,8 @@
 //! Joining a Coder deployment: what the tunnel hands to the control plane on `start`, and
 //! what it gets back.
 
+pub mod node;
+pub mod peers;
 pub mod rpc;
 
 use std::fmt;

@@ -30,7 +30,8 @@ fn status(code: StatusCode, text: &str) -> Response {
 }
 
 pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
-    let derp = state.derp.clone();
+    let derp = state.derp.current();
+    let server_key = derp.public_key().to_hex();
     if header_has(&req, header::UPGRADE, "derp") {
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -48,7 +49,7 @@ pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> 
             .header(header::UPGRADE, "DERP")
             .header(header::CONNECTION, "Upgrade")
             .header("Derp-Version", "2")
-            .header("Derp-Public-Key", state.derp.public_key().to_hex())
+            .header("Derp-Public-Key", server_key)
             .body(Body::empty())
             .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, "response"));
     }
@@ -87,5 +88,37 @@ pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> 
             StatusCode::UPGRADE_REQUIRED,
             "DERP requires a connection upgrade (Upgrade: DERP, or a WebSocket with subprotocol derp)",
         ),
+    }
+}
+
+/// The relay behind `/derp`, replaceable (the restart fault) while connections come and go.
+#[derive(Clone)]
+pub(crate) struct DerpSlot {
+    server: std::sync::Arc<std::sync::RwLock<codervpn_engine::net::derp::DerpServer>>,
+}
+
+impl DerpSlot {
+    pub(crate) fn new(server: codervpn_engine::net::derp::DerpServer) -> Self {
+        Self {
+            server: std::sync::Arc::new(std::sync::RwLock::new(server)),
+        }
+    }
+
+    pub(crate) fn current(&self) -> codervpn_engine::net::derp::DerpServer {
+        self.server
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the relay with a fresh one under the same key; returns the old one.
+    pub(crate) fn replace(
+        &self,
+        next: codervpn_engine::net::derp::DerpServer,
+    ) -> codervpn_engine::net::derp::DerpServer {
+        std::mem::replace(
+            &mut *self.server.write().unwrap_or_else(|p| p.into_inner()),
+            next,
+        )
     }
 }

@@ -3,10 +3,15 @@
 //!
 //! Serves, on one HTTP listener: `/api/v2/buildinfo`, `/api/v2/users/me` and
 //! `/api/v2/workspaceagents/connection` (session-token auth, 401 otherwise), `/derp` (our DERP
-//! relay, plain `Upgrade: DERP` or WebSocket), and `/bin/<file>` (published artifacts).
-//! Not yet: the tailnet dRPC endpoint, simulated agents, TLS, faults.
+//! relay, plain `Upgrade: DERP` or WebSocket), `/api/v2/tailnet` (websocket → yamux → dRPC:
+//! coordination, workspace updates, DERP maps, resume tokens) and `/bin/<file>` (published
+//! artifacts). Every agent of the deployment is simulated ([`agent`]): WireGuard on smoltcp,
+//! reached through the relay, coordinated through [`coord`]. Faults: stop/start a
+//! workspace, drop every tailnet connection, restart the relay.
 
+pub mod agent;
 mod bin;
+pub mod coord;
 mod derp;
 pub mod model;
 mod tailnet;
@@ -65,10 +70,12 @@ impl Default for TestbedConfig {
 struct AppState {
     deployment: watch::Receiver<Arc<Deployment>>,
     artifacts: watch::Receiver<Artifacts>,
-    derp: DerpServer,
+    derp: derp::DerpSlot,
     version: String,
     url: url::Url,
-    tailnet: Arc<codervpn_engine::session::rpc::Router>,
+    tailnet: Arc<tailnet::TailnetShared>,
+    /// Bumped to drop every tailnet connection (a fault).
+    drop_tailnet: watch::Receiver<u64>,
 }
 
 /// A running testbed. Dropping it stops the server.
@@ -76,7 +83,10 @@ pub struct Testbed {
     url: url::Url,
     deployment: watch::Sender<Arc<Deployment>>,
     artifacts: watch::Sender<Artifacts>,
-    derp: DerpServer,
+    derp: derp::DerpSlot,
+    derp_key: NodePrivateKey,
+    coordinator: coord::Coordinator,
+    drop_tailnet: watch::Sender<u64>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -120,20 +130,26 @@ impl Testbed {
         deployment.hostname_suffix = config.hostname_suffix.clone();
         let (dep_tx, dep_rx) = watch::channel(Arc::new(deployment));
         let (art_tx, art_rx) = watch::channel(Artifacts::default());
-        let derp = DerpServer::new(NodePrivateKey::generate());
+        let derp_key = NodePrivateKey::generate();
+        let derp = derp::DerpSlot::new(DerpServer::new(derp_key.clone()));
         let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
-        let service = Arc::new(tailnet::TestbedTailnet {
+        let coordinator = coord::Coordinator::default();
+        let shared = Arc::new(tailnet::TailnetShared {
             deployment: dep_rx.clone(),
             derp_map: tailnet::derp_map_proto(&host, port, url.scheme() == "http"),
+            coordinator: coordinator.clone(),
+            tokens: Default::default(),
         });
+        let (drop_tx, drop_rx) = watch::channel(0u64);
         let state = AppState {
-            tailnet: Arc::new(codervpn_engine::session::rpc::tailnet::router(service)),
-            deployment: dep_rx,
+            tailnet: shared,
+            deployment: dep_rx.clone(),
             artifacts: art_rx,
             derp: derp.clone(),
             version: config.version.clone(),
             url: url.clone(),
+            drop_tailnet: drop_rx,
         };
         let app = router(state);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -145,12 +161,20 @@ impl Testbed {
                 tracing::warn!(error = %e, "testbed server ended");
             }
         });
+        let derp_url = url.join("derp").map_err(|e| TestbedError::Listen {
+            addr,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        tokio::spawn(agent::fleet(dep_rx, coordinator.clone(), derp_url));
         info!(%url, "testbed serving");
         Ok(Self {
             url,
             deployment: dep_tx,
             artifacts: art_tx,
             derp,
+            derp_key,
+            coordinator,
+            drop_tailnet: drop_tx,
             stop: Some(stop_tx),
         })
     }
@@ -168,8 +192,27 @@ impl Testbed {
         self.deployment.borrow().clone()
     }
 
-    pub fn derp(&self) -> &DerpServer {
-        &self.derp
+    /// The relay serving `/derp` right now.
+    pub fn derp(&self) -> DerpServer {
+        self.derp.current()
+    }
+
+    /// The coordinator (to watch what it relays).
+    pub fn coordinator(&self) -> &coord::Coordinator {
+        &self.coordinator
+    }
+
+    /// Fault: closes every tailnet (`/api/v2/tailnet`) connection at once. Clients redial,
+    /// presenting their resume tokens.
+    pub fn drop_tailnet_connections(&self) {
+        self.drop_tailnet.send_modify(|g| *g += 1);
+    }
+
+    /// Fault: restarts the DERP relay: every relay connection is closed and a fresh relay
+    /// with the same key takes over `/derp`.
+    pub async fn restart_derp(&self) {
+        let old = self.derp.replace(DerpServer::new(self.derp_key.clone()));
+        old.close().await;
     }
 
     /// Sets a workspace's status (e.g. [`model::status::STOPPED`]); with `running = false`
@@ -386,8 +429,35 @@ async fn tailnet_upgrade(
     if !is_ws {
         return coder_error(StatusCode::BAD_REQUEST, "Expected a websocket upgrade", "");
     }
+    let peer = match query.get("resume_token") {
+        Some(token) => match state.tailnet.resume(token) {
+            Ok(peer) => peer,
+            Err(why) => {
+                let detail = match why {
+                    tailnet::ResumeError::Unknown => "resume token is not valid",
+                    tailnet::ResumeError::Expired => "resume token has expired",
+                };
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({
+                        "message": "Invalid resume token.",
+                        "validations": [{ "field": "resume_token", "detail": detail }],
+                    })),
+                )
+                    .into_response();
+            }
+        },
+        None => Uuid::random(),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let router = state.tailnet.clone();
+    let router = Arc::new(codervpn_engine::session::rpc::tailnet::router(Arc::new(
+        tailnet::TestbedTailnet {
+            shared: state.tailnet.clone(),
+            peer,
+        },
+    )));
+    let mut dropped = state.drop_tailnet.clone();
+    dropped.mark_unchanged();
     tokio::spawn(async move {
         let Ok(up) = on_upgrade.await else {
             return;
@@ -398,8 +468,13 @@ async fn tailnet_upgrade(
             Some(codervpn_engine::session::rpc::ws::websocket_config()),
         )
         .await;
-        if let Err(e) = codervpn_engine::session::rpc::ws::serve_websocket(ws, router).await {
-            tracing::debug!(error = %e, "tailnet connection ended");
+        tokio::select! {
+            r = codervpn_engine::session::rpc::ws::serve_websocket(ws, router) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "tailnet connection ended");
+                }
+            }
+            _ = dropped.changed() => tracing::info!(%peer, "tailnet connection dropped (fault)"),
         }
     });
     Response::builder()

@@ -1,10 +1,11 @@
 //! `/api/v2/tailnet?version=2.x`: websocket → yamux → dRPC, serving `coder.tailnet.v2.Tailnet`
 //! from the deployment: `WorkspaceUpdates` (a snapshot, then diffs as the deployment
-//! changes), `StreamDERPMaps`, `RefreshResumeToken`, and `Coordinate` (records the client's
-//! node and tunnels; there are no simulated agents yet, so it sends no peer updates).
+//! changes), `StreamDERPMaps`, `RefreshResumeToken` (tokens bind the connection's peer id,
+//! honoured on reconnect), and `Coordinate` (through the [`Coordinator`], which relays
+//! nodes between this client and the simulated agents).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use codervpn_engine::session::BoxFuture;
@@ -17,15 +18,45 @@ use codervpn_proto::tailnet::{
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::coord::{Coordinator, PeerId};
 use crate::model::{Deployment, Uuid};
 
 /// How long a resume token says to wait before refreshing, and how long it lives.
 const REFRESH_IN: Duration = Duration::from_secs(30 * 60);
 const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-pub(crate) struct TestbedTailnet {
+/// What every tailnet connection shares.
+pub(crate) struct TailnetShared {
     pub(crate) deployment: watch::Receiver<Arc<Deployment>>,
     pub(crate) derp_map: DerpMap,
+    pub(crate) coordinator: Coordinator,
+    /// Resume token → (peer id, expiry).
+    pub(crate) tokens: Mutex<HashMap<String, (PeerId, SystemTime)>>,
+}
+
+/// Why a resume token was not honoured.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ResumeError {
+    Unknown,
+    Expired,
+}
+
+impl TailnetShared {
+    /// The peer id a resume token stands for.
+    pub(crate) fn resume(&self, token: &str) -> Result<PeerId, ResumeError> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        match tokens.get(token) {
+            Some((peer, expires)) if *expires > SystemTime::now() => Ok(*peer),
+            Some(_) => Err(ResumeError::Expired),
+            None => Err(ResumeError::Unknown),
+        }
+    }
+}
+
+/// One tailnet connection's service: the shared state plus the peer id it acts for.
+pub(crate) struct TestbedTailnet {
+    pub(crate) shared: Arc<TailnetShared>,
+    pub(crate) peer: PeerId,
 }
 
 impl TailnetService for TestbedTailnet {
@@ -35,7 +66,7 @@ impl TailnetService for TestbedTailnet {
         updates: Sink<WorkspaceUpdate>,
     ) -> BoxFuture<Result<(), Status>> {
         Box::pin(async move {
-            let mut deployment = self.deployment.clone();
+            let mut deployment = self.shared.deployment.clone();
             let mut current = deployment.borrow_and_update().clone();
             if request.workspace_owner_id != current.user_id.0 {
                 return Err(Status::new(
@@ -75,7 +106,7 @@ impl TailnetService for TestbedTailnet {
         maps: Sink<DerpMap>,
     ) -> BoxFuture<Result<(), Status>> {
         Box::pin(async move {
-            if maps.send(&self.derp_map).await.is_ok() {
+            if maps.send(&self.shared.derp_map).await.is_ok() {
                 maps.closed().await;
             }
             Ok(())
@@ -88,12 +119,18 @@ impl TailnetService for TestbedTailnet {
     ) -> BoxFuture<Result<RefreshResumeTokenResponse, Status>> {
         Box::pin(async move {
             let expires = SystemTime::now() + TOKEN_LIFETIME;
+            let token = format!("resume-{}", Uuid::random());
+            self.shared
+                .tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(token.clone(), (self.peer, expires));
             let secs = expires
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             Ok(RefreshResumeTokenResponse {
-                token: format!("resume-{}", Uuid::random()),
+                token,
                 refresh_in: Some(prost_types::Duration {
                     seconds: REFRESH_IN.as_secs() as i64,
                     nanos: 0,
@@ -109,25 +146,30 @@ impl TailnetService for TestbedTailnet {
     fn coordinate(
         self: Arc<Self>,
         mut requests: Requests<CoordinateRequest>,
-        _responses: Sink<CoordinateResponse>,
+        responses: Sink<CoordinateResponse>,
     ) -> BoxFuture<Result<(), Status>> {
         Box::pin(async move {
-            let mut tunnels = 0usize;
-            while let Ok(Some(req)) = requests.message().await {
-                if req.update_self.is_some() {
-                    debug!("coordinate: client node updated");
-                }
-                if req.add_tunnel.is_some() {
-                    tunnels += 1;
-                }
-                if req.remove_tunnel.is_some() {
-                    tunnels = tunnels.saturating_sub(1);
-                }
-                if req.disconnect.is_some() {
-                    debug!(tunnels, "coordinate: client disconnected");
-                    break;
+            let coordinator = &self.shared.coordinator;
+            let (generation, mut outgoing) = coordinator.connect_client(self.peer);
+            loop {
+                tokio::select! {
+                    req = requests.message() => match req {
+                        Ok(Some(req)) => {
+                            if !coordinator.handle(self.peer, req) {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    Some(resp) = outgoing.recv() => {
+                        if responses.send(&resp).await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
+            debug!(peer = %self.peer, "coordinate stream ended without disconnect");
+            coordinator.client_lost(self.peer, generation);
             Ok(())
         })
     }

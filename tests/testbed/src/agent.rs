@@ -1,0 +1,228 @@
+//! Simulated workspace agents. Each runs our WireGuard data plane on a smoltcp stack (the
+//! engine's userspace device) that answers ping, a TCP echo service and a small HTTP page,
+//! reaches clients through the testbed's DERP relay over a real TCP connection, and
+//! learns its clients' nodes from the coordinator, exactly where a Coder agent would.
+//!
+//! The [`Fleet`] task owns every agent: it watches the deployment and starts agents that
+//! appear and stops those that go (a stopped workspace).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use codervpn_dns::{coder_addr, tailscale_addr};
+use codervpn_engine::device::userspace::{UserspaceConfig, UserspaceDevice};
+use codervpn_engine::net::derp::{self, ConnectOptions, NodePrivateKey};
+use codervpn_engine::net::relay::{self, Relay};
+use codervpn_engine::net::runner::{self, RunOptions, WgCommand};
+use codervpn_engine::net::udp::Udp;
+use codervpn_engine::net::wg::{PeerConfig, PeerSet};
+use codervpn_engine::session::node::{NodeInfo, decode_node_key, parse_prefixes};
+use ipnet::IpNet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::coord::{AgentEvent, Coordinator, PeerId};
+use crate::model::{Deployment, Uuid};
+
+/// The MTU agents use (the same as the tunnel's).
+pub const AGENT_MTU: usize = 1280;
+
+/// One running agent; dropping it stops it.
+struct SimAgent {
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for SimAgent {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// The page an agent's HTTP service serves.
+pub fn agent_page(workspace: &str, agent: &str) -> String {
+    format!(
+        "<!doctype html><title>{agent}.{workspace}</title>\n<h1>Hello from agent {agent} of workspace {workspace}</h1>\n<p>served by the codervpn testbed over WireGuard on smoltcp</p>\n"
+    )
+}
+
+/// Starts and stops agents as the deployment changes, until `deployment` closes.
+pub(crate) async fn fleet(
+    mut deployment: watch::Receiver<Arc<Deployment>>,
+    coordinator: Coordinator,
+    derp_url: url::Url,
+) {
+    let mut agents: HashMap<Uuid, SimAgent> = HashMap::new();
+    loop {
+        let current = deployment.borrow_and_update().clone();
+        let mut wanted = HashMap::new();
+        for w in &current.workspaces {
+            for a in &w.agents {
+                wanted.insert(a.id, (w.name.clone(), a.name.clone()));
+            }
+        }
+        agents.retain(|id, _| {
+            let keep = wanted.contains_key(id);
+            if !keep {
+                coordinator.unregister_agent(*id);
+            }
+            keep
+        });
+        for (id, (workspace, name)) in wanted {
+            if agents.contains_key(&id) {
+                continue;
+            }
+            match start_agent(id, &workspace, &name, &coordinator, &derp_url).await {
+                Ok(agent) => {
+                    agents.insert(id, agent);
+                }
+                Err(e) => warn!(%id, error = %e, "simulated agent failed to start"),
+            }
+        }
+        if deployment.changed().await.is_err() {
+            for id in agents.keys() {
+                coordinator.unregister_agent(*id);
+            }
+            return;
+        }
+    }
+}
+
+async fn start_agent(
+    id: Uuid,
+    workspace: &str,
+    name: &str,
+    coordinator: &Coordinator,
+    derp_url: &url::Url,
+) -> Result<SimAgent, String> {
+    let key = NodePrivateKey::generate();
+    let addresses: Vec<IpNet> = vec![
+        IpNet::from(std::net::IpAddr::V6(coder_addr(id.0))),
+        IpNet::from(std::net::IpAddr::V6(tailscale_addr(id.0))),
+    ];
+    let mut cfg = UserspaceConfig::new(addresses.clone());
+    cfg.mtu = AGENT_MTU;
+    let (device, _stack) = UserspaceDevice::new(cfg).map_err(|e| e.to_string())?;
+    let conn = derp::connect_with(
+        derp_url,
+        &[],
+        NodePrivateKey::from_bytes(key.to_bytes()),
+        ConnectOptions {
+            preferred: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (in_tx, in_rx) = mpsc::channel(1024);
+    let mut relay = Relay::new(in_rx);
+    relay.add_region(crate::EMBEDDED_REGION_ID, conn.handle.clone(), true);
+    let udp = Udp::bind(0).map_err(|e| format!("binding the agent's UDP socket: {e}"))?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let span = info_span!("sim_agent", agent = %name, workspace = %workspace);
+    let mut disco = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut disco);
+    let node = NodeInfo {
+        id: i64::from_le_bytes(id.0[8..].try_into().unwrap_or_default()) & i64::MAX,
+        key: *key.public_key().as_bytes(),
+        disco,
+        preferred_derp: crate::EMBEDDED_REGION_ID,
+        derp_latency: vec![(crate::EMBEDDED_REGION_ID, 0.001)],
+        addresses,
+        endpoints: Vec::new(),
+    };
+    let events = coordinator.register_agent(id, node.to_proto());
+    let peers = PeerSet::new(key.to_bytes());
+    tokio::spawn(
+        relay::forward_events(crate::EMBEDDED_REGION_ID, conn.events, in_tx)
+            .instrument(span.clone()),
+    );
+    tokio::spawn(
+        follow_coordinator(id, events, cmd_tx, coordinator.clone()).instrument(span.clone()),
+    );
+    let derp_handle = conn.handle;
+    tokio::spawn(
+        async move {
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            let opts = RunOptions {
+                dns: None,
+                relay: Some(relay),
+            };
+            if let Err(e) = runner::run(peers, device, udp, cmd_rx, opts, stop).await {
+                warn!(error = %e, "agent data plane failed");
+            }
+            derp_handle.close().await;
+        }
+        .instrument(span),
+    );
+    Ok(SimAgent {
+        stop: Some(stop_tx),
+    })
+}
+
+/// Programs the data plane from the coordinator's news about clients.
+async fn follow_coordinator(
+    id: Uuid,
+    mut events: mpsc::UnboundedReceiver<AgentEvent>,
+    commands: mpsc::Sender<WgCommand>,
+    coordinator: Coordinator,
+) {
+    let mut keys: HashMap<PeerId, [u8; 32]> = HashMap::new();
+    while let Some(ev) = events.recv().await {
+        let cmd = match ev {
+            AgentEvent::ClientNode { client, node } => {
+                let key = match decode_node_key(&node.key) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        warn!(%client, error = %e, "client node refused");
+                        continue;
+                    }
+                };
+                let allowed_ips = match parse_prefixes(&node.allowed_ips) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(%client, error = %e, "client node refused");
+                        continue;
+                    }
+                };
+                if let Some(old) = keys.insert(client, key).filter(|old| *old != key) {
+                    let _ = commands.send(WgCommand::RemovePeer(old)).await;
+                }
+                let region = match i64::from(node.preferred_derp) {
+                    0 => crate::EMBEDDED_REGION_ID,
+                    r => r,
+                };
+                let cmd = WgCommand::UpsertRelayedPeer {
+                    config: PeerConfig {
+                        public_key: key,
+                        preshared_key: None,
+                        allowed_ips,
+                        endpoint: None,
+                        persistent_keepalive: None,
+                    },
+                    derp_region: region,
+                };
+                if commands.send(cmd).await.is_err() {
+                    return;
+                }
+                coordinator.agent_ready(id, client);
+                continue;
+            }
+            AgentEvent::ClientGone { client } => match keys.remove(&client) {
+                Some(k) => WgCommand::RemovePeer(k),
+                None => continue,
+            },
+            AgentEvent::ClientLost { client } => {
+                debug!(%client, "client lost; keeping its peer");
+                continue;
+            }
+        };
+        if commands.send(cmd).await.is_err() {
+            return;
+        }
+    }
+}
