@@ -10,7 +10,7 @@ use codervpn_proto::fd::{FdReader, FdWriter};
 use codervpn_proto::{Connection, TunnelSide, VersionList};
 use tracing::warn;
 
-use crate::session::NotYetConnector;
+use crate::session::join::TailnetConnector;
 use crate::tunnel::{TunnelOptions, serve};
 
 /// Handshake completed; the tunnel runs on its own thread.
@@ -83,7 +83,7 @@ fn run_tunnel_thread(read: OwnedFd, write: OwnedFd, ready: std::sync::mpsc::Sync
             }
         };
         let _ = ready.send(OPEN_OK);
-        let opts = TunnelOptions::new(Arc::new(NotYetConnector));
+        let opts = TunnelOptions::new(Arc::new(TailnetConnector::default()));
         serve(conn, opts, std::future::pending()).await;
     });
     rt.shutdown_timeout(Duration::from_secs(1));

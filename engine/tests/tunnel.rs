@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use codervpn_engine::logs::ManagerLogLayer;
 use codervpn_engine::session::{
-    BoxFuture, Connector, ManagerLink, NotYetConnector, Session, StartParams, TELEMETRY_HEADER,
+    BoxFuture, Connector, ManagerLink, Session, StartParams, TELEMETRY_HEADER,
 };
 use codervpn_engine::tunnel::{TunnelExit, TunnelOptions, serve};
 use codervpn_proto::vpn::{self, ManagerMessage, TunnelMessage, manager_message, tunnel_message};
@@ -237,9 +237,14 @@ async fn start_without_url_or_token_fails() {
 }
 
 #[tokio::test]
-async fn start_in_this_build_fails_honestly_naming_what_it_would_dial() {
-    let h = start_tunnel(TunnelOptions::new(Arc::new(NotYetConnector))).await;
-    let reply = h.manager.handle().request(start()).await.unwrap();
+async fn start_against_an_unreachable_deployment_fails_naming_the_host() {
+    let connector = codervpn_engine::session::join::TailnetConnector::default();
+    let h = start_tunnel(TunnelOptions::new(Arc::new(connector))).await;
+    let mut req = start();
+    if let Some(manager_message::Msg::Start(s)) = &mut req.msg {
+        s.coder_url = "http://127.0.0.1:9".into();
+    }
+    let reply = h.manager.handle().request(req).await.unwrap();
     let r = start_response(&reply);
     assert!(!r.success);
     assert!(
@@ -249,7 +254,7 @@ async fn start_in_this_build_fails_honestly_naming_what_it_would_dial() {
     );
     assert!(
         r.error_message
-            .contains("https://coder.example.com/api/v2/users/me"),
+            .contains("cannot reach 127.0.0.1:9 for http://127.0.0.1:9/api/v2/users/me"),
         "{}",
         r.error_message
     );

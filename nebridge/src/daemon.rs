@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use codervpn_engine::ffi::inherited_fd;
 use codervpn_engine::logs::ManagerLogLayer;
-use codervpn_engine::session::NotYetConnector;
+use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
 use codervpn_engine::tunnel::{TunnelExit, TunnelOptions, serve};
 use codervpn_proto::fd::{FdReader, FdWriter};
 use codervpn_proto::{Connection, TunnelSide, VersionList};
@@ -29,6 +29,10 @@ pub struct RunArgs {
         allow_negative_numbers = true
     )]
     rpc_write_fd: i32,
+    /// In userspace mode (`tunnel_file_descriptor = -1`), serve a SOCKS5 proxy into the
+    /// tunnel on this address; workspace names resolve (e.g. `curl --socks5-hostname`).
+    #[arg(long, env = "CODERVPN_SOCKS5")]
+    socks5: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -60,7 +64,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let conn = Connection::<TunnelSide>::handshake(reader, writer, VersionList::current())
             .await
             .context("CoderVPN handshake with the manager")?;
-        let opts = TunnelOptions::new(Arc::new(NotYetConnector));
+        let connector = TailnetConnector::new(JoinOptions {
+            socks5: args.socks5,
+            ..Default::default()
+        });
+        let opts = TunnelOptions::new(Arc::new(connector));
         anyhow::Ok(serve(conn, opts, signalled).await)
     })?;
     match exit {

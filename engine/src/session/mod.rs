@@ -1,6 +1,8 @@
 //! Joining a Coder deployment: what the tunnel hands to the control plane on `start`, and
 //! what it gets back.
 
+pub mod api;
+pub mod join;
 pub mod node;
 pub mod peers;
 pub mod rpc;
@@ -180,28 +182,6 @@ pub trait Connector: Send + Sync + 'static {
         params: StartParams,
         link: ManagerLink,
     ) -> BoxFuture<Result<Box<dyn Session>, String>>;
-}
-
-/// The connector of this build. Joining a deployment (REST, tailnet dRPC, DERP) is not
-/// implemented yet, so it fails with an error that names what it would have dialled.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NotYetConnector;
-
-impl Connector for NotYetConnector {
-    fn connect(
-        &self,
-        params: StartParams,
-        _link: ManagerLink,
-    ) -> BoxFuture<Result<Box<dyn Session>, String>> {
-        Box::pin(async move {
-            let base = params.coder_url.as_str().trim_end_matches('/').to_owned();
-            Err(format!(
-                "joining a Coder deployment is not implemented in this build yet \
-                 (would dial {base}/api/v2/users/me, {base}/api/v2/workspaceagents/connection \
-                 and {base}/api/v2/tailnet?version=2.3)"
-            ))
-        })
-    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub type PeerId = Uuid;
 #[derive(Debug, Clone)]
 pub enum AgentEvent {
     /// A client that has a tunnel to this agent published (or changed) its node.
-    ClientNode { client: PeerId, node: Node },
+    ClientNode { client: PeerId, node: Box<Node> },
     /// The client removed its tunnel or disconnected: drop its peer.
     ClientGone { client: PeerId },
     /// The client's stream broke without `disconnect`: keep its peer (upstream `LOST`).
@@ -76,10 +76,10 @@ fn update(id: Uuid, kind: Kind, node: Option<Node>, reason: &str) -> CoordinateR
 
 impl State {
     fn send_to_client(&mut self, client: PeerId, msg: CoordinateResponse) {
-        if let Some((_, tx)) = self.clients.get(&client).and_then(|c| c.tx.as_ref()) {
-            if tx.send(msg).is_ok() {
-                self.peer_updates_sent += 1;
-            }
+        if let Some((_, tx)) = self.clients.get(&client).and_then(|c| c.tx.as_ref())
+            && tx.send(msg).is_ok()
+        {
+            self.peer_updates_sent += 1;
         }
     }
 }
@@ -103,7 +103,10 @@ impl Coordinator {
         for (client, client_node) in clients {
             st.send_to_client(client, update(id, Kind::Node, Some(node.clone()), ""));
             if let Some(n) = client_node {
-                let _ = tx.send(AgentEvent::ClientNode { client, node: n });
+                let _ = tx.send(AgentEvent::ClientNode {
+                    client,
+                    node: Box::new(n),
+                });
             }
         }
         st.agents.insert(id, AgentEntry { node, tx });
@@ -165,8 +168,8 @@ impl Coordinator {
     /// Applies one request from `client`. Returns false after `disconnect`.
     pub fn handle(&self, client: PeerId, req: CoordinateRequest) -> bool {
         let mut st = self.lock();
-        if let Some(update_self) = req.update_self {
-            if let Some(node) = update_self.node {
+        if let Some(node) = req.update_self.and_then(|u| u.node) {
+            {
                 let tunnels: Vec<Uuid> = match st.clients.get_mut(&client) {
                     Some(c) => {
                         c.node = Some(node.clone());
@@ -178,7 +181,7 @@ impl Coordinator {
                     if let Some(a) = st.agents.get(&agent) {
                         let _ = a.tx.send(AgentEvent::ClientNode {
                             client,
-                            node: node.clone(),
+                            node: Box::new(node.clone()),
                         });
                     }
                 }
@@ -191,7 +194,10 @@ impl Coordinator {
             });
             let agent_node = st.agents.get(&t).map(|a| {
                 if let Some(n) = node {
-                    let _ = a.tx.send(AgentEvent::ClientNode { client, node: n });
+                    let _ = a.tx.send(AgentEvent::ClientNode {
+                        client,
+                        node: Box::new(n),
+                    });
                 }
                 a.node.clone()
             });

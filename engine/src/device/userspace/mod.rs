@@ -112,6 +112,13 @@ pub trait TcpConnector: Clone + Send + Sync + 'static {
         &self,
         to: SocketAddr,
     ) -> impl Future<Output = Result<Self::Stream, ConnectError>> + Send;
+
+    /// The address a host name stands for, when this connector can resolve names (the
+    /// tunnel's own zone: workspace names). `None`: IP literals only.
+    fn resolve(&self, name: &str) -> Option<IpAddr> {
+        let _ = name;
+        None
+    }
 }
 
 /// The packet side of the userspace stack, for the WireGuard runner.

@@ -248,7 +248,7 @@ pub async fn serve<C: TcpConnector>(listener: TcpListener, connector: C) {
                     debug!(%from, %target, up, down, "SOCKS5 connection done")
                 }
                 Err(Socks5Error::HostName(name)) => {
-                    warn!(%from, "SOCKS5 client asked for host name {name}: codervpn resolves only IP literals (use an address, or socks5:// instead of socks5h://)")
+                    warn!(%from, "SOCKS5 client asked for host name {name}: codervpn resolves only IP literals and workspace names (use an address, or socks5:// instead of socks5h://)")
                 }
                 Err(Socks5Error::Connect(e)) => info!(%from, "SOCKS5: {e}"),
                 Err(e) => debug!(%from, error = %e, "SOCKS5 client turned away"),
@@ -276,7 +276,10 @@ where
     let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let to = match &request.target {
         Target::Addr(a) => *a,
-        Target::Domain { name, port } => match literal_target(name, *port) {
+        Target::Domain { name, port } => match literal_target(name, *port).or_else(|| {
+            let name = std::str::from_utf8(name).ok()?;
+            connector.resolve(name).map(|ip| SocketAddr::new(ip, *port))
+        }) {
             Some(a) => a,
             None => {
                 client

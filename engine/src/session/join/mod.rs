@@ -1,0 +1,404 @@
+//! Joining a Coder deployment from `StartRequest` (tailnet.md §1): REST login, the packet
+//! device, the WireGuard data plane with DERP paths, the tailnet controller, network
+//! settings, then the owner task that keeps it all in step.
+//!
+//! ```text
+//!  controller (dial, streams, redial) ─Event─▶ owner (state, coordination) ─WgCommand─▶ runner
+//!                         ▲ CoordinateRequest ─┘        │ PeerUpdate / zone            (device, UDP, DERP)
+//! ```
+
+pub mod controller;
+pub mod owner;
+pub mod relays;
+pub mod settings;
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use codervpn_dns::{SharedZone, Zone, ZoneConfig, coder_addr};
+use codervpn_proto::vpn::PeerUpdate;
+use ipnet::IpNet;
+use rand_core::{OsRng, RngCore};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::api::{Api, TOKEN_HEADER};
+use super::node::NodeInfo;
+use super::peers::WorkspaceState;
+use super::rpc::DialOptions;
+use super::{BoxFuture, Connector, ManagerLink, Session, StartParams};
+use crate::device::userspace::{self, StackHandle, UserspaceConfig, UserspaceDevice};
+use crate::device::{FdDevice, Framing};
+use crate::net::derp::NodePrivateKey;
+use crate::net::relay::Relay;
+use crate::net::runner::{self, RunOptions, WgCommand};
+use crate::net::udp::Udp;
+use crate::net::wg::PeerSet;
+
+/// How a tunnel joins.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// `start` fails with the last dial error when the first tailnet dial has not worked
+    /// by then (a little under the tunnel's own 60 s bound).
+    pub first_dial_deadline: Duration,
+    /// Serve the deployment's names under `coderlan.` too.
+    pub coderlan_alias: bool,
+    /// Userspace mode (`tunnel_file_descriptor = -1`): serve SOCKS5 here (names of
+    /// workspaces resolve through the tunnel's zone).
+    pub socks5: Option<SocketAddr>,
+    /// Owner timings (status interval, READY timeout, LOST timeout).
+    pub timings: owner::OwnerTimings,
+}
+
+impl Default for JoinOptions {
+    fn default() -> Self {
+        Self {
+            first_dial_deadline: Duration::from_secs(55),
+            coderlan_alias: true,
+            socks5: None,
+            timings: owner::OwnerTimings::default(),
+        }
+    }
+}
+
+/// The connector that joins real Coder deployments.
+#[derive(Clone, Default)]
+pub struct TailnetConnector {
+    opts: Arc<JoinOptions>,
+    /// In userspace mode, the stack of the latest session (for in-process users such as
+    /// `codervpn demo`).
+    stack: Arc<Mutex<Option<StackHandle>>>,
+}
+
+impl TailnetConnector {
+    pub fn new(opts: JoinOptions) -> Self {
+        Self {
+            opts: Arc::new(opts),
+            stack: Arc::default(),
+        }
+    }
+
+    /// The userspace stack of the running session, if it runs in userspace mode.
+    pub fn stack(&self) -> Option<StackHandle> {
+        self.stack.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Connector for TailnetConnector {
+    fn connect(
+        &self,
+        params: StartParams,
+        link: ManagerLink,
+    ) -> BoxFuture<Result<Box<dyn Session>, String>> {
+        let opts = self.opts.clone();
+        let stack_slot = self.stack.clone();
+        let span = info_span!("join", url = %params.coder_url);
+        Box::pin(
+            async move {
+                let (session, stack) = join(&opts, params, link).await?;
+                *stack_slot.lock().unwrap_or_else(|p| p.into_inner()) = stack;
+                Ok(Box::new(session) as Box<dyn Session>)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Tells every task of a session to stop when dropped (unless disarmed).
+struct StopOnDrop(Option<watch::Sender<bool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            let _ = s.send(true);
+        }
+    }
+}
+
+/// A random address in `fd60:627a:a42b::/48` (`CoderServicePrefix.RandomAddr()`).
+fn random_self_addr() -> Ipv6Addr {
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    coder_addr(b)
+}
+
+async fn join(
+    opts: &JoinOptions,
+    params: StartParams,
+    link: ManagerLink,
+) -> Result<(TailnetSession, Option<StackHandle>), String> {
+    let deadline = tokio::time::Instant::now() + opts.first_dial_deadline;
+    let api = Api::new(&params.coder_url, &params.api_token, &params.headers)
+        .map_err(|e| e.to_string())?;
+    let me = api.me().await.map_err(|e| e.to_string())?;
+    let info = api.connection_info().await.map_err(|e| e.to_string())?;
+    info!(user = %me.username, suffix = %info.hostname_suffix, regions = info.derp_map.regions.len(), "deployment reached");
+    let mut zone_cfg = ZoneConfig::new(&info.hostname_suffix).map_err(|e| e.to_string())?;
+    if !opts.coderlan_alias {
+        zone_cfg = zone_cfg.without_aliases();
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut guard = StopOnDrop(Some(stop_tx));
+
+    let key = NodePrivateKey::generate();
+    let mut disco = [0u8; 32];
+    OsRng.fill_bytes(&mut disco);
+    let self_addr = random_self_addr();
+    let self_net = IpNet::from(std::net::IpAddr::V6(self_addr));
+    let zone = Arc::new(SharedZone::new(Zone::empty(zone_cfg.clone())));
+
+    let mut headers = vec![(TOKEN_HEADER.to_owned(), params.api_token.clone())];
+    headers.extend(params.headers.iter().cloned());
+
+    // The data plane.
+    let (wg_tx, wg_rx) = mpsc::channel(256);
+    let (in_tx, in_rx) = mpsc::channel(1024);
+    let run_opts = RunOptions {
+        dns: Some(zone.clone()),
+        relay: Some(Relay::new(in_rx)),
+    };
+    let udp = Udp::bind(0).map_err(|e| format!("binding the UDP socket: {e}"))?;
+    let peers = PeerSet::new(key.to_bytes());
+    let mut stop_plane = stop_rx.clone();
+    let plane_stop = async move {
+        let _ = stop_plane.wait_for(|s| *s).await;
+    };
+    let stack = if params.tunnel_fd >= 0 {
+        let fd = crate::ffi::dup(params.tunnel_fd).map_err(|e| {
+            format!(
+                "duplicating tunnel_file_descriptor {}: {e}",
+                params.tunnel_fd
+            )
+        })?;
+        let framing = if cfg!(target_os = "macos") {
+            Framing::Utun
+        } else {
+            Framing::Raw
+        };
+        let device = FdDevice::new(fd, framing).map_err(|e| {
+            format!(
+                "using tunnel_file_descriptor {} as a packet device: {e}",
+                params.tunnel_fd
+            )
+        })?;
+        tokio::spawn(run_plane(peers, device, udp, wg_rx, run_opts, plane_stop));
+        None
+    } else {
+        let mut cfg = UserspaceConfig::new(vec![self_net]);
+        cfg.mtu = settings::TUNNEL_MTU as usize;
+        let (device, stack) = UserspaceDevice::new(cfg).map_err(|e| e.to_string())?;
+        if let Some(addr) = opts.socks5 {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot serve SOCKS5 on {addr}: {e}"))?;
+            info!(%addr, "SOCKS5 proxy into the tunnel (workspace names resolve)");
+            let connector = ZoneConnector {
+                stack: stack.clone(),
+                zone: zone.clone(),
+            };
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = userspace::socks5::serve(listener, connector) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+        }
+        tokio::spawn(run_plane(peers, device, udp, wg_rx, run_opts, plane_stop));
+        Some(stack)
+    };
+
+    // DERP: home region by latency, connected in the background.
+    let measured = relays::measure(&info.derp_map).await;
+    let home = measured
+        .first()
+        .map(|r| r.region)
+        .or_else(|| info.derp_map.regions.keys().min().copied())
+        .ok_or("the deployment's DERP map has no regions")?;
+    info!(home, latencies = ?measured.iter().map(|r| (r.region, r.latency)).collect::<Vec<_>>(), "DERP home region");
+    let dialer = relays::RegionDialer {
+        headers: headers.clone(),
+        key: key.to_bytes(),
+        force_websockets: info.derp_force_websockets,
+        wg: wg_tx.clone(),
+        inbound: in_tx,
+        stop: stop_rx.clone(),
+    };
+    dialer.spawn(&info.derp_map, home, true);
+
+    // The control plane.
+    let dial = DialOptions {
+        headers,
+        ..Default::default()
+    };
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let (first_tx, first_rx) = oneshot::channel();
+    let controller = tokio::spawn(
+        controller::run(
+            params.coder_url.clone(),
+            dial,
+            me.id,
+            ev_tx,
+            first_tx,
+            stop_rx.clone(),
+        )
+        .in_current_span(),
+    );
+    match tokio::time::timeout_at(deadline, first_rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e),
+        Ok(Err(_)) => return Err("the tailnet controller stopped before connecting".into()),
+        Err(_) => {
+            return Err(format!(
+                "no tailnet connection to {} within {}s (see the log for each attempt)",
+                params.coder_url,
+                opts.first_dial_deadline.as_secs()
+            ));
+        }
+    }
+
+    // Network settings: the router's, then DNS (§8).
+    link.network_settings(settings::router(self_addr, settings::TUNNEL_MTU))
+        .await
+        .map_err(|e| format!("applying the tunnel's address and route: {e}"))?;
+    link.network_settings(settings::dns(&zone_cfg))
+        .await
+        .map_err(|e| format!("applying split DNS: {e}"))?;
+
+    let latencies: Vec<(i64, f64)> = measured
+        .iter()
+        .map(|r| (r.region, r.latency.as_secs_f64()))
+        .collect();
+    let self_node = NodeInfo {
+        id: (OsRng.next_u64() >> 1) as i64,
+        key: *key.public_key().as_bytes(),
+        disco,
+        preferred_derp: home,
+        derp_latency: latencies,
+        addresses: vec![self_net],
+        endpoints: Vec::new(),
+    };
+    let (snap_tx, snap_rx) = watch::channel(PeerUpdate::default());
+    let (ctl_tx, ctl_rx) = mpsc::channel(4);
+    let owner = owner::Owner {
+        link,
+        state: WorkspaceState::new(&me.username, zone_cfg),
+        zone,
+        wg: wg_tx,
+        snapshot: snap_tx,
+        self_node,
+        derp_map: info.derp_map,
+        dialer,
+        home_region: home,
+        timings: opts.timings.clone(),
+        requests: None,
+        peers: Default::default(),
+        regions: Vec::new(),
+    };
+    let owner_task = tokio::spawn(owner.run(ev_rx, ctl_rx).in_current_span());
+    let stop = guard.0.take().ok_or("session state lost")?;
+    info!(addr = %self_addr, "joined the tailnet");
+    Ok((
+        TailnetSession {
+            snapshot: snap_rx,
+            stop,
+            control: ctl_tx,
+            controller,
+            owner: owner_task,
+        },
+        stack,
+    ))
+}
+
+async fn run_plane<D: crate::device::Device>(
+    peers: PeerSet,
+    device: D,
+    udp: Udp,
+    commands: mpsc::Receiver<WgCommand>,
+    opts: RunOptions,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    if let Err(e) = runner::run(peers, device, udp, commands, opts, stop).await {
+        warn!(error = %e, "data plane stopped");
+    }
+}
+
+/// Connects through the userspace stack; resolves workspace names from the zone.
+#[derive(Clone)]
+struct ZoneConnector {
+    stack: StackHandle,
+    zone: Arc<SharedZone>,
+}
+
+impl userspace::TcpConnector for ZoneConnector {
+    type Stream = tokio::io::DuplexStream;
+
+    fn connect(
+        &self,
+        to: SocketAddr,
+    ) -> impl std::future::Future<Output = Result<Self::Stream, userspace::ConnectError>> + Send
+    {
+        let stack = self.stack.clone();
+        async move { stack.connect(to).await }
+    }
+
+    fn resolve(&self, name: &str) -> Option<std::net::IpAddr> {
+        match self.zone.load().lookup(name) {
+            codervpn_dns::Lookup::Host(addrs) => addrs.first().map(|a| std::net::IpAddr::V6(*a)),
+            _ => None,
+        }
+    }
+}
+
+/// A joined deployment.
+pub struct TailnetSession {
+    snapshot: watch::Receiver<PeerUpdate>,
+    stop: watch::Sender<bool>,
+    control: mpsc::Sender<owner::Control>,
+    controller: tokio::task::JoinHandle<()>,
+    owner: tokio::task::JoinHandle<()>,
+}
+
+/// How long stop waits for `disconnect` to go out before cutting everything.
+const STOP_GRACE: Duration = Duration::from_millis(800);
+
+impl Session for TailnetSession {
+    fn peer_snapshot(&self) -> PeerUpdate {
+        self.snapshot.borrow().clone()
+    }
+
+    fn wake(&mut self) -> Result<(), String> {
+        // Rebinding and re-STUN belong to the direct-path work; DERP connections recover
+        // on their own, so there is nothing to start here yet.
+        info!("wake: DERP connections reconnect on their own; UDP rebind is not implemented yet");
+        Ok(())
+    }
+
+    fn shutdown(self: Box<Self>) -> BoxFuture<Result<(), String>> {
+        Box::pin(async move {
+            let TailnetSession {
+                stop,
+                control,
+                controller,
+                owner,
+                ..
+            } = *self;
+            let (done_tx, done_rx) = oneshot::channel();
+            let _ = tokio::time::timeout(STOP_GRACE, async {
+                if control.send(owner::Control::Stop(done_tx)).await.is_ok() {
+                    let _ = done_rx.await;
+                }
+                let _ = controller.await;
+            })
+            .await;
+            let _ = stop.send(true);
+            owner.abort();
+            info!("left the tailnet");
+            Ok(())
+        })
+    }
+}

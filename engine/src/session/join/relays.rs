@@ -1,0 +1,144 @@
+//! DERP regions for a session: measuring them to choose the home region, and connecting
+//! to a region (home or a peer's) in the background, handing the connection to the data
+//! plane once it is up.
+
+use std::time::{Duration, Instant};
+
+use codervpn_proto::tailnet::DerpMap;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::net::derp::{self, ClientInfo, ConnectOptions, DerpTransport, NodePrivateKey};
+use crate::net::relay::{self, RelayIn};
+use crate::net::runner::WgCommand;
+use crate::session::api::derp_url;
+
+/// How long one region's latency probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A region's measured latency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionLatency {
+    pub region: i64,
+    pub name: String,
+    pub latency: Duration,
+}
+
+/// Measures every region that has a DERP node (TCP connect time to its first node, all
+/// regions at once) and returns them fastest first; unreachable regions are left out.
+/// Avoided regions sort last.
+pub async fn measure(map: &DerpMap) -> Vec<RegionLatency> {
+    let probes = map.regions.values().filter_map(|r| {
+        let node = r.nodes.iter().find(|n| !n.stun_only)?;
+        let url = derp_url(node)?;
+        let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
+        let port = url.port_or_known_default()?;
+        let region = r.region_id;
+        let name = r.region_name.clone();
+        let avoid = r.avoid;
+        Some(async move {
+            let start = Instant::now();
+            let r = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+                .await;
+            match r {
+                Ok(Ok(_)) => Some((
+                    avoid,
+                    RegionLatency {
+                        region,
+                        name,
+                        latency: start.elapsed(),
+                    },
+                )),
+                Ok(Err(e)) => {
+                    debug!(region, error = %e, "DERP region unreachable");
+                    None
+                }
+                Err(_) => None,
+            }
+        })
+    });
+    let mut out: Vec<(bool, RegionLatency)> = futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.latency.cmp(&b.1.latency)));
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// What connecting a region needs.
+#[derive(Clone)]
+pub struct RegionDialer {
+    pub headers: Vec<(String, String)>,
+    pub key: [u8; 32],
+    pub force_websockets: bool,
+    pub wg: mpsc::Sender<WgCommand>,
+    pub inbound: mpsc::Sender<RelayIn>,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl RegionDialer {
+    /// Connects to `region` of `map` in the background, retrying with backoff until it
+    /// works or the session stops, then adds it to the data plane.
+    pub fn spawn(&self, map: &DerpMap, region: i64, home: bool) {
+        let Some(url) = map
+            .regions
+            .get(&region)
+            .and_then(|r| r.nodes.iter().find(|n| !n.stun_only))
+            .and_then(derp_url)
+        else {
+            warn!(region, "DERP region has no usable node");
+            return;
+        };
+        let d = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = derp::client::Backoff::default();
+            let mut stop = d.stop.clone();
+            loop {
+                let opts = ConnectOptions {
+                    transport: if d.force_websockets {
+                        DerpTransport::WebSocket
+                    } else {
+                        DerpTransport::Upgrade
+                    },
+                    info: ClientInfo::default(),
+                    preferred: home,
+                };
+                let key = NodePrivateKey::from_bytes(d.key);
+                let attempt = tokio::select! {
+                    r = derp::connect_with(&url, &d.headers, key, opts) => r,
+                    _ = stop.changed() => return,
+                };
+                match attempt {
+                    Ok(conn) => {
+                        info!(region, %url, home, "DERP connected");
+                        let handle = conn.handle.clone();
+                        let cmd = WgCommand::AddRelay {
+                            region,
+                            handle: conn.handle,
+                            home,
+                        };
+                        if d.wg.send(cmd).await.is_err() {
+                            return;
+                        }
+                        tokio::select! {
+                            () = relay::forward_events(region, conn.events, d.inbound.clone()) => {}
+                            _ = stop.changed() => {}
+                        }
+                        handle.close().await;
+                        return;
+                    }
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        warn!(region, %url, error = %e, retry_in = ?delay, "DERP connect failed");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
