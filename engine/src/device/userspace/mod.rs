@@ -20,6 +20,7 @@ mod phy;
 mod stack;
 
 pub mod forward;
+pub mod services;
 pub mod socks5;
 
 use std::future::Future;
@@ -428,5 +429,7 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
+#[cfg(test)]
+mod listen_tests;
 #[cfg(test)]
 mod tests;
