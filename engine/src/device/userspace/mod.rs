@@ -2,12 +2,14 @@
 //! holds the tunnel's own addresses; the WireGuard runner writes the packets it decrypts
 //! into it ([`Device::try_send`]) and reads the packets it sends ([`Device::recv`]). Local
 //! programs reach the tunnel through a SOCKS5 server ([`socks5`]) or TCP port forwards
-//! ([`forward`]), each of whose connections becomes a smoltcp TCP connection.
+//! ([`forward`]), each of whose connections becomes a smoltcp TCP connection. Services on
+//! the tunnel's own addresses ([`services`]) take connections from a [`StackListener`]; the
+//! stack itself answers pings (ICMP and ICMPv6 echo) to those addresses.
 //!
 //! ```text
 //!  SOCKS5 / forward ─connect─▶ StackHandle ─Command─▶ stack task ◀─packets─▶ UserspaceDevice ◀─▶ runner
-//!      (host TCP)   ◀─ bytes: DuplexStream (bounded) ─▶ (Interface,                (bounded
-//!                                                        SocketSet)                 queues)
+//!  services ◀─accept─ StackListener                  (Interface,                (bounded
+//!      (host TCP)   ◀─ bytes: DuplexStream (bounded) ─▶ SocketSet)                queues)
 //! ```
 //!
 //! One task owns the smoltcp `Interface`, its `SocketSet` and every connection; everything
@@ -18,6 +20,7 @@ mod phy;
 mod stack;
 
 pub mod forward;
+pub mod services;
 pub mod socks5;
 
 use std::future::Future;
@@ -35,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::Device;
-use stack::{Command, Stack};
+use stack::{Accepted, Command, Stack};
 
 /// Packets queued each way between the runner and the stack.
 const PACKET_QUEUE: usize = 256;
@@ -104,6 +107,17 @@ pub enum ConnectError {
     StackStopped,
 }
 
+/// Why a port could not be listened on, or a listener stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on port 0 through the tunnel: name a port")]
+    PortZero,
+    #[error("port {port} already has a listener in the userspace stack")]
+    PortInUse { port: u16 },
+    #[error("the userspace stack has stopped")]
+    StackStopped,
+}
+
 /// Opens TCP connections to addresses reached through the tunnel. The SOCKS5 server and
 /// the port forwards take any implementation (tests use fakes).
 pub trait TcpConnector: Clone + Send + Sync + 'static {
@@ -141,6 +155,16 @@ struct DeviceRx {
 /// stack nor the [`UserspaceDevice`] (the stack stops when the device is dropped).
 #[derive(Clone)]
 pub struct StackHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+/// Connections to one port of the tunnel's own addresses (any of them, IPv4 or IPv6), as
+/// many at once as `max_connections` allows. Dropping it stops listening; connections
+/// already accepted go on.
+pub struct StackListener {
+    port: u16,
+    accepted: mpsc::Receiver<Accepted>,
+    /// Tells the stack when this listener is dropped.
     commands: mpsc::Sender<Command>,
 }
 
@@ -288,12 +312,55 @@ impl StackHandle {
     /// Shutting down the stream's write half sends a FIN; dropping it closes (or, if the
     /// peer still sends, resets) the connection.
     pub async fn connect(&self, to: SocketAddr) -> Result<DuplexStream, ConnectError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Connect { to, reply })
+        self.ask(|reply| Command::Connect { to, reply })
             .await
-            .map_err(|_| ConnectError::StackStopped)?;
-        answer.await.map_err(|_| ConnectError::StackStopped)?
+            .ok_or(ConnectError::StackStopped)?
+    }
+
+    /// Listens on TCP `port` of the tunnel's own addresses. Each accepted connection is a
+    /// stream like [`StackHandle::connect`]'s: shutting down its write half sends a FIN, a
+    /// reset by the peer ends it.
+    pub async fn listen(&self, port: u16) -> Result<StackListener, ListenError> {
+        let accepted = self
+            .ask(|reply| Command::Listen { port, reply })
+            .await
+            .ok_or(ListenError::StackStopped)??;
+        Ok(StackListener {
+            port,
+            accepted,
+            commands: self.commands.clone(),
+        })
+    }
+
+    /// Sends the stack the command `make` builds around a reply channel, and waits for the
+    /// reply. `None` if the stack has stopped.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+impl StackListener {
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The next connection, with the peer's address, once its handshake is complete.
+    pub async fn accept(&mut self) -> Result<(DuplexStream, SocketAddr), ListenError> {
+        self.accepted.recv().await.ok_or(ListenError::StackStopped)
+    }
+}
+
+impl Drop for StackListener {
+    fn drop(&mut self) {
+        // Wakes the stack to close the listening sockets now; if the queue is full, it
+        // notices the listener is gone on its next pass anyway.
+        self.accepted.close();
+        let _ = self
+            .commands
+            .try_send(Command::Unlisten { port: self.port });
     }
 }
 
@@ -369,5 +436,7 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
+#[cfg(test)]
+mod listen_tests;
 #[cfg(test)]
 mod tests;

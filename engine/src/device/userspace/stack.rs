@@ -1,7 +1,9 @@
 //! The stack task: the one owner of the smoltcp `Interface`, its `SocketSet` and every
-//! proxied connection. It is a hand-written poll loop so that one `Context` serves every
-//! waker: packets from the runner, connect requests, the local ends of the connections'
-//! pipes, room in the queue to the runner, and smoltcp's own timers.
+//! connection, outbound or accepted. It is a hand-written poll loop so that one `Context`
+//! serves every waker: packets from the runner, connect and listen requests, the local ends
+//! of the connections' pipes, room in the queue to the runner, and smoltcp's own timers.
+
+mod listen;
 
 use std::future::Future;
 use std::io;
@@ -18,7 +20,8 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, trace};
 
 use super::phy::Phy;
-use super::{ConnectError, UserspaceConfig};
+use super::{ConnectError, ListenError, UserspaceConfig};
+use listen::Listener;
 
 /// Packets taken from the runner per pass before the sockets get a turn.
 const INGRESS_BATCH: usize = 64;
@@ -35,12 +38,21 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Far enough in the future to mean "no timer".
 const NEVER: Duration = Duration::from_secs(86_400);
 
+/// An accepted connection: the user's end of its pipe and the peer's address.
+pub(super) type Accepted = (DuplexStream, SocketAddr);
+
 /// A request to the stack task.
 pub(super) enum Command {
     Connect {
         to: SocketAddr,
         reply: oneshot::Sender<Result<DuplexStream, ConnectError>>,
     },
+    Listen {
+        port: u16,
+        reply: oneshot::Sender<Result<mpsc::Receiver<Accepted>, ListenError>>,
+    },
+    /// A listener was dropped: stop listening on its port (if it is still the one gone).
+    Unlisten { port: u16 },
 }
 
 type Reserve = Pin<
@@ -52,6 +64,8 @@ pub(super) struct Stack {
     sockets: SocketSet<'static>,
     phy: Phy,
     conns: Vec<Conn>,
+    /// One per listened port, each with its listening sockets.
+    listeners: Vec<Listener>,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
     cfg: UserspaceConfig,
@@ -64,7 +78,8 @@ pub(super) struct Stack {
 
 struct Conn {
     handle: SocketHandle,
-    to: SocketAddr,
+    /// The far end: where we connected to, or who connected to us.
+    remote: SocketAddr,
     local_port: u16,
     /// The stack's end of the pipe; the user holds the other.
     pipe: DuplexStream,
@@ -72,8 +87,9 @@ struct Conn {
 }
 
 enum Phase {
-    Connecting {
-        reply: oneshot::Sender<Result<DuplexStream, ConnectError>>,
+    /// SYN sent or received; the user's end goes to `waiter` once the handshake is done.
+    Handshake {
+        waiter: Waiter,
         user_end: DuplexStream,
         deadline: Instant,
     },
@@ -85,10 +101,40 @@ enum Phase {
     },
 }
 
+/// Who gets a connection once its handshake is done.
+enum Waiter {
+    /// The caller of `connect`.
+    Connect(oneshot::Sender<Result<DuplexStream, ConnectError>>),
+    /// The listener that accepted the SYN.
+    Listener(mpsc::Sender<Accepted>),
+}
+
+impl Waiter {
+    fn is_gone(&self) -> bool {
+        match self {
+            Waiter::Connect(reply) => reply.is_closed(),
+            Waiter::Listener(accepted) => accepted.is_closed(),
+        }
+    }
+}
+
 /// What servicing one connection did.
 struct Step {
     progress: bool,
     done: bool,
+}
+
+impl Step {
+    /// Nothing happened.
+    const IDLE: Step = Step {
+        progress: false,
+        done: false,
+    };
+    /// The connection is finished: drop it.
+    const DONE: Step = Step {
+        progress: true,
+        done: true,
+    };
 }
 
 impl Stack {
@@ -106,6 +152,7 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             phy,
             conns: Vec::new(),
+            listeners: Vec::new(),
             commands,
             commands_open: true,
             cfg,
@@ -127,6 +174,10 @@ impl Stack {
             while self.commands_open {
                 match self.commands.poll_recv(cx) {
                     Poll::Ready(Some(Command::Connect { to, reply })) => self.connect(to, reply),
+                    Poll::Ready(Some(Command::Listen { port, reply })) => {
+                        let _ = reply.send(self.listen(port));
+                    }
+                    Poll::Ready(Some(Command::Unlisten { port })) => self.unlisten(port),
                     Poll::Ready(None) => self.commands_open = false,
                     Poll::Pending => break,
                 }
@@ -150,6 +201,7 @@ impl Stack {
                 self.phy.blocked = false;
             }
             let mut busy = self.poll_iface();
+            busy |= self.service_listeners();
             busy |= self.service_conns(cx);
             if busy {
                 // Sockets changed: let smoltcp send what they queued before waiting.
@@ -197,6 +249,9 @@ impl Stack {
                 PollIngressSingleResult::PacketProcessed => {}
                 PollIngressSingleResult::SocketStateChanged => changed = true,
             }
+            // A SYN takes a listening socket: listen again at once, before the next
+            // packet (perhaps another SYN) finds none and is reset.
+            self.rearm_listeners();
         }
         loop {
             match self
@@ -223,7 +278,7 @@ impl Stack {
             }
         }
         for conn in &self.conns {
-            if let Phase::Connecting { deadline, .. } = conn.phase {
+            if let Phase::Handshake { deadline, .. } = conn.phase {
                 at = at.min(deadline);
             }
         }
@@ -244,11 +299,11 @@ impl Stack {
                 let deadline = Instant::now() + self.cfg.connect_timeout;
                 self.conns.push(Conn {
                     handle,
-                    to,
+                    remote: to,
                     local_port,
                     pipe,
-                    phase: Phase::Connecting {
-                        reply,
+                    phase: Phase::Handshake {
+                        waiter: Waiter::Connect(reply),
                         user_end,
                         deadline,
                     },
@@ -263,7 +318,7 @@ impl Stack {
 
     /// Opens a smoltcp socket towards `to`: its handle and local port.
     fn start_connect(&mut self, to: SocketAddr) -> Result<(SocketHandle, u16), ConnectError> {
-        if self.conns.len() >= self.cfg.max_connections {
+        if self.slots_used() >= self.cfg.max_connections {
             return Err(ConnectError::TooManyConnections {
                 max: self.cfg.max_connections,
             });
@@ -302,11 +357,7 @@ impl Stack {
         let local_port = self.free_port(to).ok_or(ConnectError::TooManyConnections {
             max: self.cfg.max_connections,
         })?;
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; self.cfg.socket_buffer]),
-            tcp::SocketBuffer::new(vec![0u8; self.cfg.socket_buffer]),
-        );
-        socket.set_nagle_enabled(false);
+        let mut socket = self.new_socket();
         socket
             .connect(self.iface.context(), to, local_port)
             .map_err(|e| ConnectError::Unreachable {
@@ -316,7 +367,23 @@ impl Stack {
         Ok((self.sockets.add(socket), local_port))
     }
 
-    /// The next ephemeral port no connection to `to` uses.
+    /// A TCP socket with the configured buffers, Nagle off.
+    fn new_socket(&self) -> tcp::Socket<'static> {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; self.cfg.socket_buffer]),
+            tcp::SocketBuffer::new(vec![0u8; self.cfg.socket_buffer]),
+        );
+        socket.set_nagle_enabled(false);
+        socket
+    }
+
+    /// Sockets held, each with its buffers: connections and listening sockets. Bounded by
+    /// `max_connections`.
+    fn slots_used(&self) -> usize {
+        self.conns.len() + self.listeners.iter().map(Listener::waiting).sum::<usize>()
+    }
+
+    /// The next ephemeral port no connection to `to` uses and nothing listens on.
     fn free_port(&mut self, to: SocketAddr) -> Option<u16> {
         for _ in EPHEMERAL_FIRST..=65_535 {
             let port = self.next_port;
@@ -328,7 +395,8 @@ impl Stack {
             if !self
                 .conns
                 .iter()
-                .any(|c| c.local_port == port && c.to == to)
+                .any(|c| c.local_port == port && c.remote == to)
+                && !self.listeners.iter().any(|l| l.port() == port)
             {
                 return Some(port);
             }
@@ -366,70 +434,54 @@ fn connect_error_text(e: tcp::ConnectError) -> &'static str {
 }
 
 fn service(conn: &mut Conn, socket: &mut tcp::Socket<'static>, cx: &mut Context<'_>) -> Step {
-    match &mut conn.phase {
-        Phase::Connecting {
-            reply, deadline, ..
-        } => {
-            let state = socket.state();
-            if reply.is_closed() {
-                debug!(to = %conn.to, "connect abandoned by its requester");
-                socket.abort();
-                return Step {
-                    progress: true,
-                    done: true,
-                };
-            }
-            match state {
-                tcp::State::SynSent | tcp::State::SynReceived => {
-                    if Instant::now() < *deadline {
-                        return Step {
-                            progress: false,
-                            done: false,
-                        };
-                    }
-                    socket.abort();
-                    finish_connect(conn, Err(ConnectError::TimedOut { to: conn.to }));
-                    return Step {
-                        progress: true,
-                        done: true,
-                    };
-                }
-                tcp::State::Closed | tcp::State::Listen | tcp::State::TimeWait => {
-                    finish_connect(conn, Err(ConnectError::Refused { to: conn.to }));
-                    return Step {
-                        progress: true,
-                        done: true,
-                    };
-                }
-                tcp::State::Established
-                | tcp::State::FinWait1
-                | tcp::State::FinWait2
-                | tcp::State::CloseWait
-                | tcp::State::Closing
-                | tcp::State::LastAck => {}
-            }
-            socket.set_keep_alive(Some(KEEP_ALIVE.into()));
-            socket.set_timeout(Some(IDLE_TIMEOUT.into()));
-            if !finish_connect(conn, Ok(())) {
-                debug!(to = %conn.to, "connected, but the requester is gone");
-                socket.abort();
-                return Step {
-                    progress: true,
-                    done: true,
-                };
-            }
-            debug!(to = %conn.to, local_port = conn.local_port, "connected through the tunnel");
-            let mut step = service_open(conn, socket, cx);
-            step.progress = true;
-            step
-        }
-        Phase::Open { .. } => service_open(conn, socket, cx),
+    let Phase::Handshake {
+        waiter, deadline, ..
+    } = &conn.phase
+    else {
+        return service_open(conn, socket, cx);
+    };
+    if waiter.is_gone() {
+        debug!(remote = %conn.remote, "handshake abandoned: nobody waits for the connection");
+        socket.abort();
+        return Step::DONE;
     }
+    match socket.state() {
+        tcp::State::SynSent | tcp::State::SynReceived => {
+            if Instant::now() < *deadline {
+                return Step::IDLE;
+            }
+            socket.abort();
+            finish_handshake(conn, Err(ConnectError::TimedOut { to: conn.remote }));
+            return Step::DONE;
+        }
+        // Reset by the peer (a listening socket goes back to `Listen` then).
+        tcp::State::Closed | tcp::State::Listen | tcp::State::TimeWait => {
+            finish_handshake(conn, Err(ConnectError::Refused { to: conn.remote }));
+            return Step::DONE;
+        }
+        tcp::State::Established
+        | tcp::State::FinWait1
+        | tcp::State::FinWait2
+        | tcp::State::CloseWait
+        | tcp::State::Closing
+        | tcp::State::LastAck => {}
+    }
+    socket.set_keep_alive(Some(KEEP_ALIVE.into()));
+    socket.set_timeout(Some(IDLE_TIMEOUT.into()));
+    if !finish_handshake(conn, Ok(())) {
+        debug!(remote = %conn.remote, "connected, but nobody takes the connection");
+        socket.abort();
+        return Step::DONE;
+    }
+    debug!(remote = %conn.remote, local_port = conn.local_port, "connected through the tunnel");
+    let mut step = service_open(conn, socket, cx);
+    step.progress = true;
+    step
 }
 
-/// Answers the connect request; on success the connection becomes `Open`. False if the
-/// requester is gone.
-fn finish_connect(conn: &mut Conn, result: Result<(), ConnectError>) -> bool {
+/// Hands the connection to its waiter (or tells a connect request why not); on success the
+/// connection becomes `Open`. False if the waiter did not take it.
+fn finish_handshake(conn: &mut Conn, result: Result<(), ConnectError>) -> bool {
     let phase = std::mem::replace(
         &mut conn.phase,
         Phase::Open {
@@ -437,17 +489,25 @@ fn finish_connect(conn: &mut Conn, result: Result<(), ConnectError>) -> bool {
             peer_eof: false,
         },
     );
-    let Phase::Connecting {
-        reply, user_end, ..
+    let Phase::Handshake {
+        waiter, user_end, ..
     } = phase
     else {
         return true;
     };
-    match result {
-        Ok(()) => reply.send(Ok(user_end)).is_ok(),
-        Err(e) => {
-            debug!(to = %conn.to, error = %e, "connect failed");
+    match (waiter, result) {
+        (Waiter::Connect(reply), Ok(())) => reply.send(Ok(user_end)).is_ok(),
+        (Waiter::Listener(accepted), Ok(())) => {
+            // Full only if the user lets `max_connections` accepted connections pile up.
+            accepted.try_send((user_end, conn.remote)).is_ok()
+        }
+        (Waiter::Connect(reply), Err(e)) => {
+            debug!(remote = %conn.remote, error = %e, "connect failed");
             let _ = reply.send(Err(e));
+            true
+        }
+        (Waiter::Listener(_), Err(e)) => {
+            debug!(remote = %conn.remote, error = %e, "incoming connection failed");
             true
         }
     }
@@ -455,10 +515,7 @@ fn finish_connect(conn: &mut Conn, result: Result<(), ConnectError>) -> bool {
 
 fn service_open(conn: &mut Conn, socket: &mut tcp::Socket<'static>, cx: &mut Context<'_>) -> Step {
     let Phase::Open { user_eof, peer_eof } = &mut conn.phase else {
-        return Step {
-            progress: false,
-            done: false,
-        };
+        return Step::IDLE;
     };
     let mut progress = false;
     let pipe = &mut conn.pipe;
@@ -474,16 +531,13 @@ fn service_open(conn: &mut Conn, socket: &mut tcp::Socket<'static>, cx: &mut Con
         match moved {
             Ok(Ok(0)) | Err(_) => break,
             Ok(Ok(n)) => {
-                trace!(to = %conn.to, n, "tunnel → user");
+                trace!(remote = %conn.remote, n, "tunnel → user");
                 progress = true;
             }
             Ok(Err(_gone)) => {
-                debug!(to = %conn.to, "user closed the connection; resetting it");
+                debug!(remote = %conn.remote, "user closed the connection; resetting it");
                 socket.abort();
-                return Step {
-                    progress: true,
-                    done: true,
-                };
+                return Step::DONE;
             }
         }
     }
@@ -509,13 +563,13 @@ fn service_open(conn: &mut Conn, socket: &mut tcp::Socket<'static>, cx: &mut Con
         });
         match moved {
             Ok(Some(0)) => {
-                debug!(to = %conn.to, "user finished sending; closing our half");
+                debug!(remote = %conn.remote, "user finished sending; closing our half");
                 socket.close();
                 *user_eof = true;
                 progress = true;
             }
             Ok(Some(n)) => {
-                trace!(to = %conn.to, n, "user → tunnel");
+                trace!(remote = %conn.remote, n, "user → tunnel");
                 progress = true;
             }
             Ok(None) | Err(_) => break,
@@ -525,12 +579,9 @@ fn service_open(conn: &mut Conn, socket: &mut tcp::Socket<'static>, cx: &mut Con
     // The user dropped its end while the peer still holds the connection open: nobody will
     // read what the peer sends, so reset.
     if *user_eof && !*peer_eof && user_gone(pipe, cx) {
-        debug!(to = %conn.to, "user went away; resetting the connection");
+        debug!(remote = %conn.remote, "user went away; resetting the connection");
         socket.abort();
-        return Step {
-            progress: true,
-            done: true,
-        };
+        return Step::DONE;
     }
 
     let state = socket.state();
@@ -547,7 +598,7 @@ fn service_open(conn: &mut Conn, socket: &mut tcp::Socket<'static>, cx: &mut Con
         | tcp::State::LastAck => false,
     };
     if done {
-        debug!(to = %conn.to, %state, "connection finished");
+        debug!(remote = %conn.remote, %state, "connection finished");
         if !*peer_eof {
             let _ = Pin::new(&mut *pipe).poll_shutdown(cx);
         }
