@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use codervpn_dns::{coder_addr, tailscale_addr};
+use codervpn_engine::device::userspace::services::{AgentServer, AgentServices};
 use codervpn_engine::device::userspace::{UserspaceConfig, UserspaceDevice};
 use codervpn_engine::net::derp::{self, ConnectOptions, NodePrivateKey};
 use codervpn_engine::net::relay::{self, Relay};
@@ -26,6 +27,10 @@ use crate::model::{Deployment, Uuid};
 
 /// The MTU agents use (the same as the tunnel's).
 pub const AGENT_MTU: usize = 1280;
+/// The agents' TCP echo port.
+pub const ECHO_PORT: u16 = 7;
+/// The agents' HTTP port.
+pub const HTTP_PORT: u16 = 80;
 
 /// One running agent; dropping it stops it.
 struct SimAgent {
@@ -103,7 +108,17 @@ async fn start_agent(
     ];
     let mut cfg = UserspaceConfig::new(addresses.clone());
     cfg.mtu = AGENT_MTU;
-    let (device, _stack) = UserspaceDevice::new(cfg).map_err(|e| e.to_string())?;
+    let (device, stack) = UserspaceDevice::new(cfg).map_err(|e| e.to_string())?;
+    let services = AgentServer::bind(
+        &stack,
+        AgentServices {
+            echo_port: ECHO_PORT,
+            http_port: HTTP_PORT,
+            page: agent_page(workspace, name),
+        },
+    )
+    .await
+    .map_err(|e| format!("agent services: {e}"))?;
     let conn = derp::connect_with(
         derp_url,
         &[],
@@ -143,6 +158,7 @@ async fn start_agent(
         follow_coordinator(id, events, cmd_tx, coordinator.clone()).instrument(span.clone()),
     );
     let derp_handle = conn.handle;
+    tokio::spawn(services.serve().instrument(span.clone()));
     tokio::spawn(
         async move {
             let stop = async {

@@ -11,7 +11,9 @@ use codervpn_engine::tunnel::{TunnelOptions, serve};
 use codervpn_proto::manager::ManagerClient;
 use codervpn_proto::vpn::{self, manager_message, tunnel_message};
 use codervpn_proto::{Connection, Incoming, ManagerSide, TunnelSide, VersionList};
+use codervpn_testbed::agent::{ECHO_PORT, HTTP_PORT, agent_page};
 use codervpn_testbed::{Testbed, TestbedConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -131,23 +133,49 @@ async fn start_joins_and_reports_every_agent_then_reaches_one_through_derp() {
     expected.sort();
     assert_eq!(got, expected);
 
-    // A TCP connection to the agent: the agent's stack has no listener on port 9, so the
-    // answer is a reset — which only arrives if WireGuard through DERP works both ways.
+    // The agent's HTTP page and 10 MB through its echo service, over WireGuard via DERP.
     let stack = connector.stack().unwrap();
-    let agent_ip: std::net::IpAddr = want[0].ip.parse().unwrap();
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        match stack.connect((agent_ip, 9).into()).await {
-            Err(codervpn_engine::device::userspace::ConnectError::Refused { .. }) => break,
-            other => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "agent never answered: {other:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    let agent = &want[0];
+    let agent_ip: std::net::IpAddr = agent.ip.parse().unwrap();
+    let mut http = tokio::time::timeout(T, stack.connect((agent_ip, HTTP_PORT).into()))
+        .await
+        .unwrap()
+        .unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    tokio::time::timeout(T, http.read_to_string(&mut page))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        page.ends_with(&agent_page(&agent.workspace, &agent.name)),
+        "{page}"
+    );
+
+    let echo = tokio::time::timeout(T, stack.connect((agent_ip, ECHO_PORT).into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let data: Vec<u8> = (0..10_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let (mut rd, mut wr) = tokio::io::split(echo);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&sent).await.unwrap();
+        wr.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(data.len());
+    tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "10 MB came back altered");
 
     let snap = m.client.get_peer_update().await.unwrap();
     assert_eq!(snap.upserted_agents.len(), 2);
