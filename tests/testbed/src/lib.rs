@@ -86,6 +86,7 @@ pub struct Testbed {
     derp: derp::DerpSlot,
     derp_key: NodePrivateKey,
     coordinator: coord::Coordinator,
+    tailnet: Arc<tailnet::TailnetShared>,
     drop_tailnet: watch::Sender<u64>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -140,10 +141,11 @@ impl Testbed {
             derp_map: tailnet::derp_map_proto(&host, port, url.scheme() == "http"),
             coordinator: coordinator.clone(),
             tokens: Default::default(),
+            resumed: Default::default(),
         });
         let (drop_tx, drop_rx) = watch::channel(0u64);
         let state = AppState {
-            tailnet: shared,
+            tailnet: shared.clone(),
             deployment: dep_rx.clone(),
             artifacts: art_rx,
             derp: derp.clone(),
@@ -174,6 +176,7 @@ impl Testbed {
             derp,
             derp_key,
             coordinator,
+            tailnet: shared,
             drop_tailnet: drop_tx,
             stop: Some(stop_tx),
         })
@@ -200,6 +203,13 @@ impl Testbed {
     /// The coordinator (to watch what it relays).
     pub fn coordinator(&self) -> &coord::Coordinator {
         &self.coordinator
+    }
+
+    /// Tailnet connections that resumed with a valid resume token so far.
+    pub fn resumed_connections(&self) -> u64 {
+        self.tailnet
+            .resumed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fault: closes every tailnet (`/api/v2/tailnet`) connection at once. Clients redial,

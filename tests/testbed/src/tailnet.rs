@@ -32,6 +32,8 @@ pub(crate) struct TailnetShared {
     pub(crate) coordinator: Coordinator,
     /// Resume token → (peer id, expiry).
     pub(crate) tokens: Mutex<HashMap<String, (PeerId, SystemTime)>>,
+    /// Connections that presented a resume token we honoured.
+    pub(crate) resumed: std::sync::atomic::AtomicU64,
 }
 
 /// Why a resume token was not honoured.
@@ -46,7 +48,11 @@ impl TailnetShared {
     pub(crate) fn resume(&self, token: &str) -> Result<PeerId, ResumeError> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         match tokens.get(token) {
-            Some((peer, expires)) if *expires > SystemTime::now() => Ok(*peer),
+            Some((peer, expires)) if *expires > SystemTime::now() => {
+                self.resumed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(*peer)
+            }
             Some(_) => Err(ResumeError::Expired),
             None => Err(ResumeError::Unknown),
         }

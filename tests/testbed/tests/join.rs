@@ -201,3 +201,149 @@ async fn wrong_token_fails_start_with_a_message_that_says_so() {
     );
     assert!(m.settings.try_recv().is_err(), "nothing applied");
 }
+
+/// A started tunnel (userspace) against `tb`, after its first PeerUpdate.
+async fn started(tb: &Testbed) -> (Manager, TailnetConnector, vpn::PeerUpdate) {
+    let connector = TailnetConnector::new(JoinOptions::default());
+    let mut m = tunnel(connector.clone()).await;
+    let r = tokio::time::timeout(T, m.client.start(start_request(tb)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.success, "{}", r.error_message);
+    let first = tokio::time::timeout(T, m.updates.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    (m, connector, first)
+}
+
+/// `GET /` from an agent's HTTP service; retried until `T` passes.
+async fn fetch_page(connector: &TailnetConnector, ip: &str) -> String {
+    let stack = connector.stack().unwrap();
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let attempt = async {
+            let mut s = stack
+                .connect((ip, HTTP_PORT).into())
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut page = String::new();
+            s.read_to_string(&mut page)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(page)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(page)) if page.starts_with("HTTP/1.1 200") => return page,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no page from {ip}: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Waits for a PeerUpdate that satisfies `want`.
+async fn wait_update(m: &mut Manager, want: impl Fn(&vpn::PeerUpdate) -> bool) -> vpn::PeerUpdate {
+    tokio::time::timeout(T, async {
+        loop {
+            let u = m.updates.recv().await.unwrap();
+            if want(&u) {
+                return u;
+            }
+        }
+    })
+    .await
+    .expect("the expected PeerUpdate never came")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_coordinator_resumes_with_the_token_and_loses_no_update() {
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (mut m, connector, _) = started(&tb).await;
+    let agents = tb.deployment().agent_summaries();
+    let d = tb.deployment();
+    let gone = d.workspaces[0].agents[0].id.0.to_vec();
+    let kept = d.workspaces[1].agents[0].id.0.to_vec();
+    assert_eq!(d.workspaces[0].name, agents[0].workspace);
+    fetch_page(&connector, &agents[1].ip).await;
+    // Give the controller time to fetch its first resume token.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tb.drop_tailnet_connections();
+    // A change made while the client is (probably) still reconnecting.
+    assert!(tb.set_workspace_running(&agents[0].workspace, false));
+    let u = wait_update(&mut m, |u| u.deleted_agents.iter().any(|a| a.id == gone)).await;
+    assert!(u.deleted_agents.iter().all(|a| a.id != kept));
+    assert!(
+        tb.resumed_connections() >= 1,
+        "the redial presented its resume token"
+    );
+    // The other agent is still reachable.
+    fetch_page(&connector, &agents[1].ip).await;
+    assert!(m.client.stop().await.unwrap().success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_resumes_after_the_derp_relay_restarts() {
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (m, connector, _) = started(&tb).await;
+    let agent = &tb.deployment().agent_summaries()[0];
+    fetch_page(&connector, &agent.ip).await;
+    tb.restart_derp().await;
+    let page = fetch_page(&connector, &agent.ip).await;
+    assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+    assert!(m.client.stop().await.unwrap().success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_then_started_workspace_is_deleted_then_upserted_and_reachable() {
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (mut m, connector, _) = started(&tb).await;
+    let before = tb.deployment().agent_summaries();
+    let ws = before[0].workspace.clone();
+    tb.set_workspace_running(&ws, false);
+    let u = wait_update(&mut m, |u| !u.deleted_agents.is_empty()).await;
+    assert_eq!(u.deleted_agents[0].name, before[0].name);
+    assert_eq!(
+        u.upserted_workspaces[0].status,
+        vpn::workspace::Status::Stopped as i32
+    );
+    tb.set_workspace_running(&ws, true);
+    let u = wait_update(&mut m, |u| !u.upserted_agents.is_empty()).await;
+    assert_eq!(
+        u.upserted_workspaces[0].status,
+        vpn::workspace::Status::Running as i32
+    );
+    let agent = tb
+        .deployment()
+        .agent_summaries()
+        .into_iter()
+        .find(|a| a.workspace == ws)
+        .unwrap();
+    assert_eq!(u.upserted_agents[0].ip_addrs, [agent.ip.clone()]);
+    fetch_page(&connector, &agent.ip).await;
+    assert!(m.client.stop().await.unwrap().success);
+}
