@@ -1,6 +1,8 @@
 //! `codervpn`: the command-line front end.
 
 mod daemon;
+mod demo;
+mod embedded;
 mod netlink;
 mod testbed;
 mod wg;
@@ -20,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try it: a built-in Coder deployment, our tunnel (userspace, no root), a live table
+    /// of its workspaces and an agent's web page fetched by name through the tunnel.
+    Demo(demo::DemoArgs),
     /// Run the tunnel as a child process of a manager (drop-in for `coder vpn-daemon`).
     #[command(name = "vpn-daemon")]
     VpnDaemon {
@@ -62,6 +67,10 @@ fn main() -> anyhow::Result<()> {
         Command::VpnDaemon {
             command: DaemonCommand::Run(args),
         } => daemon::run(args),
+        Command::Demo(args) => {
+            init_cli_logging_default("warn");
+            demo::run(args)
+        }
         Command::Wg { command } => {
             init_cli_logging();
             wg::run(command)
@@ -90,8 +99,13 @@ fn main() -> anyhow::Result<()> {
 
 /// Logs to stderr for foreground commands (`CODERVPN_LOG` sets the filter, default info).
 fn init_cli_logging() {
+    init_cli_logging_default("info");
+}
+
+/// [`init_cli_logging`] with another default filter.
+fn init_cli_logging_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CODERVPN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)

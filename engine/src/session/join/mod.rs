@@ -67,22 +67,34 @@ impl Default for JoinOptions {
 #[derive(Clone, Default)]
 pub struct TailnetConnector {
     opts: Arc<JoinOptions>,
-    /// In userspace mode, the stack of the latest session (for in-process users such as
-    /// `codervpn demo`).
-    stack: Arc<Mutex<Option<StackHandle>>>,
+    /// The latest session's userspace stack (userspace mode only) and DNS zone, for
+    /// in-process users such as `codervpn demo`.
+    handles: Arc<Mutex<Option<(Option<StackHandle>, Arc<SharedZone>)>>>,
 }
 
 impl TailnetConnector {
     pub fn new(opts: JoinOptions) -> Self {
         Self {
             opts: Arc::new(opts),
-            stack: Arc::default(),
+            handles: Arc::default(),
         }
     }
 
     /// The userspace stack of the running session, if it runs in userspace mode.
     pub fn stack(&self) -> Option<StackHandle> {
-        self.stack.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        h.as_ref().and_then(|(s, _)| s.clone())
+    }
+
+    /// Resolves a workspace name from the running session's zone (the one the in-tunnel
+    /// resolver answers from).
+    pub fn resolve(&self, name: &str) -> Option<std::net::IpAddr> {
+        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, zone) = h.as_ref()?;
+        match zone.load().lookup(name) {
+            codervpn_dns::Lookup::Host(addrs) => addrs.first().map(|a| std::net::IpAddr::V6(*a)),
+            _ => None,
+        }
     }
 }
 
@@ -93,12 +105,12 @@ impl Connector for TailnetConnector {
         link: ManagerLink,
     ) -> BoxFuture<Result<Box<dyn Session>, String>> {
         let opts = self.opts.clone();
-        let stack_slot = self.stack.clone();
+        let slot = self.handles.clone();
         let span = info_span!("join", url = %params.coder_url);
         Box::pin(
             async move {
-                let (session, stack) = join(&opts, params, link).await?;
-                *stack_slot.lock().unwrap_or_else(|p| p.into_inner()) = stack;
+                let (session, handles) = join(&opts, params, link).await?;
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handles);
                 Ok(Box::new(session) as Box<dyn Session>)
             }
             .instrument(span),
@@ -130,7 +142,7 @@ async fn join(
     opts: &JoinOptions,
     params: StartParams,
     link: ManagerLink,
-) -> Result<(TailnetSession, Option<StackHandle>), String> {
+) -> Result<(TailnetSession, (Option<StackHandle>, Arc<SharedZone>)), String> {
     let deadline = tokio::time::Instant::now() + opts.first_dial_deadline;
     let api = Api::new(&params.coder_url, &params.api_token, &params.headers)
         .map_err(|e| e.to_string())?;
@@ -287,7 +299,7 @@ async fn join(
     let owner = owner::Owner {
         link,
         state: WorkspaceState::new(&me.username, zone_cfg),
-        zone,
+        zone: zone.clone(),
         wg: wg_tx,
         snapshot: snap_tx,
         self_node,
@@ -310,7 +322,7 @@ async fn join(
             controller,
             owner: owner_task,
         },
-        stack,
+        (stack, zone),
     ))
 }
 
