@@ -219,6 +219,11 @@ impl Tunnel {
         .await;
         match sent {
             Ok(Ok(())) => {}
+            // The manager read the reply and hung up before our writer reported back (or
+            // left before it): either way nobody is waiting for it any more.
+            Ok(Err(codervpn_proto::RpcError::Closed(codervpn_proto::CloseReason::PeerClosed))) => {
+                debug!("manager closed the connection around the StopResponse");
+            }
             Ok(Err(e)) => warn!(error = %e, "could not send StopResponse"),
             Err(_) => warn!("manager did not read the StopResponse in time; closing"),
         }
