@@ -1,7 +1,6 @@
 //! `codervpn`: the command-line front end.
 
 mod daemon;
-mod netlink;
 mod testbed;
 mod wg;
 
