@@ -2,3 +2,4 @@
 //! settings from the tunnel, and the status surface. The `codervpn` binary builds on it.
 
 pub mod netlink;
+pub mod settings;
