@@ -3,3 +3,4 @@
 
 pub mod netlink;
 pub mod settings;
+pub mod status;
