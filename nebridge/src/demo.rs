@@ -16,7 +16,7 @@ use codervpn_testbed::agent::{ECHO_PORT, HTTP_PORT};
 use codervpn_testbed::{EMBEDDED_REGION_NAME, Testbed, TestbedConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::embedded;
+use codervpn_nebridge::embedded;
 
 /// How long the demo waits for each step.
 const STEP: Duration = Duration::from_secs(30);

@@ -2,12 +2,12 @@
 
 mod daemon;
 mod demo;
-mod embedded;
-mod netlink;
 mod testbed;
 mod wg;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use codervpn_nebridge::status;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,15 @@ enum Command {
     Testbed {
         #[command(subcommand)]
         command: testbed::TestbedCommand,
+    },
+    /// Show the tunnel state and workspaces of a running `codervpn` (from its status socket).
+    Status {
+        /// The status socket.
+        #[arg(long, default_value = status::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        /// Print the raw JSON status line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the version (`--output=json` prints the Coder release this build matches).
     Version {
@@ -78,6 +87,21 @@ fn main() -> anyhow::Result<()> {
         Command::Testbed { command } => {
             init_cli_logging();
             testbed::run(command)
+        }
+        Command::Status { socket, json } => {
+            let snapshot = status::fetch_status(&socket).with_context(|| {
+                format!(
+                    "cannot read the status of codervpn from {} (is it running, and may you \
+                     read its socket?)",
+                    socket.display()
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&snapshot)?);
+            } else {
+                print!("{}", status::format_table(&snapshot));
+            }
+            Ok(())
         }
         Command::Version { output } => {
             match output {

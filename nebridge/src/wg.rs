@@ -14,10 +14,9 @@ use codervpn_engine::net::runner;
 use codervpn_engine::net::udp::Udp;
 use codervpn_engine::net::wg::PeerSet;
 use codervpn_engine::net::wg::config::WgConfig;
+use codervpn_nebridge::netlink::Netlink;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-
-use crate::netlink::Netlink;
 
 /// Default MTU: 1500 minus IPv6 (40), UDP (8) and WireGuard (32) overheads.
 const DEFAULT_MTU: u32 = 1420;
