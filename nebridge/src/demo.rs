@@ -84,7 +84,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         connector.clone(),
         Box::new(|s| {
             describe_settings(s);
-            Ok(())
+            Box::pin(async { Ok(()) })
         }),
     )
     .await?;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use codervpn_engine::session::BoxFuture;
 use codervpn_engine::session::join::TailnetConnector;
 use codervpn_engine::tunnel::{TunnelExit, TunnelOptions, serve};
 use codervpn_proto::manager::ManagerClient;
@@ -15,9 +16,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-/// Decides on each network settings request: `Ok` applies, `Err(reason)` refuses.
+/// Applies each network settings request: `Ok` when applied, `Err(reason)` refuses. Runs
+/// one request at a time, in order.
 pub type SettingsHandler =
-    Box<dyn FnMut(&vpn::NetworkSettingsRequest) -> Result<(), String> + Send + 'static>;
+    Box<dyn FnMut(&vpn::NetworkSettingsRequest) -> BoxFuture<Result<(), String>> + Send + 'static>;
 
 /// A running embedded tunnel and its manager side.
 pub struct Embedded {
@@ -61,7 +63,7 @@ pub async fn start(
                 Incoming::Request { id, msg } => {
                     let reply = match msg.msg {
                         Some(tunnel_message::Msg::NetworkSettings(s)) => {
-                            let (success, error_message) = match on_settings(&s) {
+                            let (success, error_message) = match on_settings(&s).await {
                                 Ok(()) => (true, String::new()),
                                 Err(e) => {
                                     warn!(error = %e, "network settings refused");

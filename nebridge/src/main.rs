@@ -3,6 +3,7 @@
 mod daemon;
 mod demo;
 mod testbed;
+mod up;
 mod wg;
 
 use anyhow::Context;
@@ -22,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Connect this machine to a Coder deployment's workspaces (TUN + routes + split DNS
+    /// as root, or userspace behind SOCKS5) until Ctrl-C.
+    Up(up::UpArgs),
     /// Try it: a built-in Coder deployment, our tunnel (userspace, no root), a live table
     /// of its workspaces and an agent's web page fetched by name through the tunnel.
     Demo(demo::DemoArgs),
@@ -76,6 +80,10 @@ fn main() -> anyhow::Result<()> {
         Command::VpnDaemon {
             command: DaemonCommand::Run(args),
         } => daemon::run(args),
+        Command::Up(args) => {
+            init_cli_logging();
+            up::run(args)
+        }
         Command::Demo(args) => {
             init_cli_logging_default("warn");
             demo::run(args)

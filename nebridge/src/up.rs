@@ -1,0 +1,314 @@
+//! `codervpn up`: the product on Linux. Joins a Coder deployment with our engine
+//! (embedded, over the CoderVPN protocol), on a TUN interface whose addresses, routes and
+//! split DNS it applies from the tunnel's network settings — or in userspace mode behind
+//! a SOCKS5 proxy — publishes status on a local socket, and removes everything on Ctrl-C.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
+use codervpn_nebridge::embedded;
+use codervpn_nebridge::settings::{LinuxNetworkConfig, NetworkSettings};
+use codervpn_nebridge::status::{StatusPublisher, StatusServer, TunnelState};
+use codervpn_proto::vpn;
+use tracing::{info, warn};
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// The Coder deployment's URL.
+    #[arg(long, env = "CODER_URL")]
+    url: url::Url,
+    /// A session token (`coder tokens create`, or `coder login` then
+    /// `coder login token`).
+    #[arg(long, env = "CODER_SESSION_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Extra header sent on every request, `Name=Value` (repeatable; for deployments
+    /// behind authenticating proxies).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+    /// How the tunnel runs: our engine in-process (embedded), or Coder's compat paths.
+    #[arg(long, value_enum, default_value_t = Mode::Embedded)]
+    mode: Mode,
+    /// Use a TUN interface (needs root; the default when running as root).
+    #[arg(long, conflicts_with = "userspace")]
+    tun: bool,
+    /// No TUN, no root: a userspace stack reached through --socks5.
+    #[arg(long)]
+    userspace: bool,
+    /// With --userspace: serve SOCKS5 here (workspace names resolve).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    socks5: SocketAddr,
+    /// Name of the TUN interface.
+    #[arg(long, default_value = "codervpn0")]
+    interface: String,
+    /// Where to publish status (`codervpn status` reads it); "none" to not publish.
+    #[arg(long, default_value = codervpn_nebridge::status::DEFAULT_SOCKET)]
+    status_socket: String,
+    /// Accept a plain http:// URL that is not on a loopback address.
+    #[arg(long)]
+    allow_http: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Embedded,
+    CompatDylib,
+    CompatDaemon,
+}
+
+/// Whether `url` may be used as given: https always, http only on loopback or when
+/// explicitly allowed.
+pub fn check_url(url: &url::Url, allow_http: bool) -> anyhow::Result<()> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if loopback || allow_http {
+                Ok(())
+            } else {
+                bail!(
+                    "{url} is plain http: the session token would cross the network unencrypted; use https, or pass --allow-http if you really mean it"
+                )
+            }
+        }
+        other => bail!("{url}: unsupported scheme {other:?} (want https)"),
+    }
+}
+
+fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<vpn::start_request::Header>> {
+    raw.iter()
+        .map(|h| {
+            let (name, value) = h
+                .split_once('=')
+                .with_context(|| format!("--header {h:?}: want NAME=VALUE"))?;
+            Ok(vpn::start_request::Header {
+                name: name.trim().to_owned(),
+                value: value.to_owned(),
+            })
+        })
+        .collect()
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    check_url(&args.url, args.allow_http)?;
+    if args.mode != Mode::Embedded {
+        bail!(
+            "--mode {}: not wired into `codervpn up` in this build; use --mode embedded",
+            match args.mode {
+                Mode::CompatDylib => "compat-dylib",
+                _ => "compat-daemon",
+            }
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let use_tun = args.tun || (!args.userspace && root);
+    if use_tun && !root {
+        bail!("--tun needs root (or CAP_NET_ADMIN); run with sudo, or use --userspace");
+    }
+    let headers = parse_headers(&args.headers)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(up(args, headers, use_tun))
+}
+
+async fn up(
+    args: UpArgs,
+    headers: Vec<vpn::start_request::Header>,
+    use_tun: bool,
+) -> anyhow::Result<()> {
+    let stop_signal = crate::daemon::terminate_signal()?;
+    let tun = if use_tun {
+        let (fd, name, _) = codervpn_engine::device::linux_tun::create_tun(&args.interface, false)
+            .with_context(|| format!("creating TUN interface {}", args.interface))?;
+        eprintln!("▸ created TUN interface {name}");
+        Some((fd, name))
+    } else {
+        None
+    };
+    let net = match &tun {
+        Some((_, name)) => Some(Arc::new(tokio::sync::Mutex::new((
+            LinuxNetworkConfig::new(name.clone())?,
+            NetworkSettings::default(),
+        )))),
+        None => None,
+    };
+    let mut publisher = StatusPublisher::new();
+    let status = match args.status_socket.as_str() {
+        "none" => None,
+        path => {
+            let path = PathBuf::from(path);
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            match StatusServer::bind(&path, None) {
+                Ok(s) => Some(tokio::spawn(s.serve(publisher.subscribe()))),
+                Err(e) => {
+                    warn!(error = %e, "status socket not published");
+                    None
+                }
+            }
+        }
+    };
+    publisher.set_state(TunnelState::Starting, SystemTime::now());
+
+    let connector = TailnetConnector::new(JoinOptions {
+        socks5: (!use_tun).then_some(args.socks5),
+        ..Default::default()
+    });
+    // Settings arrive while `start` is pending; each is merged into the current settings
+    // and applied as a diff (manager-behaviour.md §5).
+    let applier = net.clone();
+    let mut tunnel = embedded::start(
+        connector,
+        Box::new(move |s| {
+            describe(s);
+            let req = s.clone();
+            let applier = applier.clone();
+            Box::pin(async move {
+                let Some(n) = applier else { return Ok(()) };
+                let mut guard = n.lock().await;
+                let (cfg, current) = &mut *guard;
+                let next = current.merged(&req).map_err(|e| e.to_string())?;
+                cfg.apply(&next).await.map_err(|e| e.to_string())?;
+                *current = next;
+                Ok(())
+            })
+        }),
+    )
+    .await?;
+    eprintln!("▸ connecting to {}", args.url);
+    let req = vpn::StartRequest {
+        tunnel_file_descriptor: tun.as_ref().map_or(-1, |(fd, _)| fd.as_raw_fd()),
+        coder_url: args.url.to_string(),
+        api_token: args.token.clone(),
+        headers,
+        ..Default::default()
+    };
+    let started = tunnel
+        .client
+        .start(req)
+        .await
+        .context("the tunnel stopped answering")?;
+    if !started.success {
+        publisher.set_state(
+            TunnelState::Failed(started.error_message.clone()),
+            SystemTime::now(),
+        );
+        cleanup(&net).await;
+        bail!("{}", started.error_message);
+    }
+    publisher.set_state(TunnelState::Started, SystemTime::now());
+    eprintln!("▸ connected; Ctrl-C to disconnect");
+    if !use_tun {
+        eprintln!(
+            "  userspace mode: curl --socks5-hostname {} http://<agent>.<workspace>.me.coder/",
+            args.socks5
+        );
+    }
+    tokio::pin!(stop_signal);
+    loop {
+        tokio::select! {
+            () = &mut stop_signal => break,
+            u = tunnel.updates.recv() => match u {
+                Some(u) => {
+                    for a in &u.upserted_agents {
+                        if a.last_ping.is_none() && a.last_handshake.as_ref().is_some_and(|t| t.seconds < 0) {
+                            info!(agent = %a.name, fqdn = ?a.fqdn, "agent available");
+                        }
+                    }
+                    publisher.peer_update(&u, SystemTime::now());
+                }
+                None => {
+                    warn!("the tunnel ended");
+                    break;
+                }
+            },
+        }
+    }
+    eprintln!("▸ disconnecting");
+    publisher.set_state(TunnelState::Stopping, SystemTime::now());
+    match tokio::time::timeout(Duration::from_secs(5), tunnel.client.stop()).await {
+        Ok(Ok(r)) if r.success => {}
+        other => {
+            warn!(result = ?other.map(|r| r.map(|s| s.error_message)), "the tunnel did not confirm the stop")
+        }
+    }
+    cleanup(&net).await;
+    drop(tun);
+    if let Some(s) = status {
+        s.abort();
+    }
+    publisher.set_state(TunnelState::Stopped, SystemTime::now());
+    eprintln!("▸ disconnected; interface, addresses, routes and DNS removed");
+    Ok(())
+}
+
+async fn cleanup(net: &Option<Arc<tokio::sync::Mutex<(LinuxNetworkConfig, NetworkSettings)>>>) {
+    if let Some(n) = net {
+        let mut guard = n.lock().await;
+        if let Err(e) = guard.0.teardown().await {
+            warn!(error = %e, "removing the network settings failed");
+        }
+    }
+}
+
+fn describe(s: &vpn::NetworkSettingsRequest) {
+    if let Some(v6) = &s.ipv6_settings {
+        let routes: Vec<String> = v6
+            .included_routes
+            .iter()
+            .map(|r| format!("{}/{}", r.destination, r.prefix_length))
+            .collect();
+        eprintln!(
+            "  address {} route {} mtu {}",
+            v6.addrs.join(", "),
+            routes.join(", "),
+            s.mtu
+        );
+    }
+    if let Some(d) = &s.dns_settings {
+        eprintln!(
+            "  DNS {} for {}",
+            d.servers.join(", "),
+            d.match_domains.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_is_accepted_only_on_loopback_or_when_allowed() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        assert!(check_url(&u("https://coder.example.com"), false).is_ok());
+        assert!(check_url(&u("http://127.0.0.1:3000"), false).is_ok());
+        assert!(check_url(&u("http://[::1]:3000"), false).is_ok());
+        assert!(check_url(&u("http://localhost:3000"), false).is_ok());
+        let err = check_url(&u("http://coder.example.com"), false).unwrap_err();
+        assert!(err.to_string().contains("--allow-http"), "{err}");
+        assert!(check_url(&u("http://coder.example.com"), true).is_ok());
+        assert!(check_url(&u("ftp://coder.example.com"), true).is_err());
+    }
+
+    #[test]
+    fn headers_are_name_equals_value() {
+        let h = parse_headers(&["X-A=1=2".into()]).unwrap();
+        assert_eq!((h[0].name.as_str(), h[0].value.as_str()), ("X-A", "1=2"));
+        assert!(parse_headers(&["nope".into()]).is_err());
+    }
+}
