@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `codervpn up` in a network namespace against the testbed in another one: the
+# interface gets what the tunnel asked for, workspace names resolve through the
+# in-tunnel resolver with dig/kdig (tools we did not write), an agent serves its page and
+# echoes 10 MB over the TUN, `codervpn status` shows the agents, and after SIGINT nothing
+# is left behind.
+#
+#   host a (client): codervpn up --url http://10.201.0.2:8080  (TUN ${NS_PREFIX}t)
+#   host b (server): codervpn testbed serve --listen 10.201.0.2:8080
+#
+# Needs root, iproute2, wireguard-tools (lib.sh makes keys), dnsutils (dig), knot-dnsutils
+# (kdig), curl, python3.
+
+source "$(dirname "$0")/lib.sh"
+trap cleanup EXIT
+setup_hosts
+
+IFACE="${NS_PREFIX}t"
+ip netns exec "$NS_B" "$CODERVPN" testbed serve --listen "$VETH_B:8080" --workspaces 2 \
+  > "$WORK/testbed.json" 2> "$WORK/testbed.log" &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$WORK/testbed.json" ] && break; sleep 0.1; done
+[ -s "$WORK/testbed.json" ] || { cat "$WORK/testbed.log"; echo "testbed did not start"; exit 1; }
+json() { python3 -c "import json,sys; d=json.load(open('$WORK/testbed.json')); print($1)"; }
+URL=$(json 'd["url"]')
+TOKEN=$(json 'd["token"]')
+AGENT_IP=$(json 'd["agents"][0]["ip"]')
+AGENT_FQDN=$(json 'd["agents"][0]["fqdn"][1]')      # main.dev1.me.coder.
+WS_FQDN=$(json 'd["agents"][0]["fqdn"][0]')         # dev1.coder.
+OWNER_FQDN=$(json 'd["agents"][0]["fqdn"][2]')      # main.dev1.testy.coder.
+echo "testbed at $URL; agent $AGENT_FQDN = $AGENT_IP"
+
+ip netns exec "$NS_A" env CODERVPN_LOG=info "$CODERVPN" up --url "$URL" --token "$TOKEN" \
+  --allow-http --interface "$IFACE" --status-socket "$WORK/status.sock" \
+  > "$WORK/up.out" 2> "$WORK/up.log" &
+UP_PID=$!
+PIDS+=($UP_PID)
+for _ in $(seq 150); do grep -q "connected; Ctrl-C" "$WORK/up.log" && break; sleep 0.1; done
+grep -q "connected; Ctrl-C" "$WORK/up.log" || { cat "$WORK/up.log"; echo "up did not connect"; exit 1; }
+
+fail() { echo "FAIL: $*"; echo "--- up.log"; tail -40 "$WORK/up.log"; exit 1; }
+
+# What the tunnel asked for is on the interface.
+ADDRS=$(ip -n "$NS_A" -6 addr show dev "$IFACE")
+echo "$ADDRS" | grep -q "inet6 fd60:627a:a42b:.*/128" || fail "no fd60:627a:a42b::/128 address: $ADDRS"
+ROUTES=$(ip -n "$NS_A" -6 route show dev "$IFACE")
+echo "$ROUTES" | grep -q "^fd60:627a:a42b::/48" || fail "no route to fd60:627a:a42b::/48: $ROUTES"
+ip -n "$NS_A" link show "$IFACE" | grep -q "mtu 1280" || fail "MTU is not 1280"
+echo "interface ok: $(echo "$ADDRS" | grep -o 'fd60[^ ]*') + fd60:627a:a42b::/48"
+
+# DNS through the tunnel, answered by the engine.
+D="ip netns exec $NS_A dig @fd60:627a:a42b::53 +time=2 +tries=3"
+ANSWER=$($D +short AAAA "$AGENT_FQDN")
+[ "$ANSWER" = "$AGENT_IP" ] || fail "dig AAAA $AGENT_FQDN gave '$ANSWER', want $AGENT_IP"
+[ "$($D +short AAAA "$WS_FQDN")" = "$AGENT_IP" ] || fail "single-agent name $WS_FQDN"
+[ "$($D +short AAAA "$OWNER_FQDN")" = "$AGENT_IP" ] || fail "owner name $OWNER_FQDN"
+[ "$($D +short AAAA "${AGENT_FQDN%coder.}coderlan.")" = "$AGENT_IP" ] || fail "coderlan alias"
+MIXED=$(echo "$AGENT_FQDN" | sed 's/m/M/; s/d/D/; s/c/C/')
+$D AAAA "$MIXED" | grep -q "^$MIXED.*AAAA.*$AGENT_IP" || fail "mixed-case $MIXED not echoed"
+$D A "$AGENT_FQDN" | grep -q "status: NOERROR" || fail "A for a known name is not NOERROR"
+[ -z "$($D +short A "$AGENT_FQDN")" ] || fail "A for a known name has answers"
+$D AAAA "nosuch.dev1.me.coder." | grep -q "status: NXDOMAIN" || fail "unknown name is not NXDOMAIN"
+$D AAAA "example.com." | grep -q "status: REFUSED" || fail "outside name is not REFUSED"
+echo "dig ok: AAAA (me, owner, workspace, coderlan, mixed case), A NODATA, NXDOMAIN, REFUSED"
+if [ "${DNS_TCP:-1}" = 1 ]; then
+  K=$(ip netns exec "$NS_A" kdig @fd60:627a:a42b::53 +tcp +short AAAA "$AGENT_FQDN")
+  [ "$K" = "$AGENT_IP" ] || fail "kdig +tcp gave '$K'"
+  echo "kdig +tcp ok"
+fi
+
+# The agent over the TUN: its page, and 10 MB through its echo service.
+PAGE=$(ip netns exec "$NS_A" curl -s --max-time 10 --resolve "${AGENT_FQDN%.}:80:[$AGENT_IP]" "http://${AGENT_FQDN%.}/")
+echo "$PAGE" | grep -q "Hello from agent main of workspace dev1" || fail "page: $PAGE"
+echo "curl ok"
+ip netns exec "$NS_A" python3 - "$AGENT_IP" <<'PY' || fail "echo"
+import hashlib, os, socket, sys, threading
+data = os.urandom(10 * 1024 * 1024)
+s = socket.create_connection((sys.argv[1], 7), timeout=30)
+def send():
+    s.sendall(data); s.shutdown(socket.SHUT_WR)
+t = threading.Thread(target=send); t.start()
+got = bytearray()
+while True:
+    b = s.recv(1 << 16)
+    if not b: break
+    got += b
+t.join()
+assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), (len(got), len(data))
+print("echo ok: 10 MiB sha256 match")
+PY
+
+# Status for apps.
+ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" || fail "status"
+grep -q "dev1" "$WORK/status.txt" || fail "status table: $(cat "$WORK/status.txt")"
+echo "status ok"
+
+# Ctrl-C: everything goes away.
+kill -INT "$UP_PID"
+for _ in $(seq 100); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$UP_PID" 2>/dev/null && fail "up did not exit on SIGINT"
+wait "$UP_PID" || fail "up exited with an error"
+ip -n "$NS_A" link show "$IFACE" >/dev/null 2>&1 && fail "interface $IFACE left behind"
+ip -n "$NS_A" -6 route | grep -q fd60:627a:a42b && fail "route left behind"
+[ -e "$WORK/status.sock" ] && fail "status socket left behind"
+echo "teardown ok"
+echo "up ok"
