@@ -13,6 +13,13 @@ It compiles proto/schemas/vpn.proto with Google's protoc (grpcio-tools), then ei
       writes fully populated messages of every kind as DIR/<name>.bin, for the Rust side
       to decode and re-encode byte for byte.
 
+  manager.py session CODERVPN_BINARY URL TOKEN AGENT_NAME AGENT_IP (userspace|tun)
+      a manager doing the real job: starts `vpn-daemon run` against a Coder deployment
+      (the testbed), answers its NetworkSettingsRequests (in tun mode: creates the TUN,
+      passes its fd in StartRequest and applies the settings with `ip`), collects the
+      PeerUpdates, then sends 10 MiB through the agent's echo service — over the TUN, or
+      in userspace mode through the daemon's SOCKS5 proxy by DNS name — and stops.
+
 Exits non-zero with a message on the first deviation.
 """
 
@@ -144,7 +151,7 @@ def exchange(binary):
     r = request(1, start=start)
     if r.WhichOneof("msg") != "start":
         fail(f"expected StartResponse, got {r}")
-    # Joining is not implemented in this build: start must fail honestly.
+    # coder.example.com cannot be reached from a test machine: start must fail, saying so.
     if r.start.success or not r.start.error_message.startswith("failed to start connection: "):
         fail(f"unexpected StartResponse {r.start}")
 
@@ -278,6 +285,10 @@ def fixtures(out):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "session":
+        from session import session
+
+        sys.exit(session(load_vpn_pb2(), Pipe, fail, *sys.argv[2:]))
     if len(sys.argv) != 3 or sys.argv[1] not in ("exchange", "fixtures"):
         sys.exit(__doc__)
     {"exchange": exchange, "fixtures": fixtures}[sys.argv[1]](sys.argv[2])
