@@ -616,6 +616,34 @@ async fn insecure_skip_verify_accepts_an_unsigned_file_but_still_checks_the_serv
     assert!(!loaded(&bytes));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_binary_is_verified_and_copied_to_a_private_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start(codervpn_testbed::DEFAULT_VERSION).await;
+    let name = platform().file_name(ArtifactKind::Daemon);
+    assert_eq!(name, format!("coder-linux-{}", platform().go_arch));
+    let bytes = payload("daemon");
+    let signed = format!(
+        "codervpn-artifact file={name} version=2.24.3 platform={}",
+        platform().signing_name()
+    );
+    env.testbed.publish(&name, bytes.clone());
+    env.testbed
+        .publish(&format!("{name}.minisig"), env.signer.sign(&bytes, &signed));
+
+    let artifact = fetch_verified(&env.config, ArtifactKind::Daemon, &mut |_| {})
+        .await
+        .unwrap();
+    let copy = artifact.write_private_copy().unwrap();
+
+    assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o500);
+    let err = artifact.load_library().unwrap_err().to_string();
+    assert!(err.contains("is not a tunnel library"), "{err}");
+    assert!(!loaded(&bytes));
+}
+
 fn ok_json(body: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

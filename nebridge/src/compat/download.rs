@@ -245,9 +245,12 @@ pub async fn fetch(
             });
         }
     }
-    let announced = header_u64(&response, "x-original-content-length")
-        .or_else(|| header_u64(&response, CONTENT_LENGTH.as_str()));
-    if let Some(size) = announced.filter(|&n| n > limits.max_bytes) {
+    let original = header_u64(&response, "x-original-content-length");
+    let length = header_u64(&response, CONTENT_LENGTH.as_str());
+    // The uncompressed size when the server says it, else the body's; either one over the
+    // cap refuses at once (and the cap is enforced on the bytes received regardless).
+    let announced = original.or(length);
+    if let Some(size) = original.max(length).filter(|&n| n > limits.max_bytes) {
         return Err(DownloadError::TooLarge {
             url: url.clone(),
             size,
