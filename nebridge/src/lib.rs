@@ -1,6 +1,8 @@
-//! The codervpn manager (host) side as a library: interface configuration, network
-//! settings from the tunnel, and the status surface. The `codervpn` binary builds on it.
+//! The codervpn manager (host) side as a library: compat mode's download → verify →
+//! load, the embedded engine, interface configuration, network settings from the tunnel,
+//! and the status surface. The `codervpn` binary builds on it.
 
+pub mod compat;
 pub mod embedded;
 pub mod netlink;
 pub mod settings;

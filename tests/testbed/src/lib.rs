@@ -17,7 +17,7 @@ pub mod model;
 mod tailnet;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -70,6 +70,7 @@ impl Default for TestbedConfig {
 struct AppState {
     deployment: watch::Receiver<Arc<Deployment>>,
     artifacts: watch::Receiver<Artifacts>,
+    bodies_served: BodyCounts,
     derp: derp::DerpSlot,
     version: String,
     url: url::Url,
@@ -83,6 +84,7 @@ pub struct Testbed {
     url: url::Url,
     deployment: watch::Sender<Arc<Deployment>>,
     artifacts: watch::Sender<Artifacts>,
+    bodies_served: BodyCounts,
     derp: derp::DerpSlot,
     derp_key: NodePrivateKey,
     coordinator: coord::Coordinator,
@@ -90,6 +92,9 @@ pub struct Testbed {
     drop_tailnet: watch::Sender<u64>,
     stop: Option<oneshot::Sender<()>>,
 }
+
+/// 200 answers per `/bin/` name.
+type BodyCounts = Arc<Mutex<std::collections::BTreeMap<String, u64>>>;
 
 /// Why the testbed could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +136,7 @@ impl Testbed {
         deployment.hostname_suffix = config.hostname_suffix.clone();
         let (dep_tx, dep_rx) = watch::channel(Arc::new(deployment));
         let (art_tx, art_rx) = watch::channel(Artifacts::default());
+        let bodies_served = BodyCounts::default();
         let derp_key = NodePrivateKey::generate();
         let derp = derp::DerpSlot::new(DerpServer::new(derp_key.clone()));
         let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
@@ -148,6 +154,7 @@ impl Testbed {
             tailnet: shared.clone(),
             deployment: dep_rx.clone(),
             artifacts: art_rx,
+            bodies_served: bodies_served.clone(),
             derp: derp.clone(),
             version: config.version.clone(),
             url: url.clone(),
@@ -173,6 +180,7 @@ impl Testbed {
             url,
             deployment: dep_tx,
             artifacts: art_tx,
+            bodies_served,
             derp,
             derp_key,
             coordinator,
@@ -262,6 +270,12 @@ impl Testbed {
             next.insert(name.to_owned(), artifact);
             *files = Arc::new(next);
         });
+    }
+
+    /// How many `/bin/<name>` answers carried a body (200s; 304s and 404s do not count).
+    pub fn bin_bodies_served(&self, name: &str) -> u64 {
+        let counts = self.bodies_served.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(name).copied().unwrap_or(0)
     }
 
     /// The JSON line `codervpn testbed serve` prints.
@@ -399,7 +413,15 @@ async fn bin_file(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    bin::serve(&state.artifacts.borrow().clone(), &name, &headers)
+    let response = bin::serve(&state.artifacts.borrow().clone(), &name, &headers);
+    if response.status() == StatusCode::OK {
+        let mut counts = state
+            .bodies_served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *counts.entry(name.replace('_', "-")).or_default() += 1;
+    }
+    response
 }
 
 /// `/api/v2/tailnet?version=2.x`: token, version and websocket checks, then dRPC over yamux
