@@ -7,6 +7,7 @@
 
 pub mod derp;
 pub mod dns_intercept;
+pub mod dns_tcp;
 pub mod relay;
 pub mod runner;
 pub mod udp;
