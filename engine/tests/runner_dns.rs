@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::VecDeque;
 use std::net::Ipv6Addr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
@@ -14,11 +13,11 @@ use std::time::Duration;
 use codervpn_dns::tcp::{TcpDecoder, encode_tcp};
 use codervpn_dns::{AgentInfo, CODER_DNS_ADDR, SharedZone, Zone, ZoneConfig};
 use codervpn_engine::device::{FdDevice, Framing};
+use codervpn_engine::net::packet_queues::PacketQueues;
 use codervpn_engine::net::runner::{self, WgCommand};
 use codervpn_engine::net::udp::Udp;
 use codervpn_engine::net::wg::PeerSet;
 use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
@@ -175,48 +174,6 @@ async fn pipelined_tcp_queries_from_the_device_are_answered_by_the_runner() {
 // ---------------------------------------------------------------------------------------
 // A TCP client: a smoltcp stack at fd60:627a:a42b::1 whose packets cross the device.
 
-#[derive(Default)]
-struct Wire {
-    rx: VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
-}
-
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut Vec<Vec<u8>>);
-
-impl phy::RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut p = vec![0u8; len];
-        let r = f(&mut p);
-        self.0.push(p);
-        r
-    }
-}
-
-impl phy::Device for Wire {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-    fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
-    }
-    fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = 1280;
-        caps
-    }
-}
-
 /// Connects to `[fd60:627a:a42b::53]:53` over the device, sends `request`, and returns the
 /// first `want` framed answers.
 fn tcp_exchange(device: &UnixDatagram, request: &[u8], want: usize) -> Vec<Vec<u8>> {
@@ -225,7 +182,7 @@ fn tcp_exchange(device: &UnixDatagram, request: &[u8], want: usize) -> Vec<Vec<u
         .unwrap();
     let epoch = std::time::Instant::now();
     let now = || SmolInstant::from_micros(epoch.elapsed().as_micros() as i64);
-    let mut wire = Wire::default();
+    let mut wire = PacketQueues::default();
     let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut wire, now());
     iface.update_ip_addrs(|a| {
         a.push(IpCidr::new(

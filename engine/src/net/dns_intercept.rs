@@ -36,8 +36,17 @@ pub struct DnsIntercept {
 
 impl DnsIntercept {
     pub fn new(now: Instant) -> Self {
+        Self::with_tcp(TcpResponder::new(now))
+    }
+
+    /// With TCP initial sequence numbers from `seed` (see [`TcpResponder::with_seed`]).
+    pub fn with_seed(now: Instant, seed: u64) -> Self {
+        Self::with_tcp(TcpResponder::with_seed(now, seed))
+    }
+
+    fn with_tcp(tcp: TcpResponder) -> Self {
         Self {
-            tcp: TcpResponder::new(now),
+            tcp,
             reply: Vec::with_capacity(2048),
         }
     }
@@ -131,31 +140,11 @@ fn build_reply(to: Ipv6Addr, port: u16, payload: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use codervpn_dns::{AgentInfo, ZoneConfig};
-
-    fn zone() -> Zone {
-        let mut id = [0u8; 16];
-        id[6] = 1;
-        id[7] = 1;
-        Zone::new(
-            ZoneConfig::default(),
-            &[AgentInfo {
-                id,
-                name: "main".into(),
-                workspace: "dev".into(),
-                owner: "testy".into(),
-            }],
-        )
-    }
+    use crate::net::dns_tcp::tests::{query, zone};
 
     /// A DNS query for `name` (type AAAA) in an IPv6/UDP packet from `[fd60:627a:a42b::1]:5353`.
     fn query_packet(name: &str, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
-        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.trim_end_matches('.').split('.') {
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.extend_from_slice(&[0, 0, 28, 0, 1]);
+        let q = query(0x1234, name, 28);
         let udp_len = 8 + q.len();
         let mut p = vec![0x60, 0, 0, 0];
         p.extend_from_slice(&(udp_len as u16).to_be_bytes());

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use codervpn_dns::tcp::{TcpDecoder, encode_tcp};
 use codervpn_dns::{CODER_DNS_ADDR, Transport, Zone};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use tracing::{debug, trace};
+
+use super::packet_queues::PacketQueues;
 
 /// Open connections at most; a SYN beyond this is reset.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -43,7 +44,7 @@ const TCP_ACK: u8 = 0x10;
 pub struct TcpResponder {
     iface: Interface,
     sockets: SocketSet<'static>,
-    phy: Phy,
+    phy: PacketQueues,
     conns: Vec<Conn>,
     epoch: Instant,
 }
@@ -62,10 +63,16 @@ struct Conn {
 
 impl TcpResponder {
     pub fn new(now: Instant) -> Self {
-        let mut phy = Phy::default();
-        let mut config = Config::new(HardwareAddress::Ip);
         // Initial sequence numbers: std's per-process random hash keys are random enough.
-        config.random_seed = RandomState::new().build_hasher().finish();
+        Self::with_seed(now, RandomState::new().build_hasher().finish())
+    }
+
+    /// With initial sequence numbers from `seed`: the same inputs give the same segments
+    /// (tests, fuzzing).
+    pub fn with_seed(now: Instant, seed: u64) -> Self {
+        let mut phy = PacketQueues::new(MTU);
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = seed;
         let mut iface = Interface::new(config, &mut phy, smoltcp::time::Instant::ZERO);
         iface.update_ip_addrs(|addrs| {
             // One address: the capacity is 4, so this cannot fail.
@@ -102,11 +109,11 @@ impl TcpResponder {
         if header.opens() {
             self.listen_for(now, header.from);
         }
-        self.phy.rx = Some(packet.to_vec());
+        self.phy.rx.push_back(packet.to_vec());
         let t = self.at(now);
         self.iface
             .poll_ingress_single(t, &mut self.phy, &mut self.sockets);
-        self.phy.rx = None;
+        self.phy.rx.clear();
         self.run(now, zone, emit);
     }
 
@@ -289,54 +296,6 @@ fn segment_header(p: &[u8]) -> Option<SegmentHeader> {
     })
 }
 
-// ---------------------------------------------------------------------------------------
-// smoltcp's view: one segment in at a time, segments out collected for `emit`.
-
-#[derive(Default)]
-struct Phy {
-    rx: Option<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
-}
-
-struct RxToken(Vec<u8>);
-struct TxToken<'a>(&'a mut Vec<Vec<u8>>);
-
-impl phy::RxToken for RxToken {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for TxToken<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = vec![0; len];
-        let r = f(&mut packet);
-        self.0.push(packet);
-        r
-    }
-}
-
-impl phy::Device for Phy {
-    type RxToken<'a> = RxToken;
-    type TxToken<'a> = TxToken<'a>;
-
-    fn receive(&mut self, _now: smoltcp::time::Instant) -> Option<(RxToken, TxToken<'_>)> {
-        let packet = self.rx.take()?;
-        Some((RxToken(packet), TxToken(&mut self.tx)))
-    }
-
-    fn transmit(&mut self, _now: smoltcp::time::Instant) -> Option<TxToken<'_>> {
-        Some(TxToken(&mut self.tx))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = MTU;
-        caps
-    }
-}
-
 #[cfg(test)]
 #[path = "dns_tcp_tests.rs"]
-mod tests;
+pub(crate) mod tests;

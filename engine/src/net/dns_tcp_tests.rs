@@ -13,7 +13,7 @@ const AAAA: u16 = 28;
 const NOERROR: u8 = 0;
 const NXDOMAIN: u8 = 3;
 
-fn zone() -> Zone {
+pub(crate) fn zone() -> Zone {
     let mut id = [0u8; 16];
     id[6] = 1;
     id[7] = 1;
@@ -61,7 +61,7 @@ struct Net {
     now: Instant,
     iface: Interface,
     sockets: SocketSet<'static>,
-    phy: Phy,
+    phy: PacketQueues,
     /// Segments from the responder, not yet given to the client.
     to_client: Vec<Vec<u8>>,
     /// Drops the next segment the responder sends that carries data.
@@ -71,7 +71,7 @@ struct Net {
 impl Net {
     fn new() -> Self {
         let now = Instant::now();
-        let mut phy = Phy::default();
+        let mut phy = PacketQueues::default();
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ip),
             &mut phy,
@@ -123,7 +123,7 @@ impl Net {
         for _ in 0..1000 {
             let t = self.client_now();
             for p in self.to_client.drain(..) {
-                self.phy.rx = Some(p);
+                self.phy.rx.push_back(p);
                 self.iface.poll(t, &mut self.phy, &mut self.sockets);
             }
             self.iface.poll(t, &mut self.phy, &mut self.sockets);
@@ -344,7 +344,7 @@ fn a_retransmitted_syn_does_not_open_a_second_connection() {
     net.sockets.add(s);
     let t = net.client_now();
     net.iface.poll(t, &mut net.phy, &mut net.sockets);
-    let syn = net.phy.tx.pop().unwrap();
+    let syn = net.phy.tx.pop_back().unwrap();
 
     for _ in 0..3 {
         net.dns
