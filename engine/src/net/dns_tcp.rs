@@ -24,7 +24,7 @@ use super::packet_queues::PacketQueues;
 
 /// Open connections at most; a SYN beyond this is reset.
 pub const MAX_CONNECTIONS: usize = 64;
-/// A connection with no query, answer or acknowledgement for this long is closed.
+/// A connection that reads no query and sends no answer for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest packet the responder sends (the IPv6 minimum MTU, safe on every tunnel).
 const MTU: usize = 1280;
@@ -119,6 +119,9 @@ impl TcpResponder {
 
     /// Runs retransmissions and the idle timeout; call on every timer tick.
     pub fn handle_timeout(&mut self, now: Instant, zone: &Zone, emit: &mut dyn FnMut(&[u8])) {
+        if self.conns.is_empty() {
+            return;
+        }
         for conn in &mut self.conns {
             if now < conn.deadline {
                 continue;
