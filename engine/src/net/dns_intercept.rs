@@ -1,12 +1,14 @@
-//! Answering DNS inside the tunnel: an IPv6/UDP packet to `[fd60:627a:a42b::53]:53` from the
-//! device is answered from the workspace zone and the answer written straight back to the
-//! device; it never reaches a peer. Pure: packet in, packet out.
-//! (TCP to port 53 is not intercepted yet: it needs a TCP stack on this path.)
+//! Answering DNS inside the tunnel: a query from the device to `[fd60:627a:a42b::53]:53`,
+//! over UDP or TCP, is answered from the workspace zone and the answer written straight back
+//! to the device; it never reaches a peer. Sans-IO: packets and `now` in, packets out.
+//! UDP is answered packet by packet here; TCP goes through [`TcpResponder`].
 
 use std::net::Ipv6Addr;
+use std::time::Instant;
 
 use codervpn_dns::{CODER_DNS_ADDR, DEFAULT_UDP_PAYLOAD, Transport, Zone};
 
+use super::dns_tcp::TcpResponder;
 use crate::device::offload::{fold, sum16};
 
 const IPV6_HEADER: usize = 40;
@@ -14,33 +16,79 @@ const UDP_HEADER: usize = 8;
 const UDP: u8 = 17;
 const DNS_PORT: u16 = 53;
 
-/// What [`intercept`] did with a packet.
+/// What [`DnsIntercept::intercept`] did with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intercepted {
-    /// Not a DNS query to the in-tunnel resolver: route it as usual.
+    /// Not DNS to the in-tunnel resolver: route it as usual.
     No,
-    /// Answered: the reply packet is in `out`.
+    /// Taken by the resolver: the packets it sends back (a UDP answer; for TCP whatever
+    /// segments are due, possibly none) have been emitted.
     Answered,
-    /// A query to the resolver that gets no answer (malformed beyond a FORMERR).
+    /// A UDP query to the resolver that gets no answer (malformed beyond a FORMERR).
     Dropped,
 }
 
-/// If `packet` is a UDP query to the in-tunnel resolver, answers it from `zone` into `out`
-/// (a whole IPv6/UDP packet, addressed back to the asker).
-pub fn intercept(packet: &[u8], zone: &Zone, out: &mut Vec<u8>) -> Intercepted {
-    let Some((src, sport, payload)) = dns_query(packet) else {
-        return Intercepted::No;
-    };
-    let Some(answer) = zone.answer(
-        payload,
-        Transport::Udp {
-            max_payload: DEFAULT_UDP_PAYLOAD,
-        },
-    ) else {
-        return Intercepted::Dropped;
-    };
-    build_reply(src, sport, &answer, out);
-    Intercepted::Answered
+/// The in-tunnel resolver's packet side: UDP answers and the TCP responder's connections.
+pub struct DnsIntercept {
+    tcp: TcpResponder,
+    reply: Vec<u8>,
+}
+
+impl DnsIntercept {
+    pub fn new(now: Instant) -> Self {
+        Self::with_tcp(TcpResponder::new(now))
+    }
+
+    /// With TCP initial sequence numbers from `seed` (see [`TcpResponder::with_seed`]).
+    pub fn with_seed(now: Instant, seed: u64) -> Self {
+        Self::with_tcp(TcpResponder::with_seed(now, seed))
+    }
+
+    fn with_tcp(tcp: TcpResponder) -> Self {
+        Self {
+            tcp,
+            reply: Vec::with_capacity(2048),
+        }
+    }
+
+    /// If `packet` is DNS to the in-tunnel resolver (UDP or TCP), answers it from `zone` and
+    /// emits the reply packets, addressed back to the asker.
+    pub fn intercept(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        zone: &Zone,
+        emit: &mut dyn FnMut(&[u8]),
+    ) -> Intercepted {
+        if TcpResponder::is_for_resolver(packet) {
+            self.tcp.handle_segment(now, packet, zone, emit);
+            return Intercepted::Answered;
+        }
+        let Some((src, sport, payload)) = dns_query(packet) else {
+            return Intercepted::No;
+        };
+        let Some(answer) = zone.answer(
+            payload,
+            Transport::Udp {
+                max_payload: DEFAULT_UDP_PAYLOAD,
+            },
+        ) else {
+            return Intercepted::Dropped;
+        };
+        build_reply(src, sport, &answer, &mut self.reply);
+        emit(&self.reply);
+        Intercepted::Answered
+    }
+
+    /// Retransmissions and idle timeouts of TCP connections; call on every timer tick.
+    pub fn handle_timeout(&mut self, now: Instant, zone: &Zone, emit: &mut dyn FnMut(&[u8])) {
+        self.tcp.handle_timeout(now, zone, emit);
+    }
+
+    /// TCP connections open or opening.
+    pub fn tcp_connections(&self) -> usize {
+        self.tcp.connections()
+    }
 }
 
 /// (source address, source port, UDP payload) of a UDP packet to `[CODER_DNS_ADDR]:53`.
@@ -92,31 +140,11 @@ fn build_reply(to: Ipv6Addr, port: u16, payload: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use codervpn_dns::{AgentInfo, ZoneConfig};
-
-    fn zone() -> Zone {
-        let mut id = [0u8; 16];
-        id[6] = 1;
-        id[7] = 1;
-        Zone::new(
-            ZoneConfig::default(),
-            &[AgentInfo {
-                id,
-                name: "main".into(),
-                workspace: "dev".into(),
-                owner: "testy".into(),
-            }],
-        )
-    }
+    use crate::net::dns_tcp::tests::{query, zone};
 
     /// A DNS query for `name` (type AAAA) in an IPv6/UDP packet from `[fd60:627a:a42b::1]:5353`.
     fn query_packet(name: &str, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
-        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.trim_end_matches('.').split('.') {
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.extend_from_slice(&[0, 0, 28, 0, 1]);
+        let q = query(0x1234, name, 28);
         let udp_len = 8 + q.len();
         let mut p = vec![0x60, 0, 0, 0];
         p.extend_from_slice(&(udp_len as u16).to_be_bytes());
@@ -129,6 +157,15 @@ mod tests {
         p.extend_from_slice(&[0, 0]);
         p.extend_from_slice(&q);
         p
+    }
+
+    /// The packet `intercept` emitted for `packet`, and what it said.
+    fn intercept(packet: &[u8], zone: &Zone, out: &mut Vec<u8>) -> Intercepted {
+        let mut dns = DnsIntercept::new(Instant::now());
+        out.clear();
+        dns.intercept(Instant::now(), packet, zone, &mut |p| {
+            out.extend_from_slice(p)
+        })
     }
 
     #[test]

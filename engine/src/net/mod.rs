@@ -7,6 +7,8 @@
 
 pub mod derp;
 pub mod dns_intercept;
+pub mod dns_tcp;
+pub mod packet_queues;
 pub mod relay;
 pub mod runner;
 pub mod udp;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use codervpn_dns::SharedZone;
 
 use super::derp::{DerpHandle, NodePublicKey};
-use super::dns_intercept::{self, Intercepted};
+use super::dns_intercept::{DnsIntercept, Intercepted};
 use super::relay::{self, Relay, RelayCounters, RelayIn};
 use super::udp::Udp;
 use super::udp_batch::{self, SendBatch};
@@ -64,8 +64,8 @@ pub struct WgStats {
 /// What the data plane does besides WireGuard.
 #[derive(Debug, Default)]
 pub struct RunOptions {
-    /// Answer UDP queries to the in-tunnel resolver (`[fd60:627a:a42b::53]:53`) from this
-    /// zone; they never reach a peer.
+    /// Answer queries to the in-tunnel resolver (`[fd60:627a:a42b::53]:53`, UDP and TCP)
+    /// from this zone; they never reach a peer.
     pub dns: Option<Arc<SharedZone>>,
     /// Reach peers through DERP relays too.
     pub relay: Option<Relay>,
@@ -82,7 +82,12 @@ pub async fn run<D: Device>(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let RunOptions { dns, relay } = opts;
-    let mut dns_reply = Vec::with_capacity(2048);
+    let mut dns = dns.map(|zone| {
+        (
+            zone,
+            DnsIntercept::new(tokio::time::Instant::now().into_std()),
+        )
+    });
     let mut dev_buf = vec![0u8; BUF];
     let mut net_buf = vec![0u8; BUF];
     let mut out = vec![0u8; BUF + 64];
@@ -108,14 +113,15 @@ pub async fn run<D: Device>(
         tokio::select! {
             r = device.recv(&mut dev_buf) => {
                 let mut n = r.map_err(|e| io::Error::new(e.kind(), format!("reading the packet device: {e}")))?;
+                let now = tokio::time::Instant::now().into_std();
                 for i in 0..BATCH {
-                    let intercepted = match &dns {
-                        Some(zone) => dns_intercept::intercept(&dev_buf[..n], &zone.load(), &mut dns_reply),
+                    let intercepted = match &mut dns {
+                        Some((zone, dns)) => dns.intercept(now, &dev_buf[..n], &zone.load(), &mut |p| outbox.emit(&device, Emit::Tunnel(p))),
                         None => Intercepted::No,
                     };
                     match intercepted {
                         Intercepted::No => peers.encapsulate(&dev_buf[..n], &mut out, &mut |e| outbox.emit(&device, e)),
-                        Intercepted::Answered => outbox.emit(&device, Emit::Tunnel(&dns_reply)),
+                        Intercepted::Answered => {}
                         Intercepted::Dropped => trace!("DNS query dropped"),
                     }
                     if i + 1 == BATCH {
@@ -159,7 +165,11 @@ pub async fn run<D: Device>(
                 outbox.flush(&device);
             }
             _ = tick.tick() => {
-                peers.update_timers(tokio::time::Instant::now().into_std(), &mut out, &mut |e| outbox.emit(&device, e));
+                let now = tokio::time::Instant::now().into_std();
+                peers.update_timers(now, &mut out, &mut |e| outbox.emit(&device, e));
+                if let Some((zone, dns)) = &mut dns {
+                    dns.handle_timeout(now, &zone.load(), &mut |p| outbox.emit(&device, Emit::Tunnel(p)));
+                }
                 outbox.flush(&device);
             }
             cmd = commands.recv() => match cmd {

@@ -2,18 +2,17 @@
 //! packets passed through the `Device` trait (no WireGuard), driven by real tokio TCP
 //! clients through the SOCKS5 server and a port forward.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::net::packet_queues::PacketQueues;
 
 const ME_V4: &str = "10.202.0.1/24";
 const ME_V6: &str = "fd00::1/64";
@@ -38,48 +37,6 @@ fn pattern(i: usize) -> u8 {
 // ---------------------------------------------------------------------------------------
 // The far side: a smoltcp stack with three little services.
 
-#[derive(Default)]
-struct Queues {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
-}
-
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl phy::RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut p = vec![0u8; len];
-        let r = f(&mut p);
-        self.0.push_back(p);
-        r
-    }
-}
-
-impl phy::Device for Queues {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
-    }
-    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = 1420;
-        caps
-    }
-}
-
 struct Service {
     handle: SocketHandle,
     port: u16,
@@ -92,14 +49,14 @@ struct Service {
 struct Peer {
     iface: Interface,
     sockets: SocketSet<'static>,
-    queues: Queues,
+    queues: PacketQueues,
     services: Vec<Service>,
     epoch: tokio::time::Instant,
 }
 
 impl Peer {
     fn new() -> Self {
-        let mut queues = Queues::default();
+        let mut queues = PacketQueues::new(1420);
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ip),
             &mut queues,
