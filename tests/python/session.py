@@ -144,22 +144,23 @@ def session(pb, Pipe, fail, binary, url, token, agent_name, agent_ip, mode):
         os.close(tun_fd)  # the daemon holds its own copy now
     if len(settings) != 2 or not settings[0].HasField("ipv6_settings") or not settings[1].HasField("dns_settings"):
         fail(f"expected router then DNS settings, got {settings}")
-    # The first PeerUpdate (the workspace snapshot) arrives right after start.
+    # PeerUpdates arrive one-way from the workspace stream; get_peer_update answers with
+    # the current snapshot. Either must name the agent.
     deadline = time.time() + 20
     agents = {}
+    msg_id = 10
     while time.time() < deadline and agent_ip not in agents:
-        r = recv_until_reply(2) if not updates else None
-        for u in updates:
+        msg_id += 1
+        pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=msg_id), get_peer_update=pb.GetPeerUpdate()))
+        snap = recv_until_reply(msg_id)
+        for u in [*updates, snap.peer_update]:
             for a in u.upserted_agents:
                 for addr in a.ip_addrs:
                     agents[addr] = a
-        updates.clear()
         if agent_ip not in agents:
-            pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=2), get_peer_update=pb.GetPeerUpdate()))
-            snap = recv_until_reply(2)
-            for a in snap.peer_update.upserted_agents:
-                for addr in a.ip_addrs:
-                    agents[addr] = a
+            time.sleep(0.2)
+    if not updates:
+        fail("no one-way PeerUpdate arrived")
     if agent_ip not in agents:
         fail(f"agent {agent_ip} never reported; got {list(agents)}")
     a = agents[agent_ip]

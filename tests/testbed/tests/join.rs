@@ -343,7 +343,10 @@ async fn stopped_then_started_workspace_is_deleted_then_upserted_and_reachable()
         .into_iter()
         .find(|a| a.workspace == ws)
         .unwrap();
-    assert_eq!(u.upserted_agents[0].ip_addrs, [agent.ip.clone()]);
+    assert_eq!(
+        u.upserted_agents[0].ip_addrs,
+        std::slice::from_ref(&agent.ip)
+    );
     fetch_page(&connector, &agent.ip).await;
     assert!(m.client.stop().await.unwrap().success);
 }

@@ -69,8 +69,12 @@ pub struct TailnetConnector {
     opts: Arc<JoinOptions>,
     /// The latest session's userspace stack (userspace mode only) and DNS zone, for
     /// in-process users such as `codervpn demo`.
-    handles: Arc<Mutex<Option<(Option<StackHandle>, Arc<SharedZone>)>>>,
+    handles: Arc<Mutex<Option<SessionHandles>>>,
 }
+
+/// What in-process users can reach of a running session: its userspace stack (userspace
+/// mode only) and its DNS zone.
+type SessionHandles = (Option<StackHandle>, Arc<SharedZone>);
 
 impl TailnetConnector {
     pub fn new(opts: JoinOptions) -> Self {
@@ -142,7 +146,7 @@ async fn join(
     opts: &JoinOptions,
     params: StartParams,
     link: ManagerLink,
-) -> Result<(TailnetSession, (Option<StackHandle>, Arc<SharedZone>)), String> {
+) -> Result<(TailnetSession, SessionHandles), String> {
     let deadline = tokio::time::Instant::now() + opts.first_dial_deadline;
     let api = Api::new(&params.coder_url, &params.api_token, &params.headers)
         .map_err(|e| e.to_string())?;

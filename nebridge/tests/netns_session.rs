@@ -1,0 +1,50 @@
+//! Whole sessions against the testbed, in network namespaces (host a: the client, host b:
+//! `codervpn testbed serve`): `vpn-daemon run` driven by a Python manager over real pipes
+//! (userspace with SOCKS5 by name, and a TUN the manager creates), and `codervpn up` with
+//! dig/kdig, curl, a 10 MiB echo, `codervpn status` and a clean SIGINT
+//! (`tests/netns/daemon-session.sh`, `tests/netns/up.sh`). Needs root, iproute2,
+//! wireguard-tools, dnsutils, knot-dnsutils, curl and python3 with protobuf; `.ci/run`
+//! installs them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+fn script(name: &str, args: &[&str], want: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/netns")
+        .join(name);
+    let out = Command::new("bash")
+        .arg(path)
+        .args(args)
+        .env("CODERVPN", env!("CARGO_BIN_EXE_codervpn"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(want), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn daemon_session_in_userspace_mode_reaches_an_agent_by_name_through_socks5() {
+    script(
+        "daemon-session.sh",
+        &["userspace"],
+        "session ok (userspace)",
+    );
+}
+
+#[test]
+fn daemon_session_on_a_tun_the_manager_created_carries_10_mib() {
+    script("daemon-session.sh", &["tun"], "session ok (tun)");
+}
+
+#[test]
+fn up_configures_the_interface_resolves_names_and_leaves_nothing_behind() {
+    script("up.sh", &[], "up ok");
+}
