@@ -30,10 +30,17 @@ pub struct Embedded {
     pub tunnel: JoinHandle<TunnelExit>,
 }
 
+/// The manager side of any tunnel connection (embedded, compat dylib or daemon).
+pub struct Managed {
+    pub client: ManagerClient,
+    /// Every one-way PeerUpdate the tunnel sent.
+    pub updates: mpsc::UnboundedReceiver<vpn::PeerUpdate>,
+}
+
 /// Starts the engine with `connector` on a socket pair and handshakes as the manager.
 pub async fn start(
     connector: TailnetConnector,
-    mut on_settings: SettingsHandler,
+    on_settings: SettingsHandler,
 ) -> anyhow::Result<Embedded> {
     let (a, b) = UnixStream::pair().context("creating the manager ⇄ tunnel socket pair")?;
     let (ar, aw) = a.into_split();
@@ -54,6 +61,18 @@ pub async fn start(
     let conn = Connection::<ManagerSide>::handshake(ar, aw, VersionList::current())
         .await
         .context("CoderVPN handshake with the embedded tunnel")?;
+    let m = drive(conn, on_settings);
+    Ok(Embedded {
+        client: m.client,
+        updates: m.updates,
+        tunnel,
+    })
+}
+
+/// Serves a handshaken tunnel connection as the manager: network settings requests go
+/// to `on_settings` (one at a time, in order), PeerUpdates to [`Managed::updates`], log
+/// frames to our log at DEBUG.
+pub fn drive(conn: Connection<ManagerSide>, mut on_settings: SettingsHandler) -> Managed {
     let (handle, mut incoming) = conn.into_parts();
     let (up_tx, updates) = mpsc::unbounded_channel();
     let h = handle.clone();
@@ -97,9 +116,8 @@ pub async fn start(
             }
         }
     });
-    Ok(Embedded {
+    Managed {
         client: ManagerClient::new(handle),
         updates,
-        tunnel,
-    })
+    }
 }

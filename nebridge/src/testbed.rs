@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Serve HTTPS with a generated certificate.
     #[arg(long)]
     tls: bool,
+    /// Publish a file under /bin/: `NAME=PATH` (repeatable), e.g. a signed tunnel
+    /// artifact and its `.minisig` for compat mode.
+    #[arg(long = "publish", value_name = "NAME=PATH")]
+    publish: Vec<String>,
 }
 
 pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
@@ -55,6 +59,13 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             ..TestbedConfig::default()
         })
         .await?;
+        for p in &args.publish {
+            let (name, path) = p
+                .split_once('=')
+                .with_context(|| format!("--publish {p:?}: want NAME=PATH"))?;
+            let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            tb.publish(name, bytes);
+        }
         println!("{}", tb.summary());
         stop.await;
         drop(tb);

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
+use codervpn_nebridge::compat::launch::CompatHost;
+use codervpn_nebridge::compat::{self, ArtifactKind, CompatConfig};
 use codervpn_nebridge::embedded;
 use codervpn_nebridge::settings::{LinuxNetworkConfig, NetworkSettings};
 use codervpn_nebridge::status::{StatusPublisher, StatusServer, TunnelState};
@@ -51,6 +53,19 @@ pub struct UpArgs {
     /// Accept a plain http:// URL that is not on a loopback address.
     #[arg(long)]
     allow_http: bool,
+    /// Compat modes: a pinned minisign public key (base64, or a minisign.pub file's
+    /// path) the downloaded artifact's signature must verify against (repeatable).
+    #[arg(long = "compat-key", value_name = "KEY|FILE")]
+    compat_keys: Vec<String>,
+    /// Compat modes: where verified artifacts are cached (a private directory).
+    #[arg(long, default_value = "/var/cache/codervpn")]
+    cache_dir: PathBuf,
+    /// Compat modes: refuse artifacts larger than this many MiB.
+    #[arg(long, default_value_t = 64)]
+    compat_max_mib: u64,
+    /// Compat modes, development only: load an artifact without a signature check.
+    #[arg(long)]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,13 +115,9 @@ fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<vpn::start_request::Heade
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     check_url(&args.url, args.allow_http)?;
-    if args.mode != Mode::Embedded {
+    if args.mode != Mode::Embedded && args.compat_keys.is_empty() && !args.insecure_skip_verify {
         bail!(
-            "--mode {}: not wired into `codervpn up` in this build; use --mode embedded",
-            match args.mode {
-                Mode::CompatDylib => "compat-dylib",
-                _ => "compat-daemon",
-            }
+            "compat modes load code from the server: pin its signing key with --compat-key (or, for development only, --insecure-skip-verify)"
         );
     }
     // SAFETY: geteuid has no preconditions.
@@ -171,22 +182,25 @@ async fn up(
     // Settings arrive while `start` is pending; each is merged into the current settings
     // and applied as a diff (manager-behaviour.md §5).
     let applier = net.clone();
-    let mut tunnel = embedded::start(
+    let on_settings: embedded::SettingsHandler = Box::new(move |s| {
+        describe(s);
+        let req = s.clone();
+        let applier = applier.clone();
+        Box::pin(async move {
+            let Some(n) = applier else { return Ok(()) };
+            let mut guard = n.lock().await;
+            let (cfg, current) = &mut *guard;
+            let next = current.merged(&req).map_err(|e| e.to_string())?;
+            cfg.apply(&next).await.map_err(|e| e.to_string())?;
+            *current = next;
+            Ok(())
+        })
+    });
+    let (mut tunnel, host) = launch(
+        &args,
         connector,
-        Box::new(move |s| {
-            describe(s);
-            let req = s.clone();
-            let applier = applier.clone();
-            Box::pin(async move {
-                let Some(n) = applier else { return Ok(()) };
-                let mut guard = n.lock().await;
-                let (cfg, current) = &mut *guard;
-                let next = current.merged(&req).map_err(|e| e.to_string())?;
-                cfg.apply(&next).await.map_err(|e| e.to_string())?;
-                *current = next;
-                Ok(())
-            })
-        }),
+        on_settings,
+        tun.as_ref().map(|(fd, _)| fd.as_raw_fd()),
     )
     .await?;
     eprintln!("▸ connecting to {}", args.url);
@@ -248,12 +262,107 @@ async fn up(
     }
     cleanup(&net).await;
     drop(tun);
+    if let Some(h) = host {
+        tokio::task::spawn_blocking(move || h.finish(Duration::from_secs(5)))
+            .await
+            .ok();
+    }
     if let Some(s) = status {
         s.abort();
     }
     publisher.set_state(TunnelState::Stopped, SystemTime::now());
     eprintln!("▸ disconnected; interface, addresses, routes and DNS removed");
     Ok(())
+}
+
+/// The tunnel for `--mode`: our engine in-process, or a downloaded and verified artifact.
+async fn launch(
+    args: &UpArgs,
+    connector: TailnetConnector,
+    on_settings: embedded::SettingsHandler,
+    tun_fd: Option<std::os::fd::RawFd>,
+) -> anyhow::Result<(embedded::Managed, Option<CompatHost>)> {
+    if args.mode == Mode::Embedded {
+        let e = embedded::start(connector, on_settings).await?;
+        return Ok((
+            embedded::Managed {
+                client: e.client,
+                updates: e.updates,
+            },
+            None,
+        ));
+    }
+    let loopback = check_url(&args.url, false).is_ok();
+    let keys = args
+        .compat_keys
+        .iter()
+        .map(|k| match std::path::Path::new(k).is_file() {
+            true => std::fs::read_to_string(k).with_context(|| format!("reading --compat-key {k}")),
+            false => Ok(k.clone()),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut cfg = CompatConfig::new(args.url.clone(), args.cache_dir.clone(), keys);
+    cfg.allow_http = args.url.scheme() == "http" && (loopback || args.allow_http);
+    cfg.session_token = Some(args.token.clone());
+    cfg.headers = parse_headers(&args.headers)?
+        .into_iter()
+        .map(|h| (h.name, h.value))
+        .collect();
+    cfg.insecure_skip_verify = args.insecure_skip_verify;
+    cfg.max_bytes = args.compat_max_mib << 20;
+    let kind = match args.mode {
+        Mode::CompatDylib => ArtifactKind::Library,
+        _ => ArtifactKind::Daemon,
+    };
+    eprintln!("▸ downloading the {} from {}", kind.describe(), args.url);
+    let mut last = 0u64;
+    let mut progress = |p: compat::Progress| {
+        if p.bytes >= last + (4 << 20) || Some(p.bytes) == p.total {
+            last = p.bytes;
+            match p.total {
+                Some(t) => eprintln!(
+                    "  {:.1} / {:.1} MiB",
+                    p.bytes as f64 / 1048576.0,
+                    t as f64 / 1048576.0
+                ),
+                None => eprintln!("  {:.1} MiB", p.bytes as f64 / 1048576.0),
+            }
+        }
+    };
+    let artifact = compat::fetch_verified(&cfg, kind, &mut progress).await?;
+    eprintln!(
+        "▸ verified {} (server {}, signature {}{})",
+        artifact.file,
+        artifact.server_version.raw,
+        if artifact.signature_checked {
+            "ok"
+        } else {
+            "NOT CHECKED"
+        },
+        if artifact.from_cache {
+            ", from cache"
+        } else {
+            ""
+        }
+    );
+    let timeout = compat::DEFAULT_HANDSHAKE_TIMEOUT;
+    let (conn, host) = match args.mode {
+        Mode::CompatDylib => compat::launch::open_library(&artifact, timeout).await?,
+        _ => {
+            let envs = match tun_fd {
+                Some(_) => Vec::new(),
+                None => vec![("CODERVPN_SOCKS5".to_owned(), args.socks5.to_string())],
+            };
+            compat::launch::spawn_daemon(
+                &artifact,
+                &tun_fd.into_iter().collect::<Vec<_>>(),
+                &envs,
+                timeout,
+            )
+            .await?
+        }
+    };
+    Ok((embedded::drive(conn, on_settings), Some(host)))
 }
 
 async fn cleanup(net: &Option<Arc<tokio::sync::Mutex<(LinuxNetworkConfig, NetworkSettings)>>>) {

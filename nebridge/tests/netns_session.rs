@@ -46,5 +46,19 @@ fn daemon_session_on_a_tun_the_manager_created_carries_10_mib() {
 
 #[test]
 fn up_configures_the_interface_resolves_names_and_leaves_nothing_behind() {
-    script("up.sh", &[], "up ok");
+    script("up.sh", &["embedded"], "up ok (embedded)");
+}
+
+/// Our own daemon binary, signed with the minisign CLI and served under `/bin/`, is
+/// downloaded, verified and run as `vpn-daemon run` by `codervpn up --mode compat-daemon`.
+#[test]
+fn up_in_compat_daemon_mode_runs_the_verified_download() {
+    script("up.sh", &["compat-daemon"], "up ok (compat-daemon)");
+}
+
+/// Our engine cdylib (built by `cargo build --workspace`), signed and served, is
+/// downloaded, verified, loaded and opened with `OpenTunnel` by `--mode compat-dylib`.
+#[test]
+fn up_in_compat_dylib_mode_loads_the_verified_library() {
+    script("up.sh", &["compat-dylib"], "up ok (compat-dylib)");
 }

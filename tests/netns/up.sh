@@ -9,14 +9,36 @@
 #   host b (server): codervpn testbed serve --listen 10.201.0.2:8080
 #
 # Needs root, iproute2, wireguard-tools (lib.sh makes keys), dnsutils (dig), knot-dnsutils
-# (kdig), curl, python3.
+# (kdig), curl, python3; minisign for the compat modes.
+#
+#   usage: up.sh [embedded|compat-daemon|compat-dylib]
+# The compat modes sign our own daemon binary (or engine library, $CODERVPN_LIB) with the
+# minisign CLI, have the testbed publish it under /bin/, and let `up` download, verify
+# and run it.
 
 source "$(dirname "$0")/lib.sh"
+MODE=${1:-embedded}
 trap cleanup EXIT
 setup_hosts
 
+PUBLISH=()
+UP_MODE=(--mode "$MODE")
+if [ "$MODE" != embedded ]; then
+  case "$MODE" in
+    compat-daemon) ART="$CODERVPN"; NAME=coder-linux-amd64 ;;
+    compat-dylib) ART="${CODERVPN_LIB:-$(dirname "$CODERVPN")/libcodervpn_engine.so}"; NAME=coder-vpn-linux-amd64.so ;;
+    *) echo "unknown mode $MODE"; exit 2 ;;
+  esac
+  minisign -G -W -p "$WORK/mini.pub" -s "$WORK/mini.key" >/dev/null
+  cp "$ART" "$WORK/$NAME"
+  minisign -S -s "$WORK/mini.key" -m "$WORK/$NAME" -x "$WORK/$NAME.minisig" \
+    -t "codervpn-artifact file=$NAME version=2.24.3 platform=linux-x86_64" >/dev/null
+  PUBLISH=(--publish "$NAME=$WORK/$NAME" --publish "$NAME.minisig=$WORK/$NAME.minisig")
+  UP_MODE+=(--compat-key "$WORK/mini.pub" --cache-dir "$WORK/cache" --compat-max-mib 1024)
+fi
+
 IFACE="${NS_PREFIX}t"
-ip netns exec "$NS_B" "$CODERVPN" testbed serve --listen "$VETH_B:8080" --workspaces 2 \
+ip netns exec "$NS_B" "$CODERVPN" testbed serve --listen "$VETH_B:8080" --workspaces 2 "${PUBLISH[@]}" \
   > "$WORK/testbed.json" 2> "$WORK/testbed.log" &
 PIDS+=($!)
 for _ in $(seq 100); do [ -s "$WORK/testbed.json" ] && break; sleep 0.1; done
@@ -31,11 +53,11 @@ OWNER_FQDN=$(json 'd["agents"][0]["fqdn"][2]')      # main.dev1.testy.coder.
 echo "testbed at $URL; agent $AGENT_FQDN = $AGENT_IP"
 
 ip netns exec "$NS_A" env CODERVPN_LOG=info "$CODERVPN" up --url "$URL" --token "$TOKEN" \
-  --allow-http --interface "$IFACE" --status-socket "$WORK/status.sock" \
+  --allow-http --interface "$IFACE" --status-socket "$WORK/status.sock" "${UP_MODE[@]}" \
   > "$WORK/up.out" 2> "$WORK/up.log" &
 UP_PID=$!
 PIDS+=($UP_PID)
-for _ in $(seq 150); do grep -q "connected; Ctrl-C" "$WORK/up.log" && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q "connected; Ctrl-C" "$WORK/up.log" && break; kill -0 $UP_PID 2>/dev/null || break; sleep 0.1; done
 grep -q "connected; Ctrl-C" "$WORK/up.log" || { cat "$WORK/up.log"; echo "up did not connect"; exit 1; }
 
 fail() { echo "FAIL: $*"; echo "--- up.log"; tail -40 "$WORK/up.log"; exit 1; }
@@ -103,4 +125,4 @@ ip -n "$NS_A" link show "$IFACE" >/dev/null 2>&1 && fail "interface $IFACE left 
 ip -n "$NS_A" -6 route | grep -q fd60:627a:a42b && fail "route left behind"
 [ -e "$WORK/status.sock" ] && fail "status socket left behind"
 echo "teardown ok"
-echo "up ok"
+echo "up ok ($MODE)"

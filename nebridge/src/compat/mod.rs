@@ -38,6 +38,7 @@
 //! stub that passes and logs a WARN).
 
 mod download;
+pub mod launch;
 mod load;
 mod verify;
 

@@ -1,0 +1,142 @@
+//! Starting a compat tunnel once its artifact is verified: the library through
+//! `OpenTunnel` (dylib mode), or the binary as `vpn-daemon run` on two pipes (daemon
+//! mode, dylib-abi-and-compat.md §2). Either way the result is a handshaken manager-side
+//! connection, the same as the embedded mode's.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use codervpn_proto::fd::{FdReader, FdWriter};
+use codervpn_proto::{Connection, ManagerSide, VersionList};
+
+use super::{CompatLibrary, VerifiedArtifact};
+
+/// What keeps a compat tunnel alive: the loaded library, or the daemon process.
+pub enum CompatHost {
+    Library(Arc<CompatLibrary>),
+    Daemon(Child),
+}
+
+impl CompatHost {
+    /// Waits (bounded) for a daemon to exit after `stop`, killing it otherwise.
+    pub fn finish(self, wait: Duration) {
+        if let CompatHost::Daemon(mut child) = self {
+            let deadline = std::time::Instant::now() + wait;
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Why a verified artifact could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Load(#[from] super::LoadError),
+    #[error(transparent)]
+    Open(#[from] super::OpenTunnelError),
+    #[error("cannot start {path}: {source}")]
+    Spawn {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CoderVPN handshake with {what} failed: {reason}")]
+    Handshake { what: String, reason: String },
+}
+
+/// `dlopen`s the verified bytes and opens a tunnel on them.
+pub async fn open_library(
+    artifact: &VerifiedArtifact,
+    handshake_timeout: Duration,
+) -> Result<(Connection<ManagerSide>, CompatHost), LaunchError> {
+    let lib = artifact.load_library()?;
+    let tunnel = lib.open_tunnel(handshake_timeout).await?;
+    let (conn, lib) = tunnel.into_parts();
+    Ok((conn, CompatHost::Library(lib)))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Runs the verified binary as `vpn-daemon run --rpc-read-fd R --rpc-write-fd W`;
+/// `inherit` lists further descriptors the child must keep (the TUN).
+pub async fn spawn_daemon(
+    artifact: &VerifiedArtifact,
+    inherit: &[RawFd],
+    envs: &[(String, String)],
+    handshake_timeout: Duration,
+) -> Result<(Connection<ManagerSide>, CompatHost), LaunchError> {
+    let path = artifact
+        .write_private_copy()
+        .map_err(|source| LaunchError::Spawn {
+            path: artifact.file.clone(),
+            source,
+        })?;
+    let shown = path.display().to_string();
+    let spawn_err = |source| LaunchError::Spawn {
+        path: shown.clone(),
+        source,
+    };
+    let (m2t_r, m2t_w) = pipe().map_err(spawn_err)?;
+    let (t2m_r, t2m_w) = pipe().map_err(spawn_err)?;
+    let keep: Vec<RawFd> = [m2t_r.as_raw_fd(), t2m_w.as_raw_fd()]
+        .into_iter()
+        .chain(inherit.iter().copied())
+        .collect();
+    let mut cmd = Command::new(&path);
+    cmd.args(["vpn-daemon", "run", "--rpc-read-fd"])
+        .arg(m2t_r.as_raw_fd().to_string())
+        .arg("--rpc-write-fd")
+        .arg(t2m_w.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .envs(envs.iter().map(|(k, v)| (k, v)));
+    // SAFETY: only async-signal-safe fcntl calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for fd in &keep {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(spawn_err)?;
+    drop(m2t_r);
+    drop(t2m_w);
+    let reader = FdReader::new(t2m_r).map_err(spawn_err)?;
+    let writer = FdWriter::new(m2t_w).map_err(spawn_err)?;
+    let handshake = Connection::<ManagerSide>::handshake(reader, writer, VersionList::current());
+    let conn = match tokio::time::timeout(handshake_timeout, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Err(LaunchError::Handshake {
+                what: shown,
+                reason: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(LaunchError::Handshake {
+                what: shown,
+                reason: format!("no answer within {handshake_timeout:?}"),
+            });
+        }
+    };
+    Ok((conn, CompatHost::Daemon(child)))
+}
