@@ -117,30 +117,30 @@ async fn next_matching(conn: &mut DerpConnection, want: impl Fn(&DerpEvent) -> b
 async fn exchange(url: &Url, a_opts: ConnectOptions, b_opts: ConnectOptions) {
     let (mut a, a_key) = connected(url, a_opts).await;
     let (mut b, b_key) = connected(url, b_opts).await;
-    a.handle
-        .send(b_key, Bytes::from_static(b"over tls"))
+    relay(&a, a_key, &mut b, b_key, b"over tls").await;
+    relay(&b, b_key, &mut a, a_key, b"and back").await;
+}
+
+/// `from` sends `data` to `to_key`; `to` receives it from `from_key`.
+async fn relay(
+    from: &DerpConnection,
+    from_key: NodePublicKey,
+    to: &mut DerpConnection,
+    to_key: NodePublicKey,
+    data: &'static [u8],
+) {
+    from.handle
+        .send(to_key, Bytes::from_static(data))
         .await
         .unwrap();
-    let got = next_matching(&mut b, |e| {
+    let got = next_matching(to, |e| {
         matches!(e, DerpEvent::Relay(ClientEvent::Packet { .. }))
     })
     .await;
-    let DerpEvent::Relay(ClientEvent::Packet { from, data }) = got else {
+    let DerpEvent::Relay(ClientEvent::Packet { from, data: got }) = got else {
         unreachable!()
     };
-    assert_eq!((from, &data[..]), (a_key, &b"over tls"[..]));
-    b.handle
-        .send(a_key, Bytes::from_static(b"and back"))
-        .await
-        .unwrap();
-    let got = next_matching(&mut a, |e| {
-        matches!(e, DerpEvent::Relay(ClientEvent::Packet { .. }))
-    })
-    .await;
-    let DerpEvent::Relay(ClientEvent::Packet { from, data }) = got else {
-        unreachable!()
-    };
-    assert_eq!((from, &data[..]), (b_key, &b"and back"[..]));
+    assert_eq!((from, &got[..]), (from_key, data));
 }
 
 #[tokio::test]
