@@ -7,7 +7,7 @@
 //! are still read unless `SSL_CERT_DIR` names others), so the Go tunnel and ours accept the
 //! same servers. Embedders and tests add their own roots with [`client_config_with_ca_pem`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::RootCertStore;
@@ -103,29 +103,42 @@ fn client_config(roots: RootCertStore) -> Result<Arc<rustls::ClientConfig>, TlsC
 fn system_roots() -> &'static RootCertStore {
     static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
     ROOTS.get_or_init(|| {
-        let file = std::env::var_os(ENV_CERT_FILE);
+        let file = std::env::var_os(ENV_CERT_FILE).map(PathBuf::from);
         let dirs_set = std::env::var_os(ENV_CERT_DIR).is_some();
-        let mut roots = RootCertStore::empty();
-        // With SSL_CERT_FILE or SSL_CERT_DIR set this reads only those; otherwise the
-        // platform's store.
-        let loaded = rustls_native_certs::load_native_certs();
-        let mut errors = loaded.errors.len();
-        let (mut added, mut ignored) = roots.add_parsable_certificates(loaded.certs);
-        if file.is_some() && !dirs_set {
-            for dir in GO_CERT_DIRS.iter().map(Path::new).filter(|d| d.is_dir()) {
-                let more = rustls_native_certs::load_certs_from_paths(None, Some(dir));
-                errors += more.errors.len();
-                let (a, i) = roots.add_parsable_certificates(more.certs);
-                added += a;
-                ignored += i;
-            }
-        }
-        tracing::debug!(added, ignored, errors, ssl_cert_file = ?file, "TLS root certificates loaded");
+        let roots = load_roots(file.as_deref(), dirs_set, &GO_CERT_DIRS.map(Path::new));
         if roots.is_empty() {
-            tracing::warn!("no usable root certificates in the system store; https servers will be refused");
+            tracing::warn!(
+                "no usable root certificates in the system store; https servers will be refused"
+            );
         }
         roots
     })
+}
+
+/// Go's choice on Linux: with `SSL_CERT_FILE` set (and `SSL_CERT_DIR` not), that file plus
+/// the default directories; otherwise what rustls-native-certs finds (the platform store,
+/// or `SSL_CERT_DIR`).
+fn load_roots(file: Option<&Path>, dirs_set: bool, default_dirs: &[&Path]) -> RootCertStore {
+    let mut results = Vec::new();
+    match file {
+        Some(file) if !dirs_set => {
+            results.push(rustls_native_certs::load_certs_from_paths(Some(file), None));
+            for dir in default_dirs.iter().filter(|d| d.is_dir()) {
+                results.push(rustls_native_certs::load_certs_from_paths(None, Some(dir)));
+            }
+        }
+        Some(_) | None => results.push(rustls_native_certs::load_native_certs()),
+    }
+    let mut roots = RootCertStore::empty();
+    let (mut added, mut ignored, mut errors) = (0, 0, Vec::new());
+    for r in results {
+        let (a, i) = roots.add_parsable_certificates(r.certs);
+        added += a;
+        ignored += i;
+        errors.extend(r.errors.into_iter().map(|e| e.to_string()));
+    }
+    tracing::debug!(added, ignored, ?errors, ssl_cert_file = ?file, "TLS root certificates loaded");
+    roots
 }
 
 /// Adds every certificate in `pem`; returns how many were added.
@@ -139,6 +152,26 @@ fn add_pem(roots: &mut RootCertStore, pem: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn ssl_cert_file_is_trusted_alongside_the_default_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("extra.pem");
+        std::fs::write(&file, ca_pem()).unwrap();
+        let only_file = load_roots(Some(&file), false, &[]);
+        assert_eq!(only_file.len(), 1);
+        let other_dir = tempfile::tempdir().unwrap();
+        std::fs::write(other_dir.path().join("other.pem"), ca_pem()).unwrap();
+        let with_dirs = load_roots(Some(&file), false, &[other_dir.path()]);
+        assert_eq!(with_dirs.len(), 2);
+    }
 
     #[test]
     fn pem_without_certificates_is_refused() {

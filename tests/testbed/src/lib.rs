@@ -19,7 +19,7 @@ mod tailnet;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -98,15 +98,7 @@ pub struct Testbed {
     tailnet: Arc<tailnet::TailnetShared>,
     drop_tailnet: watch::Sender<u64>,
     stop: Option<oneshot::Sender<()>>,
-    tls: Option<TlsFiles>,
-}
-
-/// The CA of an HTTPS testbed, in memory and on disk (removed with the testbed).
-struct TlsFiles {
-    ca_pem: String,
-    ca_file: PathBuf,
-    client: Arc<rustls::ClientConfig>,
-    _dir: tempfile::TempDir,
+    tls: Option<tls::CaFiles>,
 }
 
 /// 200 answers per `/bin/` name.
@@ -142,7 +134,7 @@ impl Testbed {
                 source,
             })?;
         let (tls, server_tls) = if config.tls {
-            let (files, server) = tls_files()?;
+            let (files, server) = tls::CaFiles::create().map_err(TestbedError::Tls)?;
             (Some(files), Some(server))
         } else {
             (None, None)
@@ -362,28 +354,6 @@ impl Drop for Testbed {
             let _ = stop.send(());
         }
     }
-}
-
-/// A fresh CA and leaf ([`tls::TestCa`]), the CA written to a temporary directory.
-fn tls_files() -> Result<(TlsFiles, Arc<rustls::ServerConfig>), TestbedError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| TestbedError::Tls(format!("{what}: {e}"));
-    let ca = tls::TestCa::generate(&tls::LEAF_NAMES).map_err(|e| fail("certificates", &e))?;
-    let dir = tempfile::Builder::new()
-        .prefix("codervpn-testbed-")
-        .tempdir()
-        .map_err(|e| fail("creating a temporary directory", &e))?;
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem)
-        .map_err(|e| fail(&format!("writing {}", ca_file.display()), &e))?;
-    let client = codervpn_engine::net::tls::client_config_with_ca_pem(ca.ca_pem.as_bytes())
-        .map_err(|e| fail("client configuration", &e))?;
-    let files = TlsFiles {
-        ca_pem: ca.ca_pem,
-        ca_file,
-        client,
-        _dir: dir,
-    };
-    Ok((files, ca.server))
 }
 
 fn router(state: AppState) -> Router {

@@ -4,6 +4,7 @@
 //! upgrades need HTTP/1.1.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,40 @@ impl TestCa {
             ca_pem: ca_cert.pem(),
             server: Arc::new(server),
         })
+    }
+}
+
+/// The CA of an HTTPS testbed, in memory and on disk (removed when dropped).
+pub(crate) struct CaFiles {
+    pub(crate) ca_pem: String,
+    pub(crate) ca_file: PathBuf,
+    /// Trusts the system roots and this CA (for the testbed's own agents and for tests).
+    pub(crate) client: Arc<rustls::ClientConfig>,
+    _dir: tempfile::TempDir,
+}
+
+impl CaFiles {
+    /// A fresh CA and leaf for [`LEAF_NAMES`], the CA written to a temporary directory;
+    /// also returns the server configuration. Errors are one line, saying which step failed.
+    pub(crate) fn create() -> Result<(Self, Arc<rustls::ServerConfig>), String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        let ca = TestCa::generate(&LEAF_NAMES).map_err(|e| fail("certificates", &e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("codervpn-testbed-")
+            .tempdir()
+            .map_err(|e| fail("creating a temporary directory", &e))?;
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.ca_pem)
+            .map_err(|e| fail(&format!("writing {}", ca_file.display()), &e))?;
+        let client = codervpn_engine::net::tls::client_config_with_ca_pem(ca.ca_pem.as_bytes())
+            .map_err(|e| fail("client configuration", &e))?;
+        let files = Self {
+            ca_pem: ca.ca_pem,
+            ca_file,
+            client,
+            _dir: dir,
+        };
+        Ok((files, ca.server))
     }
 }
 
