@@ -19,7 +19,8 @@ use super::keys::{ClientInfo, NodePrivateKey, NodePublicKey};
 use super::transport::{Read, Timer, Transport};
 use crate::net::tls::TlsConfigError;
 
-/// Time allowed for TCP connect plus the HTTP (or WebSocket) upgrade.
+/// Time allowed for TCP connect, the TLS handshake (https) and the HTTP (or WebSocket)
+/// upgrade.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest reconnect delay (Go's magicsock: `backoff.NewBackoff(…, 5*time.Second)`).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
