@@ -2,13 +2,13 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use codervpn_testbed::{Testbed, TestbedConfig};
 
 #[derive(clap::Subcommand)]
 pub enum TestbedCommand {
-    /// Serve a testbed deployment; prints one JSON line ({"url", "token", "agents"}) on
-    /// stdout, then serves until SIGINT/SIGTERM.
+    /// Serve a testbed deployment; prints one JSON line ({"url", "token", "agents", and
+    /// "ca_file" with --tls}) on stdout, then serves until SIGINT/SIGTERM.
     Serve(ServeArgs),
 }
 
@@ -29,7 +29,8 @@ pub struct ServeArgs {
     /// DNS hostname suffix the deployment reports (default: unset, clients use `coder`).
     #[arg(long)]
     hostname_suffix: Option<String>,
-    /// Serve HTTPS with a generated certificate.
+    /// Serve HTTPS with a generated CA and a certificate for 127.0.0.1, ::1 and localhost;
+    /// the CA's PEM file is named by "ca_file" (e.g. for SSL_CERT_FILE).
     #[arg(long)]
     tls: bool,
     /// Publish a file under /bin/: `NAME=PATH` (repeatable), e.g. a signed tunnel
@@ -40,9 +41,6 @@ pub struct ServeArgs {
 
 pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
     let TestbedCommand::Serve(args) = cmd;
-    if args.tls {
-        bail!("--tls is not implemented yet: the testbed serves plain HTTP on loopback");
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -56,6 +54,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             agents_per_workspace: args.agents,
             username: args.username,
             hostname_suffix: args.hostname_suffix,
+            tls: args.tls,
             ..TestbedConfig::default()
         })
         .await?;

@@ -8,6 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::process::Command;
 
+use codervpn_proto::vpn::{self, manager_message, tunnel_message};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,4 +174,75 @@ fn version_json_reports_the_matching_coder_release() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["version"], codervpn_engine::CODER_VERSION);
     assert!(v["version"].as_str().unwrap().starts_with('v'));
+}
+
+/// Starts a daemon (userspace mode) against `tb` with `env`, accepting every network
+/// settings request; returns the StartResponse (the daemon is stopped and reaped).
+async fn start_against(tb: &codervpn_testbed::Testbed, env: &[(&str, &str)]) -> vpn::StartResponse {
+    let p = pipes();
+    let child = spawn_daemon(p.tunnel_read, p.tunnel_write, &daemon_args(), env);
+    let conn = manager(p.manager_read, p.manager_write).await;
+    let (handle, mut incoming) = conn.into_parts();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            if let codervpn_proto::Incoming::Request { id, .. } = m {
+                let ok = msg(manager_message::Msg::NetworkSettings(
+                    vpn::NetworkSettingsResponse {
+                        success: true,
+                        error_message: String::new(),
+                    },
+                ));
+                let _ = h.reply(id, ok).await;
+            }
+        }
+    });
+    let req = vpn::StartRequest {
+        tunnel_file_descriptor: -1,
+        coder_url: tb.url().to_string(),
+        api_token: tb.token(),
+        ..Default::default()
+    };
+    let reply = tokio::time::timeout(T, handle.request(msg(manager_message::Msg::Start(req))))
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(tunnel_message::Msg::Start(start)) = reply.msg else {
+        panic!("not a StartResponse: {reply:?}")
+    };
+    let _ = handle.request(stop()).await;
+    drop(handle);
+    let (status, stderr) = wait(child);
+    assert!(status.success(), "{stderr}");
+    start
+}
+
+/// A one-workspace testbed serving HTTPS with its own CA.
+async fn https_testbed() -> codervpn_testbed::Testbed {
+    let config = codervpn_testbed::TestbedConfig {
+        workspaces: 1,
+        tls: true,
+        ..Default::default()
+    };
+    codervpn_testbed::Testbed::start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_trusts_the_ca_named_by_ssl_cert_file() {
+    let tb = https_testbed().await;
+    let ca_file = tb.ca_file().unwrap().to_str().unwrap().to_owned();
+    let start = start_against(&tb, &[("SSL_CERT_FILE", &ca_file)]).await;
+    assert!(start.success, "{}", start.error_message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_without_the_ca_refuses_the_testbed_certificate() {
+    let tb = https_testbed().await;
+    let start = start_against(&tb, &[]).await;
+    assert!(!start.success);
+    assert!(
+        start.error_message.contains("UnknownIssuer"),
+        "{}",
+        start.error_message
+    );
 }

@@ -3,12 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
-#[test]
-fn serve_prints_url_token_and_agents_then_answers() {
+/// Starts `codervpn testbed serve ARGS…` and returns it with the JSON line it printed.
+fn serve(args: &[&str]) -> (Child, serde_json::Value) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_codervpn"))
-        .args(["testbed", "serve", "--workspaces", "2"])
+        .args(["testbed", "serve"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -17,7 +18,12 @@ fn serve_prints_url_token_and_agents_then_answers() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    (child, serde_json::from_str(&line).unwrap())
+}
+
+#[test]
+fn serve_prints_url_token_and_agents_then_answers() {
+    let (mut child, v) = serve(&["--workspaces", "2"]);
     let url = v["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     assert!(v["token"].as_str().unwrap().starts_with("testbed-"));
@@ -46,4 +52,40 @@ fn serve_prints_url_token_and_agents_then_answers() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn serve_with_tls_prints_an_https_url_and_a_pem_ca_file() {
+    let (mut child, v) = serve(&["--tls", "--workspaces", "1"]);
+    let url = v["url"].as_str().unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca_file = v["ca_file"].as_str().unwrap();
+    let pem = std::fs::read_to_string(ca_file).unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{ca_file}: {pem}"
+    );
+    // It is the CA: trusting it, an HTTPS request to the testbed goes through.
+    let trust =
+        codervpn_engine::net::tls::client_config_with_ca_file(std::path::Path::new(ca_file))
+            .unwrap();
+    let addr = url.trim_start_matches("https://");
+    let conn = rustls::ClientConnection::new(trust, "127.0.0.1".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
+    use std::io::{Read, Write};
+    write!(
+        tls,
+        "GET /api/v2/buildinfo HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = tls.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(
+        !std::path::Path::new(ca_file).exists(),
+        "the CA file goes with the testbed"
+    );
 }

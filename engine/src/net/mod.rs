@@ -4,6 +4,7 @@
 //! - [`wg`]: the WireGuard peer set (sans-IO, boringtun inside); [`runner`]: its tokio shell.
 //! - [`derp`]: DERP relays — the frame codec, sans-IO client and server cores, and their tokio
 //!   shells (tailnet.md §11, §13.3).
+//! - [`tls`]: the one TLS trust configuration (system roots plus `SSL_CERT_FILE`).
 
 pub mod derp;
 pub mod dns_intercept;
@@ -11,6 +12,7 @@ pub mod dns_tcp;
 pub mod packet_queues;
 pub mod relay;
 pub mod runner;
+pub mod tls;
 pub mod udp;
 pub mod udp_batch;
 pub mod wg;

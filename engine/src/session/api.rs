@@ -3,6 +3,7 @@
 //! every request. Errors say what failed and where.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use codervpn_proto::tailnet::{DerpMap, derp_map};
@@ -88,8 +89,14 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 impl Api {
     /// A client for `base` sending `Coder-Session-Token: token` and `headers` (in order,
-    /// duplicates kept) on every request.
-    pub fn new(base: &Url, token: &str, headers: &[(String, String)]) -> Result<Self, ApiError> {
+    /// duplicates kept) on every request, trusting what `tls` trusts (the same
+    /// configuration the websocket and DERP use, [`crate::net::tls`]).
+    pub fn new(
+        base: &Url,
+        token: &str,
+        headers: &[(String, String)],
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Self, ApiError> {
         let mut map = HeaderMap::new();
         let mut add = |name: &str, value: &str| -> Result<(), ApiError> {
             let invalid = |reason: String| ApiError::InvalidHeader {
@@ -107,6 +114,7 @@ impl Api {
             add(n, v)?;
         }
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls((**tls).clone())
             .default_headers(map)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))

@@ -142,8 +142,8 @@ pub fn check_scheme(url: &Url, allow_http: bool) -> Result<(), DownloadError> {
     }
 }
 
-/// A client that follows redirects only within the origin of the first URL (at most 5).
-/// `headers` (the user's literal headers and the session token) go with every request.
+/// A client that follows redirects only within the origin of the first URL (at most 5),
+/// trusting what the tunnel trusts ([`codervpn_engine::net::tls`]). `headers` (the user's literal headers and the session token) go with every request.
 pub fn client(
     headers: &[(String, String)],
     connect_timeout: Duration,
@@ -170,7 +170,10 @@ pub fn client(
             attempt.follow()
         }
     });
+    // The tunnel's trust (system roots plus SSL_CERT_FILE), as for REST, tailnet and DERP.
+    let tls = codervpn_engine::net::tls::default_client_config().map_err(|e| e.to_string())?;
     reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
         .default_headers(map)
         .redirect(policy)
         .connect_timeout(connect_timeout)

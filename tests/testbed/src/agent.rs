@@ -57,6 +57,7 @@ pub(crate) async fn fleet(
     mut deployment: watch::Receiver<Arc<Deployment>>,
     coordinator: Coordinator,
     derp_url: url::Url,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) {
     let mut agents: HashMap<Uuid, SimAgent> = HashMap::new();
     loop {
@@ -78,7 +79,7 @@ pub(crate) async fn fleet(
             if agents.contains_key(&id) {
                 continue;
             }
-            match start_agent(id, &workspace, &name, &coordinator, &derp_url).await {
+            match start_agent(id, &workspace, &name, &coordinator, &derp_url, &tls).await {
                 Ok(agent) => {
                     agents.insert(id, agent);
                 }
@@ -100,6 +101,7 @@ async fn start_agent(
     name: &str,
     coordinator: &Coordinator,
     derp_url: &url::Url,
+    tls: &Option<Arc<rustls::ClientConfig>>,
 ) -> Result<SimAgent, String> {
     let key = NodePrivateKey::generate();
     let addresses: Vec<IpNet> = vec![
@@ -125,6 +127,7 @@ async fn start_agent(
         NodePrivateKey::from_bytes(key.to_bytes()),
         ConnectOptions {
             preferred: true,
+            tls: tls.clone(),
             ..Default::default()
         },
     )

@@ -1,13 +1,14 @@
 //! codervpn-testbed: a Coder deployment in one process, speaking the real protocols, for
 //! tests, benches and `codervpn demo`.
 //!
-//! Serves, on one HTTP listener: `/api/v2/buildinfo`, `/api/v2/users/me` and
-//! `/api/v2/workspaceagents/connection` (session-token auth, 401 otherwise), `/derp` (our DERP
-//! relay, plain `Upgrade: DERP` or WebSocket), `/api/v2/tailnet` (websocket → yamux → dRPC:
-//! coordination, workspace updates, DERP maps, resume tokens) and `/bin/<file>` (published
-//! artifacts). Every agent of the deployment is simulated ([`agent`]): WireGuard on smoltcp,
-//! reached through the relay, coordinated through [`coord`]. Faults: stop/start a
-//! workspace, drop every tailnet connection, restart the relay.
+//! Serves, on one HTTP (or, with [`TestbedConfig::tls`], HTTPS) listener:
+//! `/api/v2/buildinfo`, `/api/v2/users/me` and `/api/v2/workspaceagents/connection`
+//! (session-token auth, 401 otherwise), `/derp` (our DERP relay, plain `Upgrade: DERP` or
+//! WebSocket), `/api/v2/tailnet` (websocket → yamux → dRPC: coordination, workspace
+//! updates, DERP maps, resume tokens) and `/bin/<file>` (published artifacts). Every agent
+//! of the deployment is simulated ([`agent`]): WireGuard on smoltcp, reached through the
+//! relay, coordinated through [`coord`]. Faults: stop/start a workspace, drop every tailnet
+//! connection, restart the relay.
 
 pub mod agent;
 mod bin;
@@ -15,8 +16,10 @@ pub mod coord;
 mod derp;
 pub mod model;
 mod tailnet;
+pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::Path as FsPath;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -51,6 +54,9 @@ pub struct TestbedConfig {
     pub username: String,
     pub hostname_suffix: Option<String>,
     pub version: String,
+    /// Serve HTTPS with a generated CA and a leaf for `127.0.0.1`, `::1` and `localhost`
+    /// ([`Testbed::ca_pem`], [`Testbed::ca_file`]); the DERP map then says `https`.
+    pub tls: bool,
 }
 
 impl Default for TestbedConfig {
@@ -62,6 +68,7 @@ impl Default for TestbedConfig {
             username: "testy".into(),
             hostname_suffix: None,
             version: DEFAULT_VERSION.into(),
+            tls: false,
         }
     }
 }
@@ -91,6 +98,7 @@ pub struct Testbed {
     tailnet: Arc<tailnet::TailnetShared>,
     drop_tailnet: watch::Sender<u64>,
     stop: Option<oneshot::Sender<()>>,
+    tls: Option<tls::CaFiles>,
 }
 
 /// 200 answers per `/bin/` name.
@@ -105,6 +113,8 @@ pub enum TestbedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up HTTPS: {0}")]
+    Tls(String),
 }
 
 impl Testbed {
@@ -123,8 +133,15 @@ impl Testbed {
                 addr: config.listen,
                 source,
             })?;
+        let (tls, server_tls) = if config.tls {
+            let (files, server) = tls::CaFiles::create().map_err(TestbedError::Tls)?;
+            (Some(files), Some(server))
+        } else {
+            (None, None)
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let url =
-            url::Url::parse(&format!("http://{addr}/")).map_err(|e| TestbedError::Listen {
+            url::Url::parse(&format!("{scheme}://{addr}/")).map_err(|e| TestbedError::Listen {
                 addr,
                 source: std::io::Error::other(e.to_string()),
             })?;
@@ -162,19 +179,40 @@ impl Testbed {
         };
         let app = router(state);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "testbed server ended");
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        match server_tls {
+            Some(server) => {
+                let listener = tls::TlsListener::new(listener, server)
+                    .map_err(|source| TestbedError::Listen { addr, source })?;
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "testbed server ended");
+                    }
+                });
             }
-        });
+            None => {
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "testbed server ended");
+                    }
+                });
+            }
+        }
         let derp_url = url.join("derp").map_err(|e| TestbedError::Listen {
             addr,
             source: std::io::Error::other(e.to_string()),
         })?;
-        tokio::spawn(agent::fleet(dep_rx, coordinator.clone(), derp_url));
+        let agent_tls = tls.as_ref().map(|t| t.client.clone());
+        tokio::spawn(agent::fleet(
+            dep_rx,
+            coordinator.clone(),
+            derp_url,
+            agent_tls,
+        ));
         info!(%url, "testbed serving");
         Ok(Self {
             url,
@@ -187,12 +225,29 @@ impl Testbed {
             tailnet: shared,
             drop_tailnet: drop_tx,
             stop: Some(stop_tx),
+            tls,
         })
     }
 
-    /// The deployment's access URL (`http://127.0.0.1:PORT/`).
+    /// The deployment's access URL (`http://127.0.0.1:PORT/`, or `https://` with TLS).
     pub fn url(&self) -> &url::Url {
         &self.url
+    }
+
+    /// The CA certificate (PEM) of an HTTPS testbed.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.ca_pem.as_str())
+    }
+
+    /// A file holding [`Self::ca_pem`] (for `SSL_CERT_FILE` or other processes); removed
+    /// when the testbed is dropped.
+    pub fn ca_file(&self) -> Option<&FsPath> {
+        self.tls.as_ref().map(|t| t.ca_file.as_path())
+    }
+
+    /// A client configuration that trusts this testbed (system roots plus its CA).
+    pub fn client_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.as_ref().map(|t| t.client.clone())
     }
 
     pub fn token(&self) -> String {
@@ -281,11 +336,15 @@ impl Testbed {
     /// The JSON line `codervpn testbed serve` prints.
     pub fn summary(&self) -> serde_json::Value {
         let d = self.deployment();
-        json!({
+        let mut v = json!({
             "url": self.url.as_str().trim_end_matches('/'),
             "token": d.token,
             "agents": d.agent_summaries(),
-        })
+        });
+        if let Some(path) = self.ca_file() {
+            v["ca_file"] = json!(path.display().to_string());
+        }
+        v
     }
 }
 

@@ -204,7 +204,15 @@ async fn wrong_token_fails_start_with_a_message_that_says_so() {
 
 /// A started tunnel (userspace) against `tb`, after its first PeerUpdate.
 async fn started(tb: &Testbed) -> (Manager, TailnetConnector, vpn::PeerUpdate) {
-    let connector = TailnetConnector::new(JoinOptions::default());
+    started_with(tb, JoinOptions::default()).await
+}
+
+/// [`started`] with join options.
+async fn started_with(
+    tb: &Testbed,
+    opts: JoinOptions,
+) -> (Manager, TailnetConnector, vpn::PeerUpdate) {
+    let connector = TailnetConnector::new(opts);
     let mut m = tunnel(connector.clone()).await;
     let r = tokio::time::timeout(T, m.client.start(start_request(tb)))
         .await
@@ -349,4 +357,54 @@ async fn stopped_then_started_workspace_is_deleted_then_upserted_and_reachable()
     );
     fetch_page(&connector, &agent.ip).await;
     assert!(m.client.stop().await.unwrap().success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_over_https_trusting_the_testbed_ca_serves_an_agent_page_through_derp_over_tls() {
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        tls: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(tb.url().scheme(), "https");
+    let trust =
+        codervpn_engine::net::tls::client_config_with_ca_file(tb.ca_file().unwrap()).unwrap();
+    let opts = JoinOptions {
+        tls: Some(trust),
+        ..JoinOptions::default()
+    };
+    let (m, connector, first) = started_with(&tb, opts).await;
+    assert_eq!(first.upserted_agents.len(), 1);
+    // The testbed speaks only TLS: the page came through WireGuard over DERP over TLS.
+    let agent = &tb.deployment().agent_summaries()[0];
+    let page = fetch_page(&connector, &agent.ip).await;
+    assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+    assert!(m.client.stop().await.unwrap().success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_without_the_ca_fails_start_naming_the_host_and_the_certificate_problem() {
+    let tb = Testbed::start(TestbedConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut m = tunnel(TailnetConnector::default()).await;
+    let r = tokio::time::timeout(T, m.client.start(start_request(&tb)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!r.success);
+    let host = format!("127.0.0.1:{}", tb.url().port().unwrap());
+    assert!(r.error_message.contains(&host), "{}", r.error_message);
+    assert!(
+        r.error_message
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "{}",
+        r.error_message
+    );
+    assert!(m.settings.try_recv().is_err(), "nothing applied");
 }

@@ -1,29 +1,26 @@
 //! The tokio shell around [`DerpClient`]: dials the server, performs the HTTP upgrade (or
 //! the WebSocket variant), runs the core over the stream, and reconnects with backoff when
-//! the connection drops (tailnet.md §11 "DERP transport", §13.3).
-//!
-//! TLS (`https`/`wss`) is not implemented yet; such URLs are refused with
-//! [`ConnectError::TlsUnsupported`].
+//! the connection drops (tailnet.md §11 "DERP transport", §13.3). `https`/`wss` URLs are
+//! dialed over rustls with the trust of [`crate::net::tls`] unless the caller brings its own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand_core::{OsRng, RngCore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tracing::{Instrument, debug, info_span, trace, warn};
 use url::Url;
 
 use super::client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
-use super::http::{self, HttpError};
+use super::dial::{self, Stream};
+use super::http::HttpError;
 use super::keys::{ClientInfo, NodePrivateKey, NodePublicKey};
 use super::transport::{Read, Timer, Transport};
+use crate::net::tls::TlsConfigError;
 
-/// Time allowed for TCP connect plus the HTTP (or WebSocket) upgrade.
+/// Time allowed for TCP connect, the TLS handshake (https) and the HTTP (or WebSocket)
+/// upgrade.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest reconnect delay (Go's magicsock: `backoff.NewBackoff(…, 5*time.Second)`).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -48,6 +45,12 @@ pub struct ConnectOptions {
     pub info: ClientInfo,
     /// Send note-preferred `0x01` after every (re)connect: this is the home region.
     pub preferred: bool,
+    /// Trust for `https`/`wss` URLs; `None` uses [`crate::net::tls::default_client_config`].
+    /// ALPN is always `http/1.1` only, whatever this configuration says.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name sent as SNI and checked against the certificate instead of the URL's host
+    /// (the node's `HostName` when dialing its `IPv4` literal, or its `CertName`).
+    pub server_name: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -56,6 +59,8 @@ impl Default for ConnectOptions {
             transport: DerpTransport::Upgrade,
             info: ClientInfo::default(),
             preferred: false,
+            tls: None,
+            server_name: None,
         }
     }
 }
@@ -63,8 +68,18 @@ impl Default for ConnectOptions {
 /// Failure to establish (or keep) a DERP connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("DERP URL {url} uses {scheme}, but TLS is not implemented yet (use http)")]
-    TlsUnsupported { url: String, scheme: String },
+    #[error("cannot set up TLS for DERP: {source}")]
+    TlsConfig {
+        #[source]
+        source: TlsConfigError,
+    },
+    #[error("TLS handshake with DERP server {name} at {addr} failed: {source}")]
+    Tls {
+        name: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("DERP URL {url} has an unsupported scheme (want http or https)")]
     BadScheme { url: String },
     #[error("cannot reach DERP server {addr}: {source}")]
@@ -228,7 +243,7 @@ pub async fn connect_with(
     })
 }
 
-type Conn = (Transport<TcpStream>, DerpClient);
+type Conn = (Transport<Stream>, DerpClient);
 
 struct Supervisor {
     url: Url,
@@ -321,126 +336,32 @@ impl Supervisor {
     }
 
     async fn dial_inner(&self) -> Result<Conn, ConnectError> {
-        let url_s = self.url.to_string();
-        match self.url.scheme() {
-            "http" | "ws" => {}
-            "https" | "wss" => {
-                return Err(ConnectError::TlsUnsupported {
-                    url: url_s,
-                    scheme: self.url.scheme().into(),
-                });
-            }
-            _ => return Err(ConnectError::BadScheme { url: url_s }),
-        }
-        let addr = http::host_header(&self.url).map_err(|source| ConnectError::Http {
-            url: url_s.clone(),
-            source,
-        })?;
-        let addr = if self.url.port().is_none() {
-            format!("{addr}:80")
-        } else {
-            addr
-        };
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .map_err(|source| ConnectError::Dial {
-                addr: addr.clone(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let mut config = ClientConfig {
-            info: self.options.info.clone(),
-            expected_server_key: None,
-        };
-        let (transport, leftover) = match self.options.transport {
-            DerpTransport::Upgrade => {
-                let (tcp, resp, leftover) = self.upgrade(tcp).await?;
-                config.expected_server_key = resp.server_key;
-                (Transport::stream(tcp), leftover)
-            }
-            DerpTransport::WebSocket => {
-                (Transport::websocket(self.websocket(tcp).await?), Vec::new())
-            }
-        };
+        let dialed = dial::open(
+            &self.url,
+            &self.headers,
+            &self.options,
+            self.options.transport,
+        )
+        .await?;
+        let transport = dialed.transport;
         debug!(transport = transport.kind(), "DERP connection upgraded");
+        let config = ClientConfig {
+            info: self.options.info.clone(),
+            expected_server_key: dialed.server_key,
+        };
         let now = Instant::now();
         let mut core = DerpClient::new(self.private_key.clone(), config, now);
         let protocol = |source| ConnectError::Protocol {
-            url: url_s.clone(),
+            url: self.url.to_string(),
             source,
         };
         if self.options.preferred {
             core.note_preferred(true).map_err(protocol)?;
         }
-        if !leftover.is_empty() {
-            core.handle_input(now, &leftover).map_err(protocol)?;
+        if !dialed.leftover.is_empty() {
+            core.handle_input(now, &dialed.leftover).map_err(protocol)?;
         }
         Ok((transport, core))
-    }
-
-    async fn upgrade(
-        &self,
-        mut tcp: TcpStream,
-    ) -> Result<(TcpStream, http::UpgradeResponse, Vec<u8>), ConnectError> {
-        let url = self.url.to_string();
-        let http_err = |source| ConnectError::Http {
-            url: url.clone(),
-            source,
-        };
-        let io_err = |source| ConnectError::Io {
-            url: url.clone(),
-            source,
-        };
-        let req = http::upgrade_request(&self.url, &self.headers).map_err(http_err)?;
-        tcp.write_all(&req).await.map_err(io_err)?;
-        let mut buf = Vec::with_capacity(1024);
-        let end = loop {
-            if let Some(end) = http::head_end(&buf) {
-                break end;
-            }
-            if buf.len() > http::MAX_HEAD_LEN {
-                return Err(http_err(HttpError::HeadTooLong));
-            }
-            if tcp.read_buf(&mut buf).await.map_err(io_err)? == 0 {
-                return Err(ConnectError::Eof { url: url.clone() });
-            }
-        };
-        let resp = http::parse_upgrade_response(&buf[..end], &buf[end..]).map_err(http_err)?;
-        Ok((tcp, resp, buf.split_off(end)))
-    }
-
-    async fn websocket(
-        &self,
-        tcp: TcpStream,
-    ) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, ConnectError> {
-        let url = self.url.to_string();
-        let ws_err = |e| ConnectError::WebSocket {
-            url: url.clone(),
-            source: Box::new(e),
-        };
-        let mut ws_url = self.url.clone();
-        let scheme = if self.url.scheme() == "http" {
-            "ws"
-        } else {
-            self.url.scheme()
-        };
-        let _ = ws_url.set_scheme(scheme);
-        let mut req = ws_url.as_str().into_client_request().map_err(ws_err)?;
-        for (name, value) in &self.headers {
-            let bad = || ConnectError::Http {
-                url: url.clone(),
-                source: HttpError::BadHeader { name: name.clone() },
-            };
-            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
-            let v = HeaderValue::from_str(value).map_err(|_| bad())?;
-            req.headers_mut().append(n, v);
-        }
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("derp"));
-        let (ws, _resp) = tokio_tungstenite::client_async(req, tcp)
-            .await
-            .map_err(ws_err)?;
-        Ok(ws)
     }
 
     /// Runs one connection until it fails or the caller is done.

@@ -13,11 +13,13 @@
 //! | [`table`] | [`RelayTable`]: who is connected, who is owed a peer-gone |
 //! | [`http`] | the HTTP/1.1 upgrade exchange, as bytes |
 //! | [`client`] | tokio shell: [`client::connect`], reconnects with backoff |
+//! | `dial` | one connection: TCP, TLS (`https`/`wss`), upgrade or WebSocket |
 //! | [`server`] | tokio shell: [`DerpServer`] (table task + a task per connection) |
 
 pub mod client;
 pub mod client_core;
 pub mod decoder;
+mod dial;
 pub mod frame;
 pub mod http;
 pub mod keys;

@@ -50,6 +50,9 @@ pub struct JoinOptions {
     pub socks5: Option<SocketAddr>,
     /// Owner timings (status interval, READY timeout, LOST timeout).
     pub timings: owner::OwnerTimings,
+    /// Trust for REST, the tailnet websocket and DERP over `https`; `None`: system roots
+    /// plus `SSL_CERT_FILE` ([`crate::net::tls::default_client_config`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for JoinOptions {
@@ -59,6 +62,7 @@ impl Default for JoinOptions {
             coderlan_alias: true,
             socks5: None,
             timings: owner::OwnerTimings::default(),
+            tls: None,
         }
     }
 }
@@ -148,7 +152,11 @@ async fn join(
     link: ManagerLink,
 ) -> Result<(TailnetSession, SessionHandles), String> {
     let deadline = tokio::time::Instant::now() + opts.first_dial_deadline;
-    let api = Api::new(&params.coder_url, &params.api_token, &params.headers)
+    let tls = match &opts.tls {
+        Some(c) => c.clone(),
+        None => crate::net::tls::default_client_config().map_err(|e| e.to_string())?,
+    };
+    let api = Api::new(&params.coder_url, &params.api_token, &params.headers, &tls)
         .map_err(|e| e.to_string())?;
     let me = api.me().await.map_err(|e| e.to_string())?;
     let info = api.connection_info().await.map_err(|e| e.to_string())?;
@@ -240,6 +248,7 @@ async fn join(
         headers: headers.clone(),
         key: key.to_bytes(),
         force_websockets: info.derp_force_websockets,
+        tls: Some(tls.clone()),
         wg: wg_tx.clone(),
         inbound: in_tx,
         stop: stop_rx.clone(),
@@ -249,6 +258,7 @@ async fn join(
     // The control plane.
     let dial = DialOptions {
         headers,
+        tls: Some(tls),
         ..Default::default()
     };
     let (ev_tx, ev_rx) = mpsc::channel(64);

@@ -2,6 +2,7 @@
 //! to a region (home or a peer's) in the background, handing the connection to the data
 //! plane once it is up.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codervpn_proto::tailnet::DerpMap;
@@ -73,6 +74,8 @@ pub struct RegionDialer {
     pub headers: Vec<(String, String)>,
     pub key: [u8; 32],
     pub force_websockets: bool,
+    /// Trust for `https` nodes (`None`: the default of [`crate::net::tls`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub wg: mpsc::Sender<WgCommand>,
     pub inbound: mpsc::Sender<RelayIn>,
     pub stop: watch::Receiver<bool>,
@@ -82,15 +85,15 @@ impl RegionDialer {
     /// Connects to `region` of `map` in the background, retrying with backoff until it
     /// works or the session stops, then adds it to the data plane.
     pub fn spawn(&self, map: &DerpMap, region: i64, home: bool) {
-        let Some(url) = map
+        let node = map
             .regions
             .get(&region)
-            .and_then(|r| r.nodes.iter().find(|n| !n.stun_only))
-            .and_then(derp_url)
-        else {
+            .and_then(|r| r.nodes.iter().find(|n| !n.stun_only));
+        let Some((url, node)) = node.and_then(|n| Some((derp_url(n)?, n))) else {
             warn!(region, "DERP region has no usable node");
             return;
         };
+        let server_name = (!node.cert_name.is_empty()).then(|| node.cert_name.clone());
         let d = self.clone();
         tokio::spawn(async move {
             let mut backoff = derp::client::Backoff::default();
@@ -104,6 +107,8 @@ impl RegionDialer {
                     },
                     info: ClientInfo::default(),
                     preferred: home,
+                    tls: d.tls.clone(),
+                    server_name: server_name.clone(),
                 };
                 let key = NodePrivateKey::from_bytes(d.key);
                 let attempt = tokio::select! {

@@ -1,14 +1,13 @@
 //! Dialing the tailnet websocket (tailnet.md §4.1): `GET <base>/api/v2/tailnet?version=2.3
-//! [&resume_token=…]` with the caller's headers, over TCP or rustls (ring provider; the
-//! system's root certificates via rustls-native-certs, or a caller-supplied
-//! `rustls::ClientConfig`), then a yamux client session as an [`RpcClient`]. An HTTP error
+//! [&resume_token=…]` with the caller's headers, over TCP or rustls (the shared trust of
+//! [`crate::net::tls`], or a caller-supplied `rustls::ClientConfig`), then a yamux client session as an [`RpcClient`]. An HTTP error
 //! answer to the upgrade is a [`DialError::Http`] with its status and body.
 //!
 //! Not here: HTTP proxies; the connect proof (a `403` with `Coder-Connect-Auth-Required` is
 //! reported like any other `403`).
 
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
@@ -54,33 +53,12 @@ impl Default for DialOptions {
     }
 }
 
-/// rustls with the ring provider and the system's root certificates, loaded once. No
-/// ALPN: the websocket upgrade is HTTP/1.1.
+/// The shared trust configuration ([`crate::net::tls::default_client_config`]: system roots
+/// plus `SSL_CERT_FILE`). No ALPN: the websocket upgrade is HTTP/1.1.
 pub fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, DialError> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let loaded = rustls_native_certs::load_native_certs();
-        let mut roots = rustls::RootCertStore::empty();
-        let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
-        if !loaded.errors.is_empty() {
-            tracing::debug!(errors = ?loaded.errors, "some system root certificates could not be loaded");
-        }
-        tracing::debug!(added, ignored, "system root certificates loaded");
-        if roots.is_empty() {
-            return Err(format!(
-                "no usable root certificates in the system store ({} errors)",
-                loaded.errors.len()
-            ));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-            .map_err(|e| e.to_string())
-    });
-    config
-        .clone()
-        .map_err(|reason| DialError::TlsConfig { reason })
+    crate::net::tls::default_client_config().map_err(|e| DialError::TlsConfig {
+        reason: e.to_string(),
+    })
 }
 
 impl std::fmt::Debug for DialOptions {
