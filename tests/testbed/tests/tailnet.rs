@@ -108,15 +108,37 @@ async fn derp_maps_resume_tokens_and_coordination_are_served() {
     assert!(token.token.starts_with("resume-"));
     assert_eq!(token.refresh_in.unwrap().seconds, 1800);
 
+    // The simulated agents register with the coordinator as they come up.
+    let agents = tb.deployment().workspaces.len();
+    tokio::time::timeout(T, async {
+        while tb.coordinator().agents() < agents {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
     let mut coord = client.coordinate().await.unwrap();
     let agent = tb.deployment().workspaces[0].agents[0].id.0.to_vec();
     coord
         .send(&CoordinateRequest {
-            add_tunnel: Some(coordinate_request::Tunnel { id: agent }),
+            add_tunnel: Some(coordinate_request::Tunnel { id: agent.clone() }),
             ..Default::default()
         })
         .await
         .unwrap();
+    // The agent's node comes back at once (kind NODE), with a 34-byte `np` key.
+    let resp = tokio::time::timeout(T, coord.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let update = &resp.peer_updates[0];
+    assert_eq!(update.id, agent);
+    assert_eq!(update.kind, 1, "NODE");
+    let node = update.node.as_ref().unwrap();
+    assert_eq!(&node.key[..2], b"np");
+    assert_eq!(node.key.len(), 34);
+    assert_eq!(i64::from(node.preferred_derp), EMBEDDED_REGION_ID);
     coord
         .send(&CoordinateRequest {
             disconnect: Some(Default::default()),
