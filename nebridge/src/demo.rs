@@ -183,25 +183,8 @@ fn free_loopback_port() -> anyhow::Result<SocketAddr> {
 }
 
 fn describe_settings(s: &vpn::NetworkSettingsRequest) {
-    if let Some(v6) = &s.ipv6_settings {
-        let routes: Vec<String> = v6
-            .included_routes
-            .iter()
-            .map(|r| format!("{}/{}", r.destination, r.prefix_length))
-            .collect();
-        eprintln!(
-            "  tunnel asks for address {} and route {} (MTU {})",
-            v6.addrs.join(", "),
-            routes.join(", "),
-            s.mtu
-        );
-    }
-    if let Some(d) = &s.dns_settings {
-        eprintln!(
-            "  tunnel asks for DNS server {} for domains {}",
-            d.servers.join(", "),
-            d.match_domains.join(", ")
-        );
+    for line in codervpn_nebridge::settings::describe(s) {
+        eprintln!("  {line}");
     }
 }
 

@@ -375,25 +375,8 @@ async fn cleanup(net: &Option<Arc<tokio::sync::Mutex<(LinuxNetworkConfig, Networ
 }
 
 fn describe(s: &vpn::NetworkSettingsRequest) {
-    if let Some(v6) = &s.ipv6_settings {
-        let routes: Vec<String> = v6
-            .included_routes
-            .iter()
-            .map(|r| format!("{}/{}", r.destination, r.prefix_length))
-            .collect();
-        eprintln!(
-            "  address {} route {} mtu {}",
-            v6.addrs.join(", "),
-            routes.join(", "),
-            s.mtu
-        );
-    }
-    if let Some(d) = &s.dns_settings {
-        eprintln!(
-            "  DNS {} for {}",
-            d.servers.join(", "),
-            d.match_domains.join(", ")
-        );
+    for line in codervpn_nebridge::settings::describe(s) {
+        eprintln!("  {line}");
     }
 }
 
