@@ -94,6 +94,7 @@ pub struct Testbed {
     bodies_served: BodyCounts,
     derp: derp::DerpSlot,
     derp_key: NodePrivateKey,
+    relay_loss: Mutex<f64>,
     coordinator: coord::Coordinator,
     tailnet: Arc<tailnet::TailnetShared>,
     drop_tailnet: watch::Sender<u64>,
@@ -221,6 +222,7 @@ impl Testbed {
             bodies_served,
             derp,
             derp_key,
+            relay_loss: Mutex::new(0.0),
             coordinator,
             tailnet: shared,
             drop_tailnet: drop_tx,
@@ -281,10 +283,19 @@ impl Testbed {
         self.drop_tailnet.send_modify(|g| *g += 1);
     }
 
+    /// Fault: the relay drops this fraction (0.0–1.0) of the packets it relays, at
+    /// random (survives [`Self::restart_derp`]).
+    pub fn set_relay_loss(&self, fraction: f64) {
+        *self.relay_loss.lock().unwrap_or_else(|p| p.into_inner()) = fraction;
+        self.derp.current().set_drop_fraction(fraction);
+    }
+
     /// Fault: restarts the DERP relay: every relay connection is closed and a fresh relay
     /// with the same key takes over `/derp`.
     pub async fn restart_derp(&self) {
-        let old = self.derp.replace(DerpServer::new(self.derp_key.clone()));
+        let next = DerpServer::new(self.derp_key.clone());
+        next.set_drop_fraction(*self.relay_loss.lock().unwrap_or_else(|p| p.into_inner()));
+        let old = self.derp.replace(next);
         old.close().await;
     }
 

@@ -408,3 +408,44 @@ async fn https_without_the_ca_fails_start_naming_the_host_and_the_certificate_pr
     );
     assert!(m.settings.try_recv().is_err(), "nothing applied");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_complete_intact_when_the_relay_drops_packets() {
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (m, connector, _) = started(&tb).await;
+    let agent = &tb.deployment().agent_summaries()[0];
+    fetch_page(&connector, &agent.ip).await;
+    tb.set_relay_loss(0.05);
+    let stack = connector.stack().unwrap();
+    let ip: std::net::IpAddr = agent.ip.parse().unwrap();
+    let echo = stack.connect((ip, ECHO_PORT).into()).await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut rd, mut wr) = tokio::io::split(echo);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&sent).await.unwrap();
+        wr.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(90), rd.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert!(
+        back == data,
+        "altered under loss ({} bytes back)",
+        back.len()
+    );
+    assert!(
+        tb.derp().dropped_by_fault() > 0,
+        "the fault dropped nothing"
+    );
+    tb.set_relay_loss(0.0);
+    assert!(m.client.stop().await.unwrap().success);
+}

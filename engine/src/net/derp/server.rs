@@ -82,6 +82,10 @@ struct Inner {
     table: mpsc::Sender<TableCmd>,
     routes: watch::Receiver<Arc<Routes>>,
     next_conn: AtomicU64,
+    /// Fault injection: relayed packets dropped per 2^32 (0 = none).
+    drop_per_2_32: std::sync::atomic::AtomicU32,
+    /// Packets dropped by that fault.
+    dropped_by_fault: AtomicU64,
 }
 
 impl DerpServer {
@@ -103,6 +107,8 @@ impl DerpServer {
                 table: table_tx,
                 routes: routes_rx,
                 next_conn: AtomicU64::new(1),
+                drop_per_2_32: std::sync::atomic::AtomicU32::new(0),
+                dropped_by_fault: AtomicU64::new(0),
             }),
         }
     }
@@ -246,6 +252,18 @@ impl DerpServer {
             .map_err(|_| ServeError::ServerClosed)
     }
 
+    /// Fault injection for tests: drop this fraction (0.0–1.0) of the packets clients
+    /// send through the relay, at random.
+    pub fn set_drop_fraction(&self, fraction: f64) {
+        let v = (fraction.clamp(0.0, 1.0) * f64::from(u32::MAX)) as u32;
+        self.inner.drop_per_2_32.store(v, Ordering::Relaxed);
+    }
+
+    /// Packets dropped by [`Self::set_drop_fraction`] so far.
+    pub fn dropped_by_fault(&self) -> u64 {
+        self.inner.dropped_by_fault.load(Ordering::Relaxed)
+    }
+
     /// The connected clients, ordered by connection number.
     pub async fn clients(&self) -> Result<Vec<ClientSummary>, ServeError> {
         let (reply, rx) = oneshot::channel();
@@ -378,6 +396,11 @@ impl DerpServer {
             }
             ServerConnEvent::SendPacket { dst, packet } => {
                 let Some(src) = st.key else { return Ok(()) };
+                let drop = self.inner.drop_per_2_32.load(Ordering::Relaxed);
+                if drop > 0 && OsRng.next_u32() < drop {
+                    self.inner.dropped_by_fault.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 let route = {
                     let routes = self.inner.routes.borrow();
                     routes.map.get(&dst).map(|r| {
