@@ -8,6 +8,9 @@
 //! - `derp_relay/tcp_echo_round_trip_1200B`: the same exchange over one plain loopback TCP
 //!   echo, for what the relay adds.
 //!
+//! - `…_via_testbed`: the same two measurements through the testbed's `/derp` endpoint
+//!   (axum and hyper's upgrade in front of the same relay), what tests and the demo use.
+//!
 //! `cargo bench -p codervpn-benches --bench derp -- --warm-up-time 1 --measurement-time 5`
 //!
 //! 2026-11-26, 2-vCPU dev machine with other sessions' builds running (load ≈ 4.5), medians
@@ -25,6 +28,7 @@ use bytes::Bytes;
 use codervpn_engine::net::derp::{
     ClientEvent, DerpEvent, DerpHandle, DerpServer, NodePrivateKey, NodePublicKey, connect,
 };
+use codervpn_testbed::{Testbed, TestbedConfig};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,19 +55,36 @@ async fn connected(url: &url::Url) -> (DerpHandle, mpsc::Receiver<DerpEvent>) {
     }
 }
 
-async fn setup() -> Pair {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = url::Url::parse(&format!("http://{}/derp", listener.local_addr().unwrap())).unwrap();
-    let server = DerpServer::new(NodePrivateKey::generate());
-    tokio::spawn(async move { server.listen(listener).await });
+/// Two connected clients: through a bare `DerpServer` on loopback, or through the
+/// testbed's `/derp` (axum + hyper upgrade in front of the same relay).
+async fn setup(testbed: bool) -> (Pair, Option<Testbed>) {
+    let (url, tb) = if testbed {
+        let tb = Testbed::start(TestbedConfig {
+            workspaces: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        (tb.url().join("derp").unwrap(), Some(tb))
+    } else {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url =
+            url::Url::parse(&format!("http://{}/derp", listener.local_addr().unwrap())).unwrap();
+        let server = DerpServer::new(NodePrivateKey::generate());
+        tokio::spawn(async move { server.listen(listener).await });
+        (url, None)
+    };
     let (a, a_events) = connected(&url).await;
     let (b, b_events) = connected(&url).await;
-    Pair {
-        a,
-        a_events,
-        b,
-        b_events,
-    }
+    (
+        Pair {
+            a,
+            a_events,
+            b,
+            b_events,
+        },
+        tb,
+    )
 }
 
 async fn next_packet(events: &mut mpsc::Receiver<DerpEvent>) -> (NodePublicKey, Bytes) {
@@ -81,72 +102,77 @@ fn relay(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
 
-    // Throughput: B counts arrivals; A keeps at most WINDOW packets in flight.
-    let Pair { a, b, b_events, .. } = rt.block_on(setup());
-    let received = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(Notify::new());
-    {
-        let (received, progress) = (received.clone(), progress.clone());
-        let mut b_events = b_events;
-        rt.spawn(async move {
-            while let Some(e) = b_events.recv().await {
-                if let DerpEvent::Relay(ClientEvent::Packet { .. }) = e {
-                    received.fetch_add(1, Ordering::Release);
-                    progress.notify_one();
+    for (variant, testbed) in [("", false), ("_via_testbed", true)] {
+        // Throughput: B counts arrivals; A keeps at most WINDOW packets in flight.
+        let (Pair { a, b, b_events, .. }, _tb) = rt.block_on(setup(testbed));
+        let received = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Notify::new());
+        {
+            let (received, progress) = (received.clone(), progress.clone());
+            let mut b_events = b_events;
+            rt.spawn(async move {
+                while let Some(e) = b_events.recv().await {
+                    if let DerpEvent::Relay(ClientEvent::Packet { .. }) = e {
+                        received.fetch_add(1, Ordering::Release);
+                        progress.notify_one();
+                    }
                 }
-            }
-        });
-    }
-    let payload = Bytes::from(vec![0xa5u8; PACKET]);
-    let mut sent = 0u64;
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("throughput_1200B", |bench| {
-        bench.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                let target = sent + iters;
-                while sent < target {
-                    while sent - received.load(Ordering::Acquire) >= WINDOW {
+            });
+        }
+        let payload = Bytes::from(vec![0xa5u8; PACKET]);
+        let mut sent = 0u64;
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("throughput_1200B{variant}"), |bench| {
+            bench.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    let target = sent + iters;
+                    while sent < target {
+                        while sent - received.load(Ordering::Acquire) >= WINDOW {
+                            progress.notified().await;
+                        }
+                        a.send(b.public_key(), payload.clone()).await.unwrap();
+                        sent += 1;
+                    }
+                    while received.load(Ordering::Acquire) < target {
                         progress.notified().await;
                     }
-                    a.send(b.public_key(), payload.clone()).await.unwrap();
-                    sent += 1;
-                }
-                while received.load(Ordering::Acquire) < target {
-                    progress.notified().await;
-                }
-                start.elapsed()
+                    start.elapsed()
+                })
             })
-        })
-    });
-    drop((a, b));
+        });
+        drop((a, b));
 
-    // Round trip: B echoes every packet back to its sender.
-    let Pair {
-        a,
-        mut a_events,
-        b,
-        mut b_events,
-    } = rt.block_on(setup());
-    let b_key = b.public_key();
-    rt.spawn(async move {
-        loop {
-            let (from, data) = next_packet(&mut b_events).await;
-            b.send(from, data).await.unwrap();
-        }
-    });
-    g.bench_function("round_trip_1200B", |bench| {
-        bench.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    a.send(b_key, payload.clone()).await.unwrap();
-                    next_packet(&mut a_events).await;
-                }
-                start.elapsed()
+        // Round trip: B echoes every packet back to its sender.
+        let (
+            Pair {
+                a,
+                mut a_events,
+                b,
+                mut b_events,
+            },
+            _tb2,
+        ) = rt.block_on(setup(testbed));
+        let b_key = b.public_key();
+        rt.spawn(async move {
+            loop {
+                let (from, data) = next_packet(&mut b_events).await;
+                b.send(from, data).await.unwrap();
+            }
+        });
+        g.bench_function(format!("round_trip_1200B{variant}"), |bench| {
+            bench.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        a.send(b_key, payload.clone()).await.unwrap();
+                        next_packet(&mut a_events).await;
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
+        });
+    }
 
     // Baseline: one loopback TCP echo of the same size.
     let (mut tcp, _echo) = rt.block_on(async {
