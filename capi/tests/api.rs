@@ -104,3 +104,68 @@ fn version_names_the_crate_and_the_coder_release() {
         "{v}"
     );
 }
+
+unsafe extern "C" fn refuse_settings(
+    _ctx: *mut std::ffi::c_void,
+    _request: *const u8,
+    _request_len: usize,
+    error: *mut std::ffi::c_char,
+    error_len: usize,
+) -> i32 {
+    let msg = b"no routes for you\0";
+    assert!(error_len >= msg.len());
+    unsafe { ptr::copy_nonoverlapping(msg.as_ptr().cast(), error, msg.len()) };
+    7
+}
+
+#[test]
+fn refused_network_settings_fail_the_start_with_the_hosts_message() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let testbed = rt
+        .block_on(Testbed::start(TestbedConfig::default()))
+        .unwrap();
+    let url = CString::new(testbed.url().as_str()).unwrap();
+    let token = CString::new(testbed.token()).unwrap();
+    let callbacks = codervpn_callbacks {
+        network_settings: Some(refuse_settings),
+        ..no_callbacks()
+    };
+    let mut session = ptr::null_mut();
+
+    let rc = unsafe {
+        codervpn_start(
+            &config(&url, &token),
+            -1,
+            callbacks,
+            ptr::null_mut(),
+            &mut session,
+        )
+    };
+
+    assert_eq!(rc, CODERVPN_ERR_START_FAILED, "{}", last_error());
+    assert!(session.is_null());
+    assert!(
+        last_error().contains("no routes for you"),
+        "{}",
+        last_error()
+    );
+}
+
+#[test]
+fn stop_from_a_tokio_thread_is_refused_and_the_session_stays_valid() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let testbed = rt
+        .block_on(Testbed::start(TestbedConfig::default()))
+        .unwrap();
+    let url = CString::new(testbed.url().as_str()).unwrap();
+    let token = CString::new(testbed.token()).unwrap();
+    let (rc, session) = start(&config(&url, &token));
+    assert_eq!(rc, CODERVPN_OK, "{}", last_error());
+    let addr = session as usize;
+
+    let refused = rt.block_on(async { unsafe { codervpn_stop(addr as *mut codervpn_session) } });
+    let stopped = unsafe { codervpn_stop(session) };
+
+    assert_eq!(refused, CODERVPN_ERR_WRONG_THREAD);
+    assert_eq!(stopped, CODERVPN_OK, "{}", last_error());
+}
