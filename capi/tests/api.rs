@@ -42,13 +42,20 @@ fn start(cfg: &codervpn_config) -> (i32, *mut codervpn_session) {
     (rc, session)
 }
 
-#[test]
-fn rejected_token_fails_the_start_with_the_reason() {
+/// A testbed on its own runtime, with its URL and token as C strings.
+fn testbed() -> (tokio::runtime::Runtime, Testbed, CString, CString) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let testbed = rt
         .block_on(Testbed::start(TestbedConfig::default()))
         .unwrap();
     let url = CString::new(testbed.url().as_str()).unwrap();
+    let token = CString::new(testbed.token()).unwrap();
+    (rt, testbed, url, token)
+}
+
+#[test]
+fn rejected_token_fails_the_start_with_the_reason() {
+    let (_rt, _testbed, url, _) = testbed();
     let token = CString::new("not-the-token").unwrap();
 
     let (rc, session) = start(&config(&url, &token));
@@ -120,12 +127,7 @@ unsafe extern "C" fn refuse_settings(
 
 #[test]
 fn refused_network_settings_fail_the_start_with_the_hosts_message() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let testbed = rt
-        .block_on(Testbed::start(TestbedConfig::default()))
-        .unwrap();
-    let url = CString::new(testbed.url().as_str()).unwrap();
-    let token = CString::new(testbed.token()).unwrap();
+    let (_rt, _testbed, url, token) = testbed();
     let callbacks = codervpn_callbacks {
         network_settings: Some(refuse_settings),
         ..no_callbacks()
@@ -153,12 +155,7 @@ fn refused_network_settings_fail_the_start_with_the_hosts_message() {
 
 #[test]
 fn stop_from_a_tokio_thread_is_refused_and_the_session_stays_valid() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let testbed = rt
-        .block_on(Testbed::start(TestbedConfig::default()))
-        .unwrap();
-    let url = CString::new(testbed.url().as_str()).unwrap();
-    let token = CString::new(testbed.token()).unwrap();
+    let (rt, _testbed, url, token) = testbed();
     let (rc, session) = start(&config(&url, &token));
     assert_eq!(rc, CODERVPN_OK, "{}", last_error());
     let addr = session as usize;
