@@ -35,7 +35,7 @@ pub extern "C" fn OpenTunnel(read_fd: i32, write_fd: i32) -> i32 {
 fn open_tunnel(read_fd: RawFd, write_fd: RawFd) -> i32 {
     pin_image();
     ignore_sigpipe_if_default();
-    init_logging();
+    crate::logs::install_subscriber();
     let Ok(read) = dup(read_fd) else {
         return ERR_DUP_READ_FD;
     };
@@ -156,7 +156,7 @@ fn pin_image() {
 
 /// A write to a closed pipe must be an EPIPE error, not a process-killing SIGPIPE. Like
 /// Go's c-shared runtime, leave a disposition the host chose alone.
-fn ignore_sigpipe_if_default() {
+pub fn ignore_sigpipe_if_default() {
     // SAFETY: querying and then setting the SIGPIPE disposition; `old` is plain data.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
@@ -166,25 +166,4 @@ fn ignore_sigpipe_if_default() {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         }
     }
-}
-
-/// Installs the manager log forwarder (and stderr output when `CODERVPN_LOG` is set) as
-/// this image's subscriber, once.
-fn init_logging() {
-    use tracing_subscriber::prelude::*;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let stderr = std::env::var("CODERVPN_LOG").ok().map(|filter| {
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(tracing_subscriber::EnvFilter::new(filter))
-        });
-        let _ = tracing_subscriber::registry()
-            .with(
-                crate::logs::ManagerLogLayer
-                    .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
-            )
-            .with(stderr)
-            .try_init();
-    });
 }

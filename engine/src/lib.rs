@@ -5,10 +5,12 @@
 //! - [`session`]: joining a Coder deployment (the control plane).
 //! - [`net`]: the data plane (today: DERP relays).
 //! - [`logs`]: forwarding `tracing` records to the manager as `Log` messages.
+//! - [`embedded`]: the manager side of an in-process tunnel, over the CoderVPN protocol.
 //! - [`ffi`]: the `OpenTunnel(readFD, writeFD)` export that makes this crate a drop-in for
 //!   Coder's Go dylib.
 
 pub mod device;
+pub mod embedded;
 pub mod ffi;
 pub mod logs;
 pub mod net;

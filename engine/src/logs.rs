@@ -66,6 +66,26 @@ fn sink(id: u64) -> Option<Handle<TunnelSide>> {
     sinks.as_ref()?.get(&id).cloned()
 }
 
+/// Installs [`ManagerLogLayer`] (DEBUG and above) as the process's subscriber, plus
+/// stderr output filtered by `CODERVPN_LOG` when it is set; once, and only when no
+/// subscriber was installed before (a host's own stays). For the C entry points, whose
+/// hosts have no `tracing` of their own.
+pub fn install_subscriber() {
+    use tracing_subscriber::prelude::*;
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let stderr = std::env::var("CODERVPN_LOG").ok().map(|filter| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(tracing_subscriber::EnvFilter::new(filter))
+        });
+        let _ = tracing_subscriber::registry()
+            .with(ManagerLogLayer.with_filter(tracing_subscriber::filter::LevelFilter::DEBUG))
+            .with(stderr)
+            .try_init();
+    });
+}
+
 /// The layer to install in the process's subscriber.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ManagerLogLayer;
