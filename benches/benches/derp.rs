@@ -102,6 +102,7 @@ fn relay(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
 
+    let payload = Bytes::from(vec![0xa5u8; PACKET]);
     for (variant, testbed) in [("", false), ("_via_testbed", true)] {
         // Throughput: B counts arrivals; A keeps at most WINDOW packets in flight.
         let (Pair { a, b, b_events, .. }, _tb) = rt.block_on(setup(testbed));
