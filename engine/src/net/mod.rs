@@ -12,6 +12,7 @@ pub mod dns_tcp;
 pub mod packet_queues;
 pub mod relay;
 pub mod runner;
+pub mod stun;
 pub mod tls;
 pub mod udp;
 pub mod udp_batch;
