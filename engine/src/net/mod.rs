@@ -7,6 +7,7 @@
 //! - [`tls`]: the one TLS trust configuration (system roots plus `SSL_CERT_FILE`).
 
 pub mod derp;
+pub mod disco;
 pub mod dns_intercept;
 pub mod dns_tcp;
 pub mod packet_queues;
