@@ -182,7 +182,8 @@ impl PeerPaths {
         self.note_path(now);
     }
 
-    /// A ping arrived: answer it the way it came; a UDP source becomes a candidate.
+    /// A ping arrived: answer it the way it came; a UDP source becomes a candidate and is
+    /// pinged back if a round of pings is wanted.
     pub fn handle_ping(&mut self, now: Instant, from: Via, ping: &Ping) {
         self.stats.pings_received += 1;
         let src = match from {
@@ -200,7 +201,8 @@ impl PeerPaths {
             tx_id: ping.tx_id,
             src,
         });
-        self.note_path(now);
+        // The peer is already pinging us: no call-me-maybe needed.
+        self.run(now, false);
     }
 
     /// A pong arrived. Returns whether it answered a ping in flight; other pongs (late,

@@ -9,6 +9,11 @@ use super::path::*;
 const A: &str = "198.51.100.1:41641";
 const B: &str = "10.0.0.2:41641";
 const DERP: &str = "127.3.3.40:1";
+/// A ping from the peer (old clients send no node key).
+const PING: Ping = Ping {
+    tx_id: [4; 12],
+    node_key: None,
+};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -270,12 +275,8 @@ fn call_me_maybe_adds_endpoints_and_pings_them_without_answering_in_kind() {
 fn ping_is_answered_the_way_it_came_and_its_source_becomes_a_candidate() {
     let t0 = Instant::now();
     let mut p = PeerPaths::new(PathConfig::default());
-    let ping = Ping {
-        tx_id: [4; 12],
-        node_key: None,
-    };
-    p.handle_ping(t0, Via::Udp(addr(A)), &ping);
-    p.handle_ping(t0, Via::Derp(addr(DERP)), &ping);
+    p.handle_ping(t0, Via::Udp(addr(A)), &PING);
+    p.handle_ping(t0, Via::Derp(addr(DERP)), &PING);
     let (_, others) = drain(&mut p);
     assert_eq!(
         others,
@@ -296,6 +297,17 @@ fn ping_is_answered_the_way_it_came_and_its_source_becomes_a_candidate() {
 }
 
 #[test]
+fn ping_from_a_new_endpoint_is_pinged_back_and_can_confirm_it() {
+    let t0 = Instant::now();
+    let mut p = PeerPaths::new(PathConfig::default());
+    p.handle_ping(t0, Via::Udp(addr(A)), &PING);
+    let (pings, others) = drain(&mut p);
+    assert!(matches!(others.as_slice(), [Transmit::Pong { .. }]));
+    assert!(pong(&mut p, t0 + ms(15), A, tx_for(&pings, A)));
+    assert!(matches!(p.best_path(t0 + ms(15)), Path::Direct { addr: a, .. } if a == addr(A)));
+}
+
+#[test]
 fn disable_direct_never_pings_over_udp_nor_goes_direct() {
     let t0 = Instant::now();
     let mut p = PeerPaths::new(PathConfig {
@@ -304,14 +316,7 @@ fn disable_direct_never_pings_over_udp_nor_goes_direct() {
     });
     p.set_node_endpoints(t0, &[addr(A)]);
     p.handle_call_me_maybe(t0, &[addr(B)]);
-    p.handle_ping(
-        t0,
-        Via::Udp(addr(A)),
-        &Ping {
-            tx_id: [1; 12],
-            node_key: None,
-        },
-    );
+    p.handle_ping(t0, Via::Udp(addr(A)), &PING);
     let (pings, others) = drain(&mut p);
     assert!(pings.is_empty());
     // Pings are still answered (upstream does too); only our own path stays on DERP.
