@@ -7,11 +7,13 @@
 //! - [`tls`]: the one TLS trust configuration (system roots plus `SSL_CERT_FILE`).
 
 pub mod derp;
+pub mod disco;
 pub mod dns_intercept;
 pub mod dns_tcp;
 pub mod packet_queues;
 pub mod relay;
 pub mod runner;
+pub mod stun;
 pub mod tls;
 pub mod udp;
 pub mod udp_batch;

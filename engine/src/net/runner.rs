@@ -15,8 +15,10 @@ use std::sync::Arc;
 use codervpn_dns::SharedZone;
 
 use super::derp::{DerpHandle, NodePublicKey};
+use super::disco;
 use super::dns_intercept::{DnsIntercept, Intercepted};
 use super::relay::{self, Relay, RelayCounters, RelayIn};
+use super::stun;
 use super::udp::Udp;
 use super::udp_batch::{self, SendBatch};
 use super::wg::{Counters, Emit, PeerConfig, PeerSet, PeerStats};
@@ -59,6 +61,37 @@ pub struct WgStats {
     pub device_write_failed: u64,
     /// Relayed packets that went nowhere.
     pub relay: RelayCounters,
+    /// Datagrams that were not WireGuard and were not handed to it.
+    pub not_wireguard: NotWireGuard,
+}
+
+/// Disco and STUN packets arriving on the WireGuard paths (UDP or DERP). Nothing answers
+/// them yet (issue #8: the disco path state machine is not wired in); they are counted and
+/// dropped rather than counted as WireGuard garbage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotWireGuard {
+    /// Packets that look like disco (`TS💬` magic, 62-byte header), by UDP or DERP.
+    pub disco: u64,
+    /// STUN packets on the UDP socket.
+    pub stun: u64,
+}
+
+impl NotWireGuard {
+    /// Counts `datagram` and returns true when it is disco or STUN (upstream magicsock
+    /// checks STUN first, then disco, then hands the rest to WireGuard).
+    fn claim(&mut self, datagram: &[u8]) -> bool {
+        if stun::is_stun(datagram) {
+            self.stun += 1;
+            trace!(len = datagram.len(), "STUN packet dropped");
+            true
+        } else if disco::looks_like_disco(datagram) {
+            self.disco += 1;
+            trace!(len = datagram.len(), "disco packet dropped");
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// What the data plane does besides WireGuard.
@@ -100,6 +133,7 @@ pub async fn run<D: Device>(
         device_write_failed: 0,
         relay,
     };
+    let mut not_wg = NotWireGuard::default();
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -142,7 +176,9 @@ pub async fn run<D: Device>(
                         Ok((n, from, segment)) => {
                             trace!(%from, len = n, segment, "datagrams");
                             for datagram in net_buf[..n].chunks(segment) {
-                                peers.decapsulate(from, datagram, &mut out, &mut |e| outbox.emit(&device, e));
+                                if !not_wg.claim(datagram) {
+                                    peers.decapsulate(from, datagram, &mut out, &mut |e| outbox.emit(&device, e));
+                                }
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -156,7 +192,10 @@ pub async fn run<D: Device>(
                 let mut next = Some(first);
                 let mut n = 0;
                 while let Some(RelayIn { from, data, .. }) = next {
-                    if let Some(src) = outbox.relay.as_mut().and_then(|r| r.source(&from)) {
+                    if disco::looks_like_disco(&data) {
+                        not_wg.disco += 1;
+                        trace!(from = %from.short(), "relayed disco packet dropped");
+                    } else if let Some(src) = outbox.relay.as_mut().and_then(|r| r.source(&from)) {
                         peers.decapsulate(src, &data, &mut out, &mut |e| outbox.emit(&device, e));
                     }
                     n += 1;
@@ -201,6 +240,7 @@ pub async fn run<D: Device>(
                         udp_send_failed: outbox.udp_send_failed,
                         device_write_failed: outbox.device_write_failed,
                         relay: outbox.relay.as_ref().map(|r| r.counters().clone()).unwrap_or_default(),
+                        not_wireguard: not_wg,
                     });
                 }
                 None => {}
