@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             command: DaemonCommand::Run(args),
         } => daemon::run(args),
         Command::Up(args) => {
-            init_cli_logging();
+            init_up_logging();
             up::run(args)
         }
         Command::Demo(args) => {
@@ -132,6 +132,31 @@ fn main() -> anyhow::Result<()> {
 /// Logs to stderr for foreground commands (`CODERVPN_LOG` sets the filter, default info).
 fn init_cli_logging() {
     init_cli_logging_default("info");
+}
+
+/// `codervpn up` logs to stderr and, where systemd's journal is running, to journald too
+/// (the tunnel's own Log frames included; secrets are never logged).
+fn init_up_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("CODERVPN_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let journald = std::path::Path::new("/run/systemd/journal/socket")
+        .exists()
+        .then(tracing_journald::layer)
+        .and_then(Result::ok)
+        .map(|l| {
+            l.with_syslog_identifier("codervpn".into())
+                .with_filter(filter())
+        });
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(journald)
+        .init();
 }
 
 /// [`init_cli_logging`] with another default filter.

@@ -362,7 +362,37 @@ async fn launch(
             .await?
         }
     };
-    Ok((embedded::drive(conn, on_settings), Some(host)))
+    let handlers = embedded::Handlers {
+        on_settings,
+        on_log: Some(Box::new(forward_tunnel_log)),
+    };
+    Ok((embedded::drive_with(conn, handlers), Some(host)))
+}
+
+/// A compat tunnel's `Log` frames into our log (and so to stderr and the journal), at
+/// their level (codervpn-protocol.md §9), under the target `tunnel`.
+fn forward_tunnel_log(l: vpn::Log) {
+    use vpn::log::Level;
+    let fields: Vec<String> = l
+        .fields
+        .iter()
+        .map(|f| format!("{}={}", f.name, f.value))
+        .collect();
+    let names = l.logger_names.join(".");
+    match Level::try_from(l.level).unwrap_or(Level::Info) {
+        Level::Debug => {
+            tracing::debug!(target: "tunnel", logger = %names, fields = %fields.join(" "), "{}", l.message)
+        }
+        Level::Info => {
+            tracing::info!(target: "tunnel", logger = %names, fields = %fields.join(" "), "{}", l.message)
+        }
+        Level::Warn => {
+            tracing::warn!(target: "tunnel", logger = %names, fields = %fields.join(" "), "{}", l.message)
+        }
+        Level::Error | Level::Critical | Level::Fatal => {
+            tracing::error!(target: "tunnel", logger = %names, fields = %fields.join(" "), "{}", l.message)
+        }
+    }
 }
 
 async fn cleanup(net: &Option<Arc<tokio::sync::Mutex<(LinuxNetworkConfig, NetworkSettings)>>>) {
