@@ -28,6 +28,7 @@ pub enum ManagerError {
 }
 
 /// Requests a manager makes of a tunnel.
+#[derive(Clone)]
 pub struct ManagerClient {
     handle: Handle<ManagerSide>,
 }

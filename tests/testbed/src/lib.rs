@@ -166,6 +166,7 @@ impl Testbed {
             coordinator: coordinator.clone(),
             tokens: Default::default(),
             resumed: Default::default(),
+            unavailable: Default::default(),
         });
         let (drop_tx, drop_rx) = watch::channel(0u64);
         let state = AppState {
@@ -275,6 +276,13 @@ impl Testbed {
         self.tailnet
             .resumed
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fault: while set, `/api/v2/tailnet` answers 503 (a transient failure clients retry).
+    pub fn set_tailnet_unavailable(&self, unavailable: bool) {
+        self.tailnet
+            .unavailable
+            .store(unavailable, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Fault: closes every tailnet (`/api/v2/tailnet`) connection at once. Clients redial,
@@ -503,6 +511,17 @@ async fn tailnet_upgrade(
 ) -> Response {
     if let Err(e) = authorize(&state, req.headers()) {
         return e.into_response();
+    }
+    if state
+        .tailnet
+        .unavailable
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return coder_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The tailnet coordinator is unavailable.",
+            "testbed fault: set_tailnet_unavailable",
+        );
     }
     let version = query.get("version").map(String::as_str).unwrap_or("");
     let supported = version

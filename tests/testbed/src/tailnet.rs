@@ -34,6 +34,8 @@ pub(crate) struct TailnetShared {
     pub(crate) tokens: Mutex<HashMap<String, (PeerId, SystemTime)>>,
     /// Connections that presented a resume token we honoured.
     pub(crate) resumed: std::sync::atomic::AtomicU64,
+    /// Fault: answer tailnet upgrades with 503.
+    pub(crate) unavailable: std::sync::atomic::AtomicBool,
 }
 
 /// Why a resume token was not honoured.

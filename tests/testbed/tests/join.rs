@@ -449,3 +449,50 @@ async fn transfers_complete_intact_when_the_relay_drops_packets() {
     tb.set_relay_loss(0.0);
     assert!(m.client.stop().await.unwrap().success);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_gives_up_at_its_deadline_with_the_last_dial_error() {
+    let tb = Testbed::start(TestbedConfig::default()).await.unwrap();
+    tb.set_tailnet_unavailable(true);
+    let connector = TailnetConnector::new(JoinOptions {
+        first_dial_deadline: Duration::from_secs(2),
+        ..Default::default()
+    });
+    let m = tunnel(connector).await;
+    let r = m.client.start(start_request(&tb)).await.unwrap();
+    assert!(!r.success);
+    assert!(
+        r.error_message.contains("within 2s; last error:"),
+        "{}",
+        r.error_message
+    );
+    assert!(r.error_message.contains("HTTP 503"), "{}", r.error_message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_waits_out_a_transient_tailnet_failure() {
+    let tb = Testbed::start(TestbedConfig::default()).await.unwrap();
+    tb.set_tailnet_unavailable(true);
+    let mut m = tunnel(TailnetConnector::default()).await;
+    let start = tokio::spawn({
+        let client = m.client.clone();
+        let req = start_request(&tb);
+        async move { client.start(req).await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !start.is_finished(),
+        "start replied while no dial had succeeded"
+    );
+    tb.set_tailnet_unavailable(false);
+    let r = tokio::time::timeout(T, start)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(r.success, "{}", r.error_message);
+    tokio::time::timeout(T, m.updates.recv())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -46,13 +46,18 @@ pub enum Event {
 /// How the first dial ended.
 pub type FirstDial = Result<(), String>;
 
+/// The latest dial error, for a `start` that gives up waiting.
+pub type LastError = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
 /// Runs until `shutdown` turns true or the owner goes away.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     base: Url,
     mut opts: DialOptions,
     owner_id: [u8; 16],
     events: mpsc::Sender<Event>,
     first: oneshot::Sender<FirstDial>,
+    last_error: LastError,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut first = Some(first);
@@ -85,6 +90,7 @@ pub async fn run(
                     return;
                 }
                 warn!(error = %e, retry_in = ?delay, "tailnet dial failed");
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,

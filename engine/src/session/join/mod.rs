@@ -263,6 +263,7 @@ async fn join(
     };
     let (ev_tx, ev_rx) = mpsc::channel(64);
     let (first_tx, first_rx) = oneshot::channel();
+    let last_error = controller::LastError::default();
     let controller = tokio::spawn(
         controller::run(
             params.coder_url.clone(),
@@ -270,6 +271,7 @@ async fn join(
             me.id,
             ev_tx,
             first_tx,
+            last_error.clone(),
             stop_rx.clone(),
         )
         .in_current_span(),
@@ -279,10 +281,12 @@ async fn join(
         Ok(Ok(Err(e))) => return Err(e),
         Ok(Err(_)) => return Err("the tailnet controller stopped before connecting".into()),
         Err(_) => {
+            let last = last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
             return Err(format!(
-                "no tailnet connection to {} within {}s (see the log for each attempt)",
+                "no tailnet connection to {} within {}s; last error: {}",
                 params.coder_url,
-                opts.first_dial_deadline.as_secs()
+                opts.first_dial_deadline.as_secs(),
+                last.as_deref().unwrap_or("none (the dial never finished)")
             ));
         }
     }
