@@ -84,6 +84,7 @@ struct AppState {
     tailnet: Arc<tailnet::TailnetShared>,
     /// Bumped to drop every tailnet connection (a fault).
     drop_tailnet: watch::Receiver<u64>,
+    requests: RequestLog,
 }
 
 /// A running testbed. Dropping it stops the server.
@@ -98,6 +99,7 @@ pub struct Testbed {
     coordinator: coord::Coordinator,
     tailnet: Arc<tailnet::TailnetShared>,
     drop_tailnet: watch::Sender<u64>,
+    requests: RequestLog,
     stop: Option<oneshot::Sender<()>>,
     tls: Option<tls::CaFiles>,
 }
@@ -169,6 +171,7 @@ impl Testbed {
             unavailable: Default::default(),
         });
         let (drop_tx, drop_rx) = watch::channel(0u64);
+        let requests = RequestLog::default();
         let state = AppState {
             tailnet: shared.clone(),
             deployment: dep_rx.clone(),
@@ -178,6 +181,7 @@ impl Testbed {
             version: config.version.clone(),
             url: url.clone(),
             drop_tailnet: drop_rx,
+            requests: requests.clone(),
         };
         let app = router(state);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -226,6 +230,7 @@ impl Testbed {
             relay_loss: Mutex::new(0.0),
             coordinator,
             tailnet: shared,
+            requests,
             drop_tailnet: drop_tx,
             stop: Some(stop_tx),
             tls,
@@ -269,6 +274,15 @@ impl Testbed {
     /// The coordinator (to watch what it relays).
     pub fn coordinator(&self) -> &coord::Coordinator {
         &self.coordinator
+    }
+
+    /// Every HTTP request served so far, in arrival order (simulated agents' DERP
+    /// connections included).
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Tailnet connections that resumed with a valid resume token so far.
@@ -384,7 +398,49 @@ fn router(state: AppState) -> Router {
         .route("/api/v2/tailnet", get(tailnet_upgrade))
         .route("/bin/", get(bin_listing))
         .route("/bin/{*name}", get(bin_file))
+        .layer(axum::middleware::from_fn_with_state(
+            state.requests.clone(),
+            record_request,
+        ))
         .with_state(state)
+}
+
+/// One request as the testbed saw it (for tests that check what clients send).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRequest {
+    pub path: String,
+    /// The query string, without any `resume_token` value.
+    pub query: String,
+    /// Header names, lower case, in order (values are not kept: they may be secrets).
+    pub header_names: Vec<String>,
+}
+
+type RequestLog = Arc<Mutex<Vec<SeenRequest>>>;
+
+async fn record_request(
+    State(log): State<RequestLog>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let query = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.starts_with("resume_token="))
+        .collect::<Vec<_>>()
+        .join("&");
+    let seen = SeenRequest {
+        path: req.uri().path().to_owned(),
+        query,
+        header_names: req
+            .headers()
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .collect(),
+    };
+    log.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
+    next.run(req).await
 }
 
 /// Coder's error body: `{"message": …, "detail": …}`.

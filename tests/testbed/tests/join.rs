@@ -424,7 +424,7 @@ async fn transfers_complete_intact_when_the_relay_drops_packets() {
     let stack = connector.stack().unwrap();
     let ip: std::net::IpAddr = agent.ip.parse().unwrap();
     let echo = stack.connect((ip, ECHO_PORT).into()).await.unwrap();
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let data: Vec<u8> = (0..64_000u32).map(|i| (i % 251) as u8).collect();
     let (mut rd, mut wr) = tokio::io::split(echo);
     let sent = data.clone();
     let writer = tokio::spawn(async move {
@@ -495,4 +495,66 @@ async fn start_waits_out_a_transient_tailnet_failure() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Checklist #34 and #64: REST calls in order, then the tailnet websocket with
+/// `version=2.3`, then DERP — and every one of them carries the session token, the
+/// StartRequest's literal header and `Coder-Desktop-Telemetry`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_in_upstream_order_each_with_token_literal_headers_and_telemetry() {
+    let tb = Testbed::start(TestbedConfig::default()).await.unwrap();
+    let agents = tb.deployment().workspaces.len();
+    tokio::time::timeout(T, async {
+        while tb.coordinator().agents() < agents {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let before = tb.requests().len();
+    let mut m = tunnel(TailnetConnector::default()).await;
+    let mut req = start_request(&tb);
+    req.headers = vec![vpn::start_request::Header {
+        name: "X-Test-Header".into(),
+        value: "test".into(),
+    }];
+    req.device_id = "device001".into();
+    req.device_os = "Linux".into();
+    req.coder_desktop_version = "0.0.0-test".into();
+    assert!(m.client.start(req).await.unwrap().success);
+    tokio::time::timeout(T, m.updates.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let seen: Vec<_> = tb.requests().split_off(before);
+    let paths: Vec<&str> = seen.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        &paths[..3],
+        [
+            "/api/v2/users/me",
+            "/api/v2/workspaceagents/connection",
+            "/api/v2/tailnet"
+        ],
+        "{paths:?}"
+    );
+    assert!(seen[2].query.contains("version=2.3"), "{:?}", seen[2]);
+    assert!(
+        paths.contains(&"/derp"),
+        "no DERP connection among {paths:?}"
+    );
+    for r in &seen {
+        for h in [
+            "coder-session-token",
+            "x-test-header",
+            "coder-desktop-telemetry",
+        ] {
+            assert!(
+                r.header_names.iter().any(|n| n == h),
+                "{} lacks {h}: {:?}",
+                r.path,
+                r.header_names
+            );
+        }
+    }
+    assert!(m.client.stop().await.unwrap().success);
 }

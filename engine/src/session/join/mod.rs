@@ -253,7 +253,6 @@ async fn join(
         inbound: in_tx,
         stop: stop_rx.clone(),
     };
-    dialer.spawn(&info.derp_map, home, true);
 
     // The control plane.
     let dial = DialOptions {
@@ -290,6 +289,9 @@ async fn join(
             ));
         }
     }
+
+    // DERP after the tailnet (upstream's order: REST, tailnet websocket, then relays).
+    dialer.spawn(&info.derp_map, home, true);
 
     // Network settings: the router's, then DNS (§8).
     link.network_settings(settings::router(self_addr, settings::TUNNEL_MTU))
