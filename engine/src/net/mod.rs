@@ -7,9 +7,11 @@
 //! - [`tls`]: the one TLS trust configuration (system roots plus `SSL_CERT_FILE`).
 
 pub mod derp;
+pub mod direct;
 pub mod disco;
 pub mod dns_intercept;
 pub mod dns_tcp;
+pub mod endpoints;
 pub mod packet_queues;
 pub mod relay;
 pub mod runner;

@@ -126,6 +126,12 @@ impl Relay {
         }
     }
 
+    /// The magic endpoint of a routed peer (not counted when there is none).
+    pub fn endpoint(&self, key: &NodePublicKey) -> Option<SocketAddr> {
+        let slot = self.by_key.get(key)?;
+        Some(SocketAddr::new(IpAddr::V4(MAGIC_IP), *slot))
+    }
+
     /// The magic endpoint a packet from `from` is attributed to.
     pub fn source(&mut self, from: &NodePublicKey) -> Option<SocketAddr> {
         match self.by_key.get(from) {

@@ -12,17 +12,20 @@ use codervpn_dns::SharedZone;
 use codervpn_proto::tailnet::coordinate_request::{Disconnect, Tunnel, UpdateSelf};
 use codervpn_proto::tailnet::coordinate_response::peer_update::Kind;
 use codervpn_proto::tailnet::{CoordinateRequest, CoordinateResponse, DerpMap, Node};
-use codervpn_proto::vpn::PeerUpdate;
+use codervpn_proto::vpn::{LastPing, PeerUpdate};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::controller::Event;
 use super::relays::RegionDialer;
+use crate::net::disco::{DiscoPublicKey, Path};
 use crate::net::runner::WgCommand;
 use crate::net::wg::PeerConfig;
 use crate::session::ManagerLink;
-use crate::session::node::{NodeInfo, decode_node_key, parse_prefixes};
-use crate::session::peers::WorkspaceState;
+use crate::session::node::{
+    NodeInfo, decode_disco_key, decode_node_key, parse_endpoints, parse_prefixes,
+};
+use crate::session::peers::{WorkspaceState, duration};
 
 /// Timings of the owner.
 #[derive(Debug, Clone)]
@@ -284,6 +287,17 @@ impl Owner {
             derp_region: region,
         };
         let _ = self.wg.send(cmd).await;
+        match decode_disco_key(&p.node.disco) {
+            Ok(disco) => {
+                let cmd = WgCommand::SetPeerDisco {
+                    key: p.key,
+                    disco: DiscoPublicKey::from_bytes(disco),
+                    endpoints: parse_endpoints(&p.node.endpoints),
+                };
+                let _ = self.wg.send(cmd).await;
+            }
+            Err(e) => debug!(error = %e, "agent node without a usable disco key; DERP only"),
+        }
         if region != self.home_region
             && !self.regions.contains(&region)
             && self.derp_map.regions.contains_key(&region)
@@ -315,6 +329,14 @@ impl Owner {
         }
     }
 
+    /// The name of our home DERP region (its id when the map has no name for it).
+    fn home_region_name(&self) -> String {
+        match self.derp_map.regions.get(&self.home_region) {
+            Some(r) if !r.region_name.is_empty() => r.region_name.clone(),
+            _ => self.home_region.to_string(),
+        }
+    }
+
     async fn status_update(&mut self) {
         let (tx, rx) = oneshot::channel();
         if self.wg.send(WgCommand::Stats(tx)).await.is_err() {
@@ -331,6 +353,18 @@ impl Owner {
             };
             if let Some(since) = s.since_last_handshake {
                 self.state.set_handshake(id, now - since);
+            }
+            match s.path {
+                Some(Path::Direct { latency, .. }) => {
+                    let ping = LastPing {
+                        latency: Some(duration(latency)),
+                        did_p2p: true,
+                        preferred_derp: self.home_region_name(),
+                        preferred_derp_latency: None,
+                    };
+                    self.state.set_ping(id, ping);
+                }
+                Some(Path::Derp) | None => self.state.clear_ping(id),
             }
             if let Some(p) = self.peers.get(id) {
                 let stale = s
