@@ -3,8 +3,8 @@
 //! address Tailscale's magicsock uses for DERP), and the runner hands datagrams for a magic
 //! endpoint to the DERP connection of the peer's region instead of the UDP socket. Packets
 //! the relays deliver come back in through one channel and enter the peer set as if they
-//! had arrived from the sender's magic endpoint; an authenticated datagram from a real UDP
-//! address still moves the peer there (WireGuard roaming), which is how a direct path wins.
+//! had arrived from the sender's magic endpoint. For peers with a disco key the endpoint is
+//! pinned: disco ([`super::direct`]) moves it between a direct address and the magic one.
 //!
 //! Sans-IO apart from the non-blocking queue sends: the DERP connections themselves are
 //! tokio tasks owned by whoever created them (the session).
