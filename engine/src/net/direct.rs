@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tracing::{debug, info, trace};
+use tracing::{debug, debug_span, info, trace};
 
 use super::derp::NodePublicKey;
 use super::disco::{
@@ -108,6 +108,7 @@ impl DirectPaths {
                 },
             );
         }
+        let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -121,6 +122,24 @@ impl DirectPaths {
         }
         peer.paths.set_node_endpoints(now, endpoints);
         self.drain(&key, wg, out);
+    }
+
+    /// The network changed (wake, new interface): every peer trusts no direct path until it
+    /// answers again, and is pinged now.
+    pub fn network_changed(
+        &mut self,
+        now: Instant,
+        wg: &mut PeerSet,
+        out: &mut impl FnMut(DiscoSend),
+    ) {
+        let keys: Vec<[u8; 32]> = self.peers.keys().copied().collect();
+        for key in keys {
+            let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
+            if let Some(p) = self.peers.get_mut(&key) {
+                p.paths.network_changed(now);
+            }
+            self.drain(&key, wg, out);
+        }
     }
 
     /// Forgets a peer.
@@ -144,6 +163,7 @@ impl DirectPaths {
             trace!(%from, "disco packet from an unknown key dropped");
             return;
         };
+        let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
         let Some(msg) = self.open(packet) else { return };
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
@@ -181,6 +201,7 @@ impl DirectPaths {
             self.dropped.unknown_sender += 1;
             return;
         };
+        let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
         let Some(msg) = self.open(packet) else { return };
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
@@ -209,6 +230,7 @@ impl DirectPaths {
             .map(|(k, _)| *k)
             .collect();
         for key in due {
+            let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
             if let Some(p) = self.peers.get_mut(&key) {
                 p.paths.handle_timeout(now);
             }

@@ -226,3 +226,23 @@ fn forged_and_unknown_disco_packets_are_counted_and_change_nothing() {
     );
     assert_eq!(net.a_path(), Path::Derp);
 }
+
+#[test]
+fn network_change_re_probes_and_the_direct_path_returns() {
+    let mut net = Net::new();
+    net.pump();
+    let mut sent = Vec::new();
+    net.a
+        .direct
+        .network_changed(net.now, &mut net.a.wg, &mut |s| sent.push(s));
+    assert!(
+        sent.iter()
+            .any(|s| matches!(s, DiscoSend::Udp { to, .. } if *to == B_UDP.parse().unwrap())),
+        "the peer is pinged at once: {sent:?}"
+    );
+    assert_eq!(net.a_path(), Path::Derp, "no trust until it answers");
+    net.queue.extend(sent.into_iter().map(|s| (false, s)));
+    net.pump();
+    assert!(matches!(net.a_path(), Path::Direct { .. }));
+    assert_eq!(net.a_endpoint(), Some(B_UDP.parse().unwrap()));
+}

@@ -53,6 +53,8 @@ pub enum WgCommand {
     },
     /// Our own endpoints, sent to peers in call-me-maybe.
     SetOwnEndpoints(Vec<SocketAddr>),
+    /// The network changed (wake, new addresses): distrust every direct path and ping again.
+    NetworkChanged,
     /// Adds (or replaces) the connection to a DERP region; `home` marks our own.
     AddRelay {
         region: i64,
@@ -297,6 +299,12 @@ pub async fn run<D: Device>(
                     Some(d) => d.set_own_endpoints(endpoints),
                     None => debug!("own endpoints given to a data plane without disco"),
                 },
+                Some(WgCommand::NetworkChanged) => {
+                    if let Some(d) = &mut direct {
+                        let now = tokio::time::Instant::now().into_std();
+                        d.network_changed(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
+                    }
+                }
                 Some(WgCommand::AddRelay { region, handle, home }) => match outbox.relay.as_mut() {
                     Some(r) => r.add_region(region, handle, home),
                     None => warn!(region, "a DERP region was added to a data plane without relays"),

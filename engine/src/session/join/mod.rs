@@ -200,6 +200,13 @@ async fn join(
         info.disable_direct_connections,
         opts.loopback_endpoints,
     );
+    let endpoint_source = match udp.local_port() {
+        Ok(port) if !info.disable_direct_connections => Some(owner::EndpointSource {
+            port,
+            loopback: opts.loopback_endpoints,
+        }),
+        Ok(_) | Err(_) => None,
+    };
     let _ = wg_tx
         .send(WgCommand::SetOwnEndpoints(endpoints.clone()))
         .await;
@@ -344,6 +351,7 @@ async fn join(
         dialer,
         home_region: home,
         timings: opts.timings.clone(),
+        endpoints: endpoint_source,
         requests: None,
         peers: Default::default(),
         regions: Vec::new(),
@@ -447,9 +455,12 @@ impl Session for TailnetSession {
     }
 
     fn wake(&mut self) -> Result<(), String> {
-        // Rebinding and re-STUN belong to the direct-path work; DERP connections recover
-        // on their own, so there is nothing to start here yet.
-        info!("wake: DERP connections reconnect on their own; UDP rebind is not implemented yet");
+        // DERP connections recover on their own; direct paths are re-probed and our
+        // endpoints gathered again. The UDP socket is not rebound (no STUN yet).
+        info!("wake: re-probing direct paths");
+        if self.control.try_send(owner::Control::Wake).is_err() {
+            warn!("wake: the session's owner is busy or gone; direct paths re-probe on their own");
+        }
         Ok(())
     }
 

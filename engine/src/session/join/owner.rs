@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::controller::Event;
 use super::relays::RegionDialer;
 use crate::net::disco::{DiscoPublicKey, Path};
+use crate::net::endpoints::local_endpoints;
 use crate::net::runner::WgCommand;
 use crate::net::wg::PeerConfig;
 use crate::session::ManagerLink;
@@ -62,7 +63,21 @@ pub(super) struct AgentPeer {
 pub enum Control {
     /// Send `disconnect`, then answer.
     Stop(oneshot::Sender<()>),
+    /// The system woke up: gather our endpoints again and re-probe every direct path.
+    Wake,
 }
+
+/// Where our published endpoints come from (absent when direct connections are disabled).
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointSource {
+    /// The data plane's UDP port.
+    pub port: u16,
+    /// Advertise loopback addresses too ([`super::JoinOptions::loopback_endpoints`]).
+    pub loopback: bool,
+}
+
+/// How often our interface addresses are looked at again.
+const ENDPOINT_REFRESH: Duration = Duration::from_secs(20);
 
 pub struct Owner {
     pub link: ManagerLink,
@@ -75,6 +90,7 @@ pub struct Owner {
     pub dialer: RegionDialer,
     pub home_region: i64,
     pub timings: OwnerTimings,
+    pub endpoints: Option<EndpointSource>,
     pub(super) requests: Option<mpsc::UnboundedSender<CoordinateRequest>>,
     pub(super) peers: HashMap<[u8; 16], AgentPeer>,
     pub(super) regions: Vec<i64>,
@@ -90,6 +106,9 @@ impl Owner {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status.tick().await;
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -102,8 +121,10 @@ impl Owner {
                         let _ = done.send(());
                         return;
                     }
+                    Some(Control::Wake) => self.refresh_endpoints(true).await,
                     None => return,
                 },
+                _ = refresh.tick() => self.refresh_endpoints(false).await,
                 _ = status.tick() => self.status_update().await,
                 _ = housekeeping.tick() => self.housekeeping().await,
             }
@@ -326,6 +347,34 @@ impl Owner {
         for id in due {
             debug!("no READY_FOR_HANDSHAKE in time; programming the peer anyway");
             self.program(&id).await;
+        }
+    }
+
+    /// Gathers our endpoints again; when they changed (or `wake`), the data plane re-probes
+    /// every direct path, and a changed list is published with `update_self`.
+    async fn refresh_endpoints(&mut self, wake: bool) {
+        let Some(src) = self.endpoints else { return };
+        let endpoints = match local_endpoints(src.port, src.loopback) {
+            Ok(eps) => eps,
+            Err(e) => {
+                warn!(error = %e, "cannot list the interface addresses");
+                return;
+            }
+        };
+        let changed = endpoints != self.self_node.endpoints;
+        if changed {
+            info!(?endpoints, "our endpoints changed");
+            self.self_node.endpoints = endpoints.clone();
+            let _ = self.wg.send(WgCommand::SetOwnEndpoints(endpoints)).await;
+            self.send(CoordinateRequest {
+                update_self: Some(UpdateSelf {
+                    node: Some(self.self_node.to_proto()),
+                }),
+                ..Default::default()
+            });
+        }
+        if changed || wake {
+            let _ = self.wg.send(WgCommand::NetworkChanged).await;
         }
     }
 
