@@ -1,5 +1,6 @@
-//! The WireGuard shell: one task owns the peer set, the packet device and the UDP socket,
-//! and moves packets between them. Each wake-up drains up to [`BATCH`] packets per side.
+//! The WireGuard shell: one task owns the peer set, the packet device, the UDP socket, the
+//! DERP relays and the direct-path state ([`super::direct`]), and moves packets between
+//! them. Each wake-up drains up to [`BATCH`] packets per side.
 
 use std::future::Future;
 use std::io;
