@@ -50,6 +50,15 @@ ip netns exec "$NS_A" ping -6 -c 3 -W 2 "$AGENT_IP" > /dev/null || true
 wait_log "is direct via $VETH_B:" 20 || fail "the path never went direct"
 echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
 
+# The 5-second status update carries it: `codervpn status` says p2p.
+for _ in $(seq 30); do
+  ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
+  grep -q "p2p" "$WORK/status.txt" && break
+  sleep 0.5
+done
+grep -q "p2p" "$WORK/status.txt" || fail "status does not say p2p: $(cat "$WORK/status.txt")"
+echo "status: p2p"
+
 # A slow TCP stream through the agent's echo service for the rest of the test: 64 KiB
 # every 100 ms, checked end to end.
 ip netns exec "$NS_A" python3 - "$AGENT_IP" > "$WORK/stream.out" 2>&1 <<'PY' &
