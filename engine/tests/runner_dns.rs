@@ -88,6 +88,7 @@ fn start_runner() -> Running {
         runner::RunOptions {
             dns: Some(Arc::new(SharedZone::new(zone))),
             relay: None,
+            ..Default::default()
         },
         async {
             let _ = stop_rx.await;

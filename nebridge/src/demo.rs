@@ -44,6 +44,8 @@ struct Row {
     ip: String,
     handshake: Option<SystemTime>,
     latency: Option<Duration>,
+    /// The last status update said the path is direct (`last_ping.did_p2p`).
+    direct: bool,
 }
 
 fn step(text: &str) {
@@ -117,7 +119,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .stack()
         .context("the tunnel has no userspace stack")?;
 
-    step("reaching each agent through the tunnel (WireGuard handshakes via DERP)");
+    step(
+        "reaching each agent through the tunnel (WireGuard via DERP, then direct UDP where it works)",
+    );
     probe(&stack, &mut rows).await;
     // The tunnel reports handshakes in its 5-second status update.
     let _ = tokio::time::timeout(Duration::from_secs(6), async {
@@ -217,11 +221,13 @@ fn apply(rows: &mut BTreeMap<Vec<u8>, Row>, u: &vpn::PeerUpdate) {
             ip: a.ip_addrs.first().cloned().unwrap_or_default(),
             handshake: None,
             latency: None,
+            direct: false,
         });
         if let Some(w) = names.get(a.workspace_id.as_slice()) {
             row.workspace = (*w).to_owned();
         }
         row.handshake = handshake.or(row.handshake);
+        row.direct = a.last_ping.as_ref().is_some_and(|p| p.did_p2p);
     }
 }
 
@@ -261,8 +267,13 @@ fn print_table(rows: &BTreeMap<Vec<u8>, Row>, redraw: bool) {
         let latency = r.latency.map_or("-".to_owned(), |l| {
             format!("{:.1} ms", l.as_secs_f64() * 1000.0)
         });
+        let path = if r.direct {
+            "direct (UDP)".to_owned()
+        } else {
+            format!("DERP ({EMBEDDED_REGION_NAME})")
+        };
         println!(
-            "{:<10} {:<8} {:<11} {:<26} {:<40} {:>9}  DERP ({EMBEDDED_REGION_NAME})",
+            "{:<10} {:<8} {:<11} {:<26} {:<40} {:>9}  {path}",
             r.workspace,
             r.agent,
             status(r),

@@ -2,7 +2,8 @@
 //! `codervpn testbed serve`): `vpn-daemon run` driven by a Python manager over real pipes
 //! (userspace with SOCKS5 by name, and a TUN the manager creates), and `codervpn up` with
 //! dig/kdig, curl, a 10 MiB echo, `codervpn status` and a clean SIGINT
-//! (`tests/netns/daemon-session.sh`, `tests/netns/up.sh`). Needs root, iproute2,
+//! (`tests/netns/daemon-session.sh`, `tests/netns/up.sh`), and direct paths that fall back
+//! to DERP and return (`tests/netns/direct.sh`, needs nftables too). Needs root, iproute2,
 //! wireguard-tools, dnsutils, knot-dnsutils, curl and python3 with protobuf; `.ci/run`
 //! installs them.
 
@@ -61,4 +62,11 @@ fn up_in_compat_daemon_mode_runs_the_verified_download() {
 #[test]
 fn up_in_compat_dylib_mode_loads_the_verified_library() {
     script("up.sh", &["compat-dylib"], "up ok (compat-dylib)");
+}
+
+/// The path to an agent goes direct over the veth, falls back to DERP when UDP between the
+/// hosts is blocked mid-transfer (the TCP stream survives), and goes direct again.
+#[test]
+fn up_goes_direct_falls_back_to_derp_when_udp_is_blocked_and_returns() {
+    script("direct.sh", &[], "direct ok");
 }

@@ -72,6 +72,9 @@ echo "interface ok: $(echo "$ADDRS" | grep -o 'fd60[^ ]*') + fd60:627a:a42b::/48
 
 # DNS through the tunnel, answered by the engine.
 D="ip netns exec $NS_A dig @fd60:627a:a42b::53 +time=2 +tries=3"
+# `start` returns after the first tailnet dial; the workspace snapshot (and with it the
+# zone) follows a moment later.
+for _ in $(seq 50); do [ "$($D +short AAAA "$AGENT_FQDN")" = "$AGENT_IP" ] && break; sleep 0.1; done
 ANSWER=$($D +short AAAA "$AGENT_FQDN")
 [ "$ANSWER" = "$AGENT_IP" ] || fail "dig AAAA $AGENT_FQDN gave '$ANSWER', want $AGENT_IP"
 [ "$($D +short AAAA "$WS_FQDN")" = "$AGENT_IP" ] || fail "single-agent name $WS_FQDN"

@@ -4,12 +4,16 @@
 //! - [`wg`]: the WireGuard peer set (sans-IO, boringtun inside); [`runner`]: its tokio shell.
 //! - [`derp`]: DERP relays — the frame codec, sans-IO client and server cores, and their tokio
 //!   shells (tailnet.md §11, §13.3).
+//! - [`disco`]: the disco codec and per-peer path machine; [`direct`]: their use in the
+//!   runner (direct UDP paths, DERP fallback); [`endpoints`]: the addresses we advertise.
 //! - [`tls`]: the one TLS trust configuration (system roots plus `SSL_CERT_FILE`).
 
 pub mod derp;
+pub mod direct;
 pub mod disco;
 pub mod dns_intercept;
 pub mod dns_tcp;
+pub mod endpoints;
 pub mod packet_queues;
 pub mod relay;
 pub mod runner;

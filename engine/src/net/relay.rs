@@ -3,8 +3,8 @@
 //! address Tailscale's magicsock uses for DERP), and the runner hands datagrams for a magic
 //! endpoint to the DERP connection of the peer's region instead of the UDP socket. Packets
 //! the relays deliver come back in through one channel and enter the peer set as if they
-//! had arrived from the sender's magic endpoint; an authenticated datagram from a real UDP
-//! address still moves the peer there (WireGuard roaming), which is how a direct path wins.
+//! had arrived from the sender's magic endpoint. For peers with a disco key the endpoint is
+//! pinned: disco ([`super::direct`]) moves it between a direct address and the magic one.
 //!
 //! Sans-IO apart from the non-blocking queue sends: the DERP connections themselves are
 //! tokio tasks owned by whoever created them (the session).
@@ -124,6 +124,12 @@ impl Relay {
         if let Some(slot) = self.by_key.remove(key) {
             self.slots[usize::from(slot)] = None;
         }
+    }
+
+    /// The magic endpoint of a routed peer (not counted when there is none).
+    pub fn endpoint(&self, key: &NodePublicKey) -> Option<SocketAddr> {
+        let slot = self.by_key.get(key)?;
+        Some(SocketAddr::new(IpAddr::V4(MAGIC_IP), *slot))
     }
 
     /// The magic endpoint a packet from `from` is attributed to.

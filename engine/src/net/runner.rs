@@ -1,8 +1,10 @@
-//! The WireGuard shell: one task owns the peer set, the packet device and the UDP socket,
-//! and moves packets between them. Each wake-up drains up to [`BATCH`] packets per side.
+//! The WireGuard shell: one task owns the peer set, the packet device, the UDP socket, the
+//! DERP relays and the direct-path state ([`super::direct`]), and moves packets between
+//! them. Each wake-up drains up to [`BATCH`] packets per side.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -15,7 +17,8 @@ use std::sync::Arc;
 use codervpn_dns::SharedZone;
 
 use super::derp::{DerpHandle, NodePublicKey};
-use super::disco;
+use super::direct::{DirectPaths, DiscoDropped, DiscoSend};
+use super::disco::{self, DiscoPrivateKey, DiscoPublicKey, PathConfig};
 use super::dns_intercept::{DnsIntercept, Intercepted};
 use super::relay::{self, Relay, RelayCounters, RelayIn};
 use super::stun;
@@ -40,7 +43,19 @@ pub enum WgCommand {
         config: PeerConfig,
         derp_region: i64,
     },
+    /// Removes a peer (and its disco state).
     RemovePeer([u8; 32]),
+    /// Gives a peer its disco key and the endpoints its node lists, so a direct path is
+    /// looked for (needs [`RunOptions::disco`]; send after the peer's upsert).
+    SetPeerDisco {
+        key: [u8; 32],
+        disco: DiscoPublicKey,
+        endpoints: Vec<SocketAddr>,
+    },
+    /// Our own endpoints, sent to peers in call-me-maybe.
+    SetOwnEndpoints(Vec<SocketAddr>),
+    /// The network changed (wake, new addresses): distrust every direct path and ping again.
+    NetworkChanged,
     /// Adds (or replaces) the connection to a DERP region; `home` marks our own.
     AddRelay {
         region: i64,
@@ -63,11 +78,14 @@ pub struct WgStats {
     pub relay: RelayCounters,
     /// Datagrams that were not WireGuard and were not handed to it.
     pub not_wireguard: NotWireGuard,
+    /// Disco packets dropped (unknown sender, forged, undecryptable), or all of them
+    /// without [`RunOptions::disco`] (then counted in `not_wireguard.disco` only).
+    pub disco_dropped: DiscoDropped,
 }
 
-/// Disco and STUN packets arriving on the WireGuard paths (UDP or DERP). Nothing answers
-/// them yet (issue #8: the disco path state machine is not wired in); they are counted and
-/// dropped rather than counted as WireGuard garbage.
+/// Disco and STUN packets arriving on the WireGuard paths (UDP or DERP), kept away from
+/// WireGuard: disco goes to the direct-path state (with [`RunOptions::disco`]); STUN is
+/// counted and dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NotWireGuard {
     /// Packets that look like disco (`TS💬` magic, 62-byte header), by UDP or DERP.
@@ -76,20 +94,26 @@ pub struct NotWireGuard {
     pub stun: u64,
 }
 
+/// What a datagram on the UDP socket is.
+enum Kind {
+    Stun,
+    Disco,
+    WireGuard,
+}
+
 impl NotWireGuard {
-    /// Counts `datagram` and returns true when it is disco or STUN (upstream magicsock
+    /// Classifies `datagram` and counts it when it is disco or STUN (upstream magicsock
     /// checks STUN first, then disco, then hands the rest to WireGuard).
-    fn claim(&mut self, datagram: &[u8]) -> bool {
+    fn classify(&mut self, datagram: &[u8]) -> Kind {
         if stun::is_stun(datagram) {
             self.stun += 1;
             trace!(len = datagram.len(), "STUN packet dropped");
-            true
+            Kind::Stun
         } else if disco::looks_like_disco(datagram) {
             self.disco += 1;
-            trace!(len = datagram.len(), "disco packet dropped");
-            true
+            Kind::Disco
         } else {
-            false
+            Kind::WireGuard
         }
     }
 }
@@ -102,6 +126,11 @@ pub struct RunOptions {
     pub dns: Option<Arc<SharedZone>>,
     /// Reach peers through DERP relays too.
     pub relay: Option<Relay>,
+    /// Our disco key: answer disco and look for direct paths to peers given a disco key
+    /// ([`WgCommand::SetPeerDisco`]). Without it disco packets are counted and dropped.
+    pub disco: Option<DiscoPrivateKey>,
+    /// Path timing and policy (`disable_direct` keeps every peer on DERP).
+    pub paths: PathConfig,
 }
 
 /// Moves packets between `device` and `udp` (and the relays of `opts`) through `peers`
@@ -114,7 +143,14 @@ pub async fn run<D: Device>(
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let RunOptions { dns, relay } = opts;
+    let RunOptions {
+        dns,
+        relay,
+        disco,
+        paths,
+    } = opts;
+    let mut direct = disco.map(|key| DirectPaths::new(key, peers.public_key(), paths));
+    let mut disco_dropped = DiscoDropped::default();
     let mut dns = dns.map(|zone| {
         (
             zone,
@@ -176,8 +212,16 @@ pub async fn run<D: Device>(
                         Ok((n, from, segment)) => {
                             trace!(%from, len = n, segment, "datagrams");
                             for datagram in net_buf[..n].chunks(segment) {
-                                if !not_wg.claim(datagram) {
-                                    peers.decapsulate(from, datagram, &mut out, &mut |e| outbox.emit(&device, e));
+                                match not_wg.classify(datagram) {
+                                    Kind::Stun => {}
+                                    Kind::Disco => match &mut direct {
+                                        Some(d) => {
+                                            let now = tokio::time::Instant::now().into_std();
+                                            d.handle_udp(now, from, datagram, &mut peers, &mut |s| outbox.send_disco(&udp, s));
+                                        }
+                                        None => disco_dropped.unknown_sender += 1,
+                                    },
+                                    Kind::WireGuard => peers.decapsulate(from, datagram, &mut out, &mut |e| outbox.emit(&device, e)),
                                 }
                             }
                         }
@@ -194,7 +238,16 @@ pub async fn run<D: Device>(
                 while let Some(RelayIn { from, data, .. }) = next {
                     if disco::looks_like_disco(&data) {
                         not_wg.disco += 1;
-                        trace!(from = %from.short(), "relayed disco packet dropped");
+                        match &mut direct {
+                            Some(d) => {
+                                let now = tokio::time::Instant::now().into_std();
+                                d.handle_relayed(now, &from, &data, &mut peers, &mut |s| outbox.send_disco(&udp, s));
+                            }
+                            None => {
+                                disco_dropped.unknown_sender += 1;
+                                trace!(from = %from.short(), "relayed disco packet dropped");
+                            }
+                        }
                     } else if let Some(src) = outbox.relay.as_mut().and_then(|r| r.source(&from)) {
                         peers.decapsulate(src, &data, &mut out, &mut |e| outbox.emit(&device, e));
                     }
@@ -206,6 +259,9 @@ pub async fn run<D: Device>(
             _ = tick.tick() => {
                 let now = tokio::time::Instant::now().into_std();
                 peers.update_timers(now, &mut out, &mut |e| outbox.emit(&device, e));
+                if let Some(d) = &mut direct {
+                    d.handle_timeout(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
+                }
                 if let Some((zone, dns)) = &mut dns {
                     dns.handle_timeout(now, &zone.load(), &mut |p| outbox.emit(&device, Emit::Tunnel(p)));
                 }
@@ -225,8 +281,29 @@ pub async fn run<D: Device>(
                 }
                 Some(WgCommand::RemovePeer(k)) => {
                     peers.remove_peer(&k);
+                    if let Some(d) = &mut direct {
+                        d.remove_peer(&k);
+                    }
                     if let Some(r) = outbox.relay.as_mut() {
                         r.unroute(&NodePublicKey::from_bytes(k));
+                    }
+                }
+                Some(WgCommand::SetPeerDisco { key, disco, endpoints }) => match &mut direct {
+                    Some(d) => {
+                        let now = tokio::time::Instant::now().into_std();
+                        let magic = outbox.relay.as_ref().and_then(|r| r.endpoint(&NodePublicKey::from_bytes(key)));
+                        d.set_peer(now, key, disco, &endpoints, magic, &mut peers, &mut |s| outbox.send_disco(&udp, s));
+                    }
+                    None => debug!("a peer disco key was given to a data plane without disco"),
+                },
+                Some(WgCommand::SetOwnEndpoints(endpoints)) => match &mut direct {
+                    Some(d) => d.set_own_endpoints(endpoints),
+                    None => debug!("own endpoints given to a data plane without disco"),
+                },
+                Some(WgCommand::NetworkChanged) => {
+                    if let Some(d) = &mut direct {
+                        let now = tokio::time::Instant::now().into_std();
+                        d.network_changed(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
                     }
                 }
                 Some(WgCommand::AddRelay { region, handle, home }) => match outbox.relay.as_mut() {
@@ -234,8 +311,22 @@ pub async fn run<D: Device>(
                     None => warn!(region, "a DERP region was added to a data plane without relays"),
                 },
                 Some(WgCommand::Stats(tx)) => {
+                    let mut dropped = disco_dropped;
+                    if let Some(d) = &direct {
+                        let more = d.dropped();
+                        dropped.unknown_sender += more.unknown_sender;
+                        dropped.undecryptable += more.undecryptable;
+                        dropped.call_me_maybe_over_udp += more.call_me_maybe_over_udp;
+                    }
                     let _ = tx.send(WgStats {
-                        peers: peers.stats().collect(),
+                        peers: peers
+                            .stats()
+                            .map(|mut s| {
+                                s.path = direct.as_ref().and_then(|d| d.path(&s.public_key));
+                                s
+                            })
+                            .collect(),
+                        disco_dropped: dropped,
                         dropped: peers.counters().clone(),
                         udp_send_failed: outbox.udp_send_failed,
                         device_write_failed: outbox.device_write_failed,
@@ -273,6 +364,22 @@ async fn next_relayed(relay: &mut Option<Relay>) -> Option<RelayIn> {
 }
 
 impl Outbox {
+    /// Sends a sealed disco packet: over UDP at once, or through the peer's relay.
+    fn send_disco(&mut self, udp: &Udp, s: DiscoSend) {
+        match s {
+            DiscoSend::Udp { to, packet } => {
+                if let Err(e) = udp.try_send_to(&packet, to) {
+                    self.udp_send_failed += 1;
+                    trace!(%to, error = %e, "disco send failed");
+                }
+            }
+            DiscoSend::Relay { magic, packet } => match self.relay.as_mut() {
+                Some(r) => r.send(magic, &packet),
+                None => self.udp_send_failed += 1,
+            },
+        }
+    }
+
     fn emit<D: Device>(&mut self, device: &D, e: Emit<'_>) {
         match e {
             Emit::Network { to, data } if relay::is_magic(&to) => match self.relay.as_mut() {

@@ -21,6 +21,8 @@ pub enum NodeError {
     KeyPrefix,
     #[error("node address {text:?} is not a CIDR prefix")]
     Cidr { text: String },
+    #[error("disco key {text:?} is not \"discokey:\" + 64 hex digits")]
+    DiscoKey { text: String },
 }
 
 /// `np` + the 32 key bytes.
@@ -47,6 +49,22 @@ pub fn decode_node_key(b: &[u8]) -> Result<[u8; 32], NodeError> {
 /// `discokey:` + 64 lower-case hex digits.
 pub fn encode_disco_key(key: &[u8; 32]) -> String {
     format!("{DISCO_KEY_PREFIX}{}", hex::encode(key))
+}
+
+/// The 32 key bytes of a `discokey:<hex>` text.
+pub fn decode_disco_key(text: &str) -> Result<[u8; 32], NodeError> {
+    let err = || NodeError::DiscoKey {
+        text: text.to_owned(),
+    };
+    let hex_digits = text.strip_prefix(DISCO_KEY_PREFIX).ok_or_else(err)?;
+    let mut k = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut k).map_err(|_| err())?;
+    Ok(k)
+}
+
+/// Parses a node's `endpoints` (`ip:port`, IPv6 in brackets); unparsable ones are skipped.
+pub fn parse_endpoints(texts: &[String]) -> Vec<std::net::SocketAddr> {
+    texts.iter().filter_map(|t| t.parse().ok()).collect()
 }
 
 /// Parses CIDR texts (`addresses`, `allowed_ips`).
@@ -128,6 +146,29 @@ mod tests {
         let s = encode_disco_key(&[0xab; 32]);
         assert_eq!(s.len(), 9 + 64);
         assert!(s.starts_with("discokey:abab"));
+    }
+
+    #[test]
+    fn disco_keys_decode_from_their_text_and_nothing_else_does() {
+        let k = [0x5a; 32];
+        assert_eq!(decode_disco_key(&encode_disco_key(&k)), Ok(k));
+        assert!(decode_disco_key("discokey:zz").is_err());
+        assert!(
+            decode_disco_key(&hex::encode(k)).is_err(),
+            "prefix required"
+        );
+    }
+
+    #[test]
+    fn endpoints_parse_both_families_and_skip_garbage() {
+        let eps = parse_endpoints(&["10.0.0.1:41641".into(), "[fd00::2]:5".into(), "nope".into()]);
+        assert_eq!(
+            eps,
+            [
+                "10.0.0.1:41641".parse().unwrap(),
+                "[fd00::2]:5".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

@@ -13,11 +13,15 @@ use codervpn_dns::{coder_addr, tailscale_addr};
 use codervpn_engine::device::userspace::services::{AgentServer, AgentServices};
 use codervpn_engine::device::userspace::{UserspaceConfig, UserspaceDevice};
 use codervpn_engine::net::derp::{self, ConnectOptions, NodePrivateKey};
+use codervpn_engine::net::disco::{DiscoPrivateKey, DiscoPublicKey, PathConfig};
+use codervpn_engine::net::endpoints::local_endpoints;
 use codervpn_engine::net::relay::{self, Relay};
 use codervpn_engine::net::runner::{self, RunOptions, WgCommand};
 use codervpn_engine::net::udp::Udp;
 use codervpn_engine::net::wg::{PeerConfig, PeerSet};
-use codervpn_engine::session::node::{NodeInfo, decode_node_key, parse_prefixes};
+use codervpn_engine::session::node::{
+    NodeInfo, decode_disco_key, decode_node_key, parse_endpoints, parse_prefixes,
+};
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info_span, warn};
@@ -31,6 +35,15 @@ pub const AGENT_MTU: usize = 1280;
 pub const ECHO_PORT: u16 = 7;
 /// The agents' HTTP port.
 pub const HTTP_PORT: u16 = 80;
+
+/// How agents take part in direct paths.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AgentNet {
+    /// Advertise no endpoints and keep every client on DERP.
+    pub disable_direct: bool,
+    /// Advertise loopback addresses too (clients on this host).
+    pub loopback_endpoints: bool,
+}
 
 /// One running agent; dropping it stops it.
 struct SimAgent {
@@ -58,6 +71,7 @@ pub(crate) async fn fleet(
     coordinator: Coordinator,
     derp_url: url::Url,
     tls: Option<Arc<rustls::ClientConfig>>,
+    net: AgentNet,
 ) {
     let mut agents: HashMap<Uuid, SimAgent> = HashMap::new();
     loop {
@@ -79,7 +93,7 @@ pub(crate) async fn fleet(
             if agents.contains_key(&id) {
                 continue;
             }
-            match start_agent(id, &workspace, &name, &coordinator, &derp_url, &tls).await {
+            match start_agent(id, &workspace, &name, &coordinator, &derp_url, &tls, net).await {
                 Ok(agent) => {
                     agents.insert(id, agent);
                 }
@@ -102,6 +116,7 @@ async fn start_agent(
     coordinator: &Coordinator,
     derp_url: &url::Url,
     tls: &Option<Arc<rustls::ClientConfig>>,
+    net: AgentNet,
 ) -> Result<SimAgent, String> {
     let key = NodePrivateKey::generate();
     let addresses: Vec<IpNet> = vec![
@@ -140,16 +155,28 @@ async fn start_agent(
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let span = info_span!("sim_agent", agent = %name, workspace = %workspace);
-    let mut disco = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut disco);
+    let disco = DiscoPrivateKey::generate();
+    let endpoints = if net.disable_direct {
+        Vec::new()
+    } else {
+        let port = udp
+            .local_port()
+            .map_err(|e| format!("the agent's UDP port: {e}"))?;
+        local_endpoints(port, net.loopback_endpoints)
+            .map_err(|e| format!("listing the agent's interface addresses: {e}"))?
+    };
+    debug!(?endpoints, "agent endpoints");
+    let _ = cmd_tx
+        .send(WgCommand::SetOwnEndpoints(endpoints.clone()))
+        .await;
     let node = NodeInfo {
         id: i64::from_le_bytes(id.0[8..].try_into().unwrap_or_default()) & i64::MAX,
         key: *key.public_key().as_bytes(),
-        disco,
+        disco: *disco.public_key().as_bytes(),
         preferred_derp: crate::EMBEDDED_REGION_ID,
         derp_latency: vec![(crate::EMBEDDED_REGION_ID, 0.001)],
         addresses,
-        endpoints: Vec::new(),
+        endpoints,
     };
     let events = coordinator.register_agent(id, node.to_proto());
     let peers = PeerSet::new(key.to_bytes());
@@ -170,6 +197,11 @@ async fn start_agent(
             let opts = RunOptions {
                 dns: None,
                 relay: Some(relay),
+                disco: Some(disco),
+                paths: PathConfig {
+                    disable_direct: net.disable_direct,
+                    ..PathConfig::default()
+                },
             };
             if let Err(e) = runner::run(peers, device, udp, cmd_rx, opts, stop).await {
                 warn!(error = %e, "agent data plane failed");
@@ -227,6 +259,19 @@ async fn follow_coordinator(
                 };
                 if commands.send(cmd).await.is_err() {
                     return;
+                }
+                match decode_disco_key(&node.disco) {
+                    Ok(disco) => {
+                        let cmd = WgCommand::SetPeerDisco {
+                            key,
+                            disco: DiscoPublicKey::from_bytes(disco),
+                            endpoints: parse_endpoints(&node.endpoints),
+                        };
+                        if commands.send(cmd).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => debug!(%client, error = %e, "client node without a disco key"),
                 }
                 coordinator.agent_ready(id, client);
                 continue;

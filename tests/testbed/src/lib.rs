@@ -60,6 +60,11 @@ pub struct TestbedConfig {
     /// Serve HTTPS with a generated CA and a leaf for `127.0.0.1`, `::1` and `localhost`
     /// ([`Testbed::ca_pem`], [`Testbed::ca_file`]); the DERP map then says `https`.
     pub tls: bool,
+    /// `disable_direct_connections` in the connection info; agents then advertise no
+    /// endpoints and keep every client on DERP.
+    pub disable_direct_connections: bool,
+    /// Agents advertise their loopback addresses as endpoints too (clients on this host).
+    pub loopback_endpoints: bool,
 }
 
 impl Default for TestbedConfig {
@@ -72,6 +77,8 @@ impl Default for TestbedConfig {
             hostname_suffix: None,
             version: DEFAULT_VERSION.into(),
             tls: false,
+            disable_direct_connections: false,
+            loopback_endpoints: false,
         }
     }
 }
@@ -88,6 +95,7 @@ struct AppState {
     /// Bumped to drop every tailnet connection (a fault).
     drop_tailnet: watch::Receiver<u64>,
     requests: RequestLog,
+    disable_direct: bool,
 }
 
 /// A running testbed. Dropping it stops the server.
@@ -185,6 +193,7 @@ impl Testbed {
             url: url.clone(),
             drop_tailnet: drop_rx,
             requests: requests.clone(),
+            disable_direct: config.disable_direct_connections,
         };
         let app = router(state);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -221,6 +230,10 @@ impl Testbed {
             coordinator.clone(),
             derp_url,
             agent_tls,
+            agent::AgentNet {
+                disable_direct: config.disable_direct_connections,
+                loopback_endpoints: config.loopback_endpoints,
+            },
         ));
         info!(%url, "testbed serving");
         Ok(Self {

@@ -143,7 +143,7 @@ async fn connection_info(State(state): State<AppState>, headers: HeaderMap) -> R
             },
         },
         "derp_force_websockets": false,
-        "disable_direct_connections": false,
+        "disable_direct_connections": state.disable_direct,
     });
     if let Some(suffix) = &d.hostname_suffix {
         body["hostname_suffix"] = json!(suffix);

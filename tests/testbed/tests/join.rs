@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use codervpn_engine::session::join::owner::OwnerTimings;
 use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
 use codervpn_engine::tunnel::{TunnelOptions, serve};
 use codervpn_proto::manager::ManagerClient;
 use codervpn_proto::vpn::{self, manager_message, tunnel_message};
 use codervpn_proto::{Connection, Incoming, ManagerSide, TunnelSide, VersionList};
 use codervpn_testbed::agent::{ECHO_PORT, HTTP_PORT, agent_page};
-use codervpn_testbed::{Testbed, TestbedConfig};
+use codervpn_testbed::{EMBEDDED_REGION_NAME, Testbed, TestbedConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -95,6 +96,8 @@ fn start_request(tb: &Testbed) -> vpn::StartRequest {
 async fn start_joins_and_reports_every_agent_then_reaches_one_through_derp() {
     let tb = Testbed::start(TestbedConfig {
         workspaces: 2,
+        // DERP only: on one host a direct path would carry the traffic.
+        disable_direct_connections: true,
         ..Default::default()
     })
     .await
@@ -313,6 +316,8 @@ async fn dropped_coordinator_resumes_with_the_token_and_loses_no_update() {
 async fn traffic_resumes_after_the_derp_relay_restarts() {
     let tb = Testbed::start(TestbedConfig {
         workspaces: 1,
+        // DERP only: on one host a direct path would carry the traffic.
+        disable_direct_connections: true,
         ..Default::default()
     })
     .await
@@ -369,6 +374,8 @@ async fn start_over_https_trusting_the_testbed_ca_serves_an_agent_page_through_d
     let tb = Testbed::start(TestbedConfig {
         workspaces: 1,
         tls: true,
+        // DERP only: on one host a direct path would carry the traffic.
+        disable_direct_connections: true,
         ..Default::default()
     })
     .await
@@ -418,6 +425,8 @@ async fn https_without_the_ca_fails_start_naming_the_host_and_the_certificate_pr
 async fn transfers_complete_intact_when_the_relay_drops_packets() {
     let tb = Testbed::start(TestbedConfig {
         workspaces: 1,
+        // DERP only: on one host a direct path would carry the traffic.
+        disable_direct_connections: true,
         ..Default::default()
     })
     .await
@@ -560,6 +569,77 @@ async fn requests_go_in_upstream_order_each_with_token_literal_headers_and_telem
                 r.header_names
             );
         }
+    }
+    assert!(m.client.stop().await.unwrap().success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_path_goes_direct_over_udp_and_carries_traffic_without_the_relay() {
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        loopback_endpoints: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let opts = JoinOptions {
+        loopback_endpoints: true,
+        timings: OwnerTimings {
+            status_interval: Duration::from_millis(500),
+            ..OwnerTimings::default()
+        },
+        ..JoinOptions::default()
+    };
+    let (mut m, connector, _) = started_with(&tb, opts).await;
+    let agent = &tb.deployment().agent_summaries()[0];
+    fetch_page(&connector, &agent.ip).await;
+
+    let u = wait_update(&mut m, |u| {
+        u.upserted_agents
+            .iter()
+            .any(|a| a.last_ping.as_ref().is_some_and(|p| p.did_p2p))
+    })
+    .await;
+    let ping = u.upserted_agents[0].last_ping.clone().unwrap();
+    assert_eq!(ping.preferred_derp, EMBEDDED_REGION_NAME);
+    assert!(ping.latency.is_some(), "a direct path has a latency");
+
+    // The relay now drops everything: the page can only come over the direct path.
+    tb.set_relay_loss(1.0);
+    let page = fetch_page(&connector, &agent.ip).await;
+    assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+    tb.set_relay_loss(0.0);
+    assert!(m.client.stop().await.unwrap().success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_direct_connections_keep_the_agent_on_derp() {
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        loopback_endpoints: true,
+        disable_direct_connections: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let opts = JoinOptions {
+        loopback_endpoints: true,
+        timings: OwnerTimings {
+            status_interval: Duration::from_millis(300),
+            ..OwnerTimings::default()
+        },
+        ..JoinOptions::default()
+    };
+    let (mut m, connector, _) = started_with(&tb, opts).await;
+    let agent = &tb.deployment().agent_summaries()[0];
+    fetch_page(&connector, &agent.ip).await;
+    // Long enough for a direct path to be found had it been allowed (pings go out at once).
+    for _ in 0..8 {
+        let u = wait_update(&mut m, |u| !u.upserted_agents.is_empty()).await;
+        assert!(
+            u.upserted_agents.iter().all(|a| a.last_ping.is_none()),
+            "no direct path (and no ping) when direct connections are disabled: {u:?}"
+        );
     }
     assert!(m.client.stop().await.unwrap().success);
 }

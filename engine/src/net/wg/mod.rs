@@ -72,12 +72,26 @@ pub struct PeerStats {
     pub since_last_handshake: Option<Duration>,
     pub tx_bytes: usize,
     pub rx_bytes: usize,
+    /// The path disco chose for a peer with a disco key (filled in by the runner).
+    pub path: Option<crate::net::disco::Path>,
 }
 
 struct Peer {
     tunn: Tunn,
     config: PeerConfig,
     endpoint: Option<SocketAddr>,
+    /// Set by [`PeerSet::set_endpoint`]: the endpoint is chosen outside (disco) and neither
+    /// roaming nor an upsert moves it.
+    pinned: bool,
+}
+
+impl Peer {
+    /// An authenticated datagram came from `from`: move there unless pinned.
+    fn roam(&mut self, from: SocketAddr) {
+        if !self.pinned {
+            self.endpoint = Some(from);
+        }
+    }
 }
 
 /// Every peer of one WireGuard interface.
@@ -142,7 +156,9 @@ impl PeerSet {
                     if let Some(tunn) = tunn {
                         p.tunn = tunn;
                     }
-                    p.endpoint = config.endpoint.or(p.endpoint);
+                    if !p.pinned {
+                        p.endpoint = config.endpoint.or(p.endpoint);
+                    }
                     p.config = config.clone();
                 }
                 index
@@ -159,6 +175,7 @@ impl PeerSet {
                         tunn,
                         endpoint: config.endpoint,
                         config: config.clone(),
+                        pinned: false,
                     },
                 );
                 index
@@ -178,6 +195,21 @@ impl PeerSet {
             index,
             Some(self.rate_limiter.clone()),
         )
+    }
+
+    /// Pins the peer's endpoint to `addr`: from now on only another call moves it (no
+    /// roaming to a datagram's source, no change on upsert). Returns whether the peer exists.
+    pub fn set_endpoint(&mut self, public_key: &[u8; 32], addr: SocketAddr) -> bool {
+        let Some(peer) = self
+            .by_key
+            .get(public_key)
+            .and_then(|i| self.peers.get_mut(i))
+        else {
+            return false;
+        };
+        peer.endpoint = Some(addr);
+        peer.pinned = true;
+        true
     }
 
     /// Removes a peer and its routes. Returns whether it existed.
@@ -261,13 +293,13 @@ impl PeerSet {
         };
         let index = index.unwrap_or_default();
         match peer.tunn.decapsulate(Some(from.ip()), datagram, buf) {
-            TunnResult::Done => peer.endpoint = Some(from),
+            TunnResult::Done => peer.roam(from),
             TunnResult::Err(e) => {
                 self.counters.rejected += 1;
                 trace!(error = ?e, %from, "datagram rejected");
             }
             TunnResult::WriteToNetwork(data) => {
-                peer.endpoint = Some(from);
+                peer.roam(from);
                 emit(Emit::Network { to: from, data });
                 // Packets queued while the handshake was pending go out now.
                 while let TunnResult::WriteToNetwork(data) = peer.tunn.decapsulate(None, &[], buf) {
@@ -275,7 +307,7 @@ impl PeerSet {
                 }
             }
             TunnResult::WriteToTunnelV4(data, src) => {
-                peer.endpoint = Some(from);
+                peer.roam(from);
                 deliver(
                     &self.routes,
                     &mut self.counters,
@@ -286,7 +318,7 @@ impl PeerSet {
                 );
             }
             TunnResult::WriteToTunnelV6(data, src) => {
-                peer.endpoint = Some(from);
+                peer.roam(from);
                 deliver(
                     &self.routes,
                     &mut self.counters,
@@ -335,6 +367,7 @@ impl PeerSet {
                 since_last_handshake,
                 tx_bytes,
                 rx_bytes,
+                path: None,
             }
         })
     }

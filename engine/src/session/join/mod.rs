@@ -32,6 +32,8 @@ use super::{BoxFuture, Connector, ManagerLink, Session, StartParams};
 use crate::device::userspace::{self, StackHandle, UserspaceConfig, UserspaceDevice};
 use crate::device::{FdDevice, Framing};
 use crate::net::derp::NodePrivateKey;
+use crate::net::disco::{DiscoPrivateKey, PathConfig};
+use crate::net::endpoints::local_endpoints;
 use crate::net::relay::Relay;
 use crate::net::runner::{self, RunOptions, WgCommand};
 use crate::net::udp::Udp;
@@ -53,6 +55,8 @@ pub struct JoinOptions {
     /// Trust for REST, the tailnet websocket and DERP over `https`; `None`: system roots
     /// plus `SSL_CERT_FILE` ([`crate::net::tls::default_client_config`]).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Advertise loopback addresses as endpoints too (peers on the same host: tests).
+    pub loopback_endpoints: bool,
 }
 
 impl Default for JoinOptions {
@@ -63,6 +67,7 @@ impl Default for JoinOptions {
             socks5: None,
             timings: owner::OwnerTimings::default(),
             tls: None,
+            loopback_endpoints: false,
         }
     }
 }
@@ -169,8 +174,7 @@ async fn join(
     let mut guard = StopOnDrop(Some(stop_tx));
 
     let key = NodePrivateKey::generate();
-    let mut disco = [0u8; 32];
-    OsRng.fill_bytes(&mut disco);
+    let disco = DiscoPrivateKey::generate();
     let self_addr = random_self_addr();
     let self_net = IpNet::from(std::net::IpAddr::V6(self_addr));
     let zone = Arc::new(SharedZone::new(Zone::empty(zone_cfg.clone())));
@@ -184,8 +188,28 @@ async fn join(
     let run_opts = RunOptions {
         dns: Some(zone.clone()),
         relay: Some(Relay::new(in_rx)),
+        disco: Some(disco.clone()),
+        paths: PathConfig {
+            disable_direct: info.disable_direct_connections,
+            ..PathConfig::default()
+        },
     };
     let udp = Udp::bind(0).map_err(|e| format!("binding the UDP socket: {e}"))?;
+    let endpoints = own_endpoints(
+        &udp,
+        info.disable_direct_connections,
+        opts.loopback_endpoints,
+    );
+    let endpoint_source = match udp.local_port() {
+        Ok(port) if !info.disable_direct_connections => Some(owner::EndpointSource {
+            port,
+            loopback: opts.loopback_endpoints,
+        }),
+        Ok(_) | Err(_) => None,
+    };
+    let _ = wg_tx
+        .send(WgCommand::SetOwnEndpoints(endpoints.clone()))
+        .await;
     let peers = PeerSet::new(key.to_bytes());
     let mut stop_plane = stop_rx.clone();
     let plane_stop = async move {
@@ -308,11 +332,11 @@ async fn join(
     let self_node = NodeInfo {
         id: (OsRng.next_u64() >> 1) as i64,
         key: *key.public_key().as_bytes(),
-        disco,
+        disco: *disco.public_key().as_bytes(),
         preferred_derp: home,
         derp_latency: latencies,
         addresses: vec![self_net],
-        endpoints: Vec::new(),
+        endpoints,
     };
     let (snap_tx, snap_rx) = watch::channel(PeerUpdate::default());
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
@@ -327,6 +351,7 @@ async fn join(
         dialer,
         home_region: home,
         timings: opts.timings.clone(),
+        endpoints: endpoint_source,
         requests: None,
         peers: Default::default(),
         regions: Vec::new(),
@@ -344,6 +369,32 @@ async fn join(
         },
         (stack, zone),
     ))
+}
+
+/// The endpoints we publish: every usable interface address with the UDP socket's port; none
+/// when direct connections are disabled (or the interfaces cannot be listed).
+fn own_endpoints(udp: &Udp, disabled: bool, loopback: bool) -> Vec<SocketAddr> {
+    if disabled {
+        info!("direct connections are disabled by the deployment; DERP only");
+        return Vec::new();
+    }
+    let port = match udp.local_port() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "no UDP port to advertise; DERP only");
+            return Vec::new();
+        }
+    };
+    match local_endpoints(port, loopback) {
+        Ok(eps) => {
+            info!(endpoints = ?eps, "advertising direct endpoints");
+            eps
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot list the interface addresses; DERP only");
+            Vec::new()
+        }
+    }
 }
 
 async fn run_plane<D: crate::device::Device>(
@@ -404,9 +455,12 @@ impl Session for TailnetSession {
     }
 
     fn wake(&mut self) -> Result<(), String> {
-        // Rebinding and re-STUN belong to the direct-path work; DERP connections recover
-        // on their own, so there is nothing to start here yet.
-        info!("wake: DERP connections reconnect on their own; UDP rebind is not implemented yet");
+        // DERP connections recover on their own; direct paths are re-probed and our
+        // endpoints gathered again. The UDP socket is not rebound (no STUN yet).
+        info!("wake: re-probing direct paths");
+        if self.control.try_send(owner::Control::Wake).is_err() {
+            warn!("wake: the session's owner is busy or gone; direct paths re-probe on their own");
+        }
         Ok(())
     }
 

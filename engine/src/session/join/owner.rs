@@ -12,17 +12,21 @@ use codervpn_dns::SharedZone;
 use codervpn_proto::tailnet::coordinate_request::{Disconnect, Tunnel, UpdateSelf};
 use codervpn_proto::tailnet::coordinate_response::peer_update::Kind;
 use codervpn_proto::tailnet::{CoordinateRequest, CoordinateResponse, DerpMap, Node};
-use codervpn_proto::vpn::PeerUpdate;
+use codervpn_proto::vpn::{LastPing, PeerUpdate};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::controller::Event;
 use super::relays::RegionDialer;
+use crate::net::disco::{DiscoPublicKey, Path};
+use crate::net::endpoints::local_endpoints;
 use crate::net::runner::WgCommand;
 use crate::net::wg::PeerConfig;
 use crate::session::ManagerLink;
-use crate::session::node::{NodeInfo, decode_node_key, parse_prefixes};
-use crate::session::peers::WorkspaceState;
+use crate::session::node::{
+    NodeInfo, decode_disco_key, decode_node_key, parse_endpoints, parse_prefixes,
+};
+use crate::session::peers::{WorkspaceState, duration};
 
 /// Timings of the owner.
 #[derive(Debug, Clone)]
@@ -59,7 +63,21 @@ pub(super) struct AgentPeer {
 pub enum Control {
     /// Send `disconnect`, then answer.
     Stop(oneshot::Sender<()>),
+    /// The system woke up: gather our endpoints again and re-probe every direct path.
+    Wake,
 }
+
+/// Where our published endpoints come from (absent when direct connections are disabled).
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointSource {
+    /// The data plane's UDP port.
+    pub port: u16,
+    /// Advertise loopback addresses too ([`super::JoinOptions::loopback_endpoints`]).
+    pub loopback: bool,
+}
+
+/// How often our interface addresses are looked at again.
+const ENDPOINT_REFRESH: Duration = Duration::from_secs(20);
 
 pub struct Owner {
     pub link: ManagerLink,
@@ -72,6 +90,7 @@ pub struct Owner {
     pub dialer: RegionDialer,
     pub home_region: i64,
     pub timings: OwnerTimings,
+    pub endpoints: Option<EndpointSource>,
     pub(super) requests: Option<mpsc::UnboundedSender<CoordinateRequest>>,
     pub(super) peers: HashMap<[u8; 16], AgentPeer>,
     pub(super) regions: Vec<i64>,
@@ -87,6 +106,9 @@ impl Owner {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status.tick().await;
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -99,8 +121,10 @@ impl Owner {
                         let _ = done.send(());
                         return;
                     }
+                    Some(Control::Wake) => self.refresh_endpoints(true).await,
                     None => return,
                 },
+                _ = refresh.tick() => self.refresh_endpoints(false).await,
                 _ = status.tick() => self.status_update().await,
                 _ = housekeeping.tick() => self.housekeeping().await,
             }
@@ -284,6 +308,17 @@ impl Owner {
             derp_region: region,
         };
         let _ = self.wg.send(cmd).await;
+        match decode_disco_key(&p.node.disco) {
+            Ok(disco) => {
+                let cmd = WgCommand::SetPeerDisco {
+                    key: p.key,
+                    disco: DiscoPublicKey::from_bytes(disco),
+                    endpoints: parse_endpoints(&p.node.endpoints),
+                };
+                let _ = self.wg.send(cmd).await;
+            }
+            Err(e) => debug!(error = %e, "agent node without a usable disco key; DERP only"),
+        }
         if region != self.home_region
             && !self.regions.contains(&region)
             && self.derp_map.regions.contains_key(&region)
@@ -315,6 +350,42 @@ impl Owner {
         }
     }
 
+    /// Gathers our endpoints again; when they changed (or `wake`), the data plane re-probes
+    /// every direct path, and a changed list is published with `update_self`.
+    async fn refresh_endpoints(&mut self, wake: bool) {
+        let Some(src) = self.endpoints else { return };
+        let endpoints = match local_endpoints(src.port, src.loopback) {
+            Ok(eps) => eps,
+            Err(e) => {
+                warn!(error = %e, "cannot list the interface addresses");
+                return;
+            }
+        };
+        let changed = endpoints != self.self_node.endpoints;
+        if changed {
+            info!(?endpoints, "our endpoints changed");
+            self.self_node.endpoints = endpoints.clone();
+            let _ = self.wg.send(WgCommand::SetOwnEndpoints(endpoints)).await;
+            self.send(CoordinateRequest {
+                update_self: Some(UpdateSelf {
+                    node: Some(self.self_node.to_proto()),
+                }),
+                ..Default::default()
+            });
+        }
+        if changed || wake {
+            let _ = self.wg.send(WgCommand::NetworkChanged).await;
+        }
+    }
+
+    /// The name of our home DERP region (its id when the map has no name for it).
+    fn home_region_name(&self) -> String {
+        match self.derp_map.regions.get(&self.home_region) {
+            Some(r) if !r.region_name.is_empty() => r.region_name.clone(),
+            _ => self.home_region.to_string(),
+        }
+    }
+
     async fn status_update(&mut self) {
         let (tx, rx) = oneshot::channel();
         if self.wg.send(WgCommand::Stats(tx)).await.is_err() {
@@ -331,6 +402,18 @@ impl Owner {
             };
             if let Some(since) = s.since_last_handshake {
                 self.state.set_handshake(id, now - since);
+            }
+            match s.path {
+                Some(Path::Direct { latency, .. }) => {
+                    let ping = LastPing {
+                        latency: Some(duration(latency)),
+                        did_p2p: true,
+                        preferred_derp: self.home_region_name(),
+                        preferred_derp_latency: None,
+                    };
+                    self.state.set_ping(id, ping);
+                }
+                Some(Path::Derp) | None => self.state.clear_ping(id),
             }
             if let Some(p) = self.peers.get(id) {
                 let stale = s

@@ -1,0 +1,315 @@
+//! Direct paths for the data plane (issue #8): one disco [`PeerPaths`] per peer that has a
+//! disco key, fed the disco packets that arrive over UDP and through DERP; its transmits are
+//! sealed here and handed back to the runner to send, and its path changes move the peer's
+//! WireGuard endpoint between the direct address and the peer's DERP magic endpoint.
+//!
+//! Sans-IO: the runner passes the time in and sends what [`DirectPaths`] emits.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tracing::{debug, debug_span, info, trace};
+
+use super::derp::NodePublicKey;
+use super::disco::{
+    self, CallMeMaybe, DiscoPrivateKey, DiscoPublicKey, Message, Path, PathConfig, PeerPaths, Ping,
+    Pong, Transmit, Via,
+};
+use super::wg::{PeerSet, key_prefix};
+
+/// A sealed disco packet to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoSend {
+    /// Over the UDP socket.
+    Udp { to: SocketAddr, packet: Vec<u8> },
+    /// Through DERP, to the peer behind this magic endpoint.
+    Relay { magic: SocketAddr, packet: Vec<u8> },
+}
+
+/// Disco packets that were dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiscoDropped {
+    /// From a disco key no peer has (or, through DERP, not the key of the relaying peer).
+    pub unknown_sender: u64,
+    /// Did not open or decode: forged, corrupted, or sealed for another key.
+    pub undecryptable: u64,
+    /// A call-me-maybe over UDP (only accepted through DERP, as upstream does).
+    pub call_me_maybe_over_udp: u64,
+}
+
+/// The direct-path state of every peer with a disco key.
+#[derive(Debug)]
+pub struct DirectPaths {
+    key: DiscoPrivateKey,
+    /// Our WireGuard node key, sent in pings.
+    node_key: NodePublicKey,
+    config: PathConfig,
+    own_endpoints: Vec<SocketAddr>,
+    peers: HashMap<[u8; 32], DiscoPeer>,
+    by_disco: HashMap<DiscoPublicKey, [u8; 32]>,
+    dropped: DiscoDropped,
+}
+
+#[derive(Debug)]
+struct DiscoPeer {
+    disco: DiscoPublicKey,
+    /// The peer's DERP magic endpoint, when it has one.
+    magic: Option<SocketAddr>,
+    paths: PeerPaths,
+    path: Path,
+}
+
+impl DirectPaths {
+    pub fn new(key: DiscoPrivateKey, node_key: [u8; 32], config: PathConfig) -> Self {
+        Self {
+            key,
+            node_key: NodePublicKey::from_bytes(node_key),
+            config,
+            own_endpoints: Vec::new(),
+            peers: HashMap::new(),
+            by_disco: HashMap::new(),
+            dropped: DiscoDropped::default(),
+        }
+    }
+
+    /// Our endpoints, sent in every call-me-maybe from now on.
+    pub fn set_own_endpoints(&mut self, endpoints: Vec<SocketAddr>) {
+        self.own_endpoints = endpoints;
+    }
+
+    /// Sets (or updates) a peer's disco key, its node endpoints and its magic endpoint. A new
+    /// disco key starts the peer's path state afresh (on DERP).
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_peer(
+        &mut self,
+        now: Instant,
+        key: [u8; 32],
+        disco: DiscoPublicKey,
+        endpoints: &[SocketAddr],
+        magic: Option<SocketAddr>,
+        wg: &mut PeerSet,
+        out: &mut impl FnMut(DiscoSend),
+    ) {
+        let fresh = self.peers.get(&key).is_none_or(|p| p.disco != disco);
+        if fresh {
+            if let Some(old) = self.peers.remove(&key) {
+                self.by_disco.remove(&old.disco);
+            }
+            debug!(peer = %key_prefix(&key), %disco, "peer disco key set");
+            self.by_disco.insert(disco, key);
+            self.peers.insert(
+                key,
+                DiscoPeer {
+                    disco,
+                    magic,
+                    paths: PeerPaths::new(self.config.clone()),
+                    path: Path::Derp,
+                },
+            );
+        }
+        let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        peer.magic = magic.or(peer.magic);
+        // Pin the endpoint to the current path, so roaming does not move it behind our back.
+        match (peer.path, peer.magic) {
+            (Path::Direct { addr, .. }, _) | (Path::Derp, Some(addr)) => {
+                wg.set_endpoint(&key, addr);
+            }
+            (Path::Derp, None) => {}
+        }
+        peer.paths.set_node_endpoints(now, endpoints);
+        self.drain(&key, wg, out);
+    }
+
+    /// The network changed (wake, new interface): every peer trusts no direct path until it
+    /// answers again, and is pinged now.
+    pub fn network_changed(
+        &mut self,
+        now: Instant,
+        wg: &mut PeerSet,
+        out: &mut impl FnMut(DiscoSend),
+    ) {
+        let keys: Vec<[u8; 32]> = self.peers.keys().copied().collect();
+        for key in keys {
+            let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
+            if let Some(p) = self.peers.get_mut(&key) {
+                p.paths.network_changed(now);
+            }
+            self.drain(&key, wg, out);
+        }
+    }
+
+    /// Forgets a peer.
+    pub fn remove_peer(&mut self, key: &[u8; 32]) {
+        if let Some(old) = self.peers.remove(key) {
+            self.by_disco.remove(&old.disco);
+        }
+    }
+
+    /// A disco packet from the UDP socket.
+    pub fn handle_udp(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        packet: &[u8],
+        wg: &mut PeerSet,
+        out: &mut impl FnMut(DiscoSend),
+    ) {
+        let Some(key) = disco::sender(packet).and_then(|d| self.by_disco.get(&d).copied()) else {
+            self.dropped.unknown_sender += 1;
+            trace!(%from, "disco packet from an unknown key dropped");
+            return;
+        };
+        let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
+        let Some(msg) = self.open(packet) else { return };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        match msg {
+            Message::Ping(ping) => peer.paths.handle_ping(now, Via::Udp(from), &ping),
+            Message::Pong(pong) => {
+                peer.paths.handle_pong(now, Via::Udp(from), &pong);
+            }
+            Message::CallMeMaybe(_) => {
+                self.dropped.call_me_maybe_over_udp += 1;
+                return;
+            }
+        }
+        self.drain(&key, wg, out);
+    }
+
+    /// A disco packet relayed by DERP from the node `from`.
+    pub fn handle_relayed(
+        &mut self,
+        now: Instant,
+        from: &NodePublicKey,
+        packet: &[u8],
+        wg: &mut PeerSet,
+        out: &mut impl FnMut(DiscoSend),
+    ) {
+        let key = *from.as_bytes();
+        let sender = disco::sender(packet);
+        let Some(peer) = self.peers.get(&key).filter(|p| Some(p.disco) == sender) else {
+            self.dropped.unknown_sender += 1;
+            trace!(from = %from.short(), "relayed disco packet from an unknown key dropped");
+            return;
+        };
+        let Some(magic) = peer.magic else {
+            self.dropped.unknown_sender += 1;
+            return;
+        };
+        let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
+        let Some(msg) = self.open(packet) else { return };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        match msg {
+            Message::Ping(ping) => peer.paths.handle_ping(now, Via::Derp(magic), &ping),
+            Message::Pong(pong) => {
+                peer.paths.handle_pong(now, Via::Derp(magic), &pong);
+            }
+            Message::CallMeMaybe(cmm) => peer.paths.handle_call_me_maybe(now, &cmm.endpoints),
+        }
+        self.drain(&key, wg, out);
+    }
+
+    /// Runs every peer's timers that fell due.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        wg: &mut PeerSet,
+        out: &mut impl FnMut(DiscoSend),
+    ) {
+        let due: Vec<[u8; 32]> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.paths.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
+            if let Some(p) = self.peers.get_mut(&key) {
+                p.paths.handle_timeout(now);
+            }
+            self.drain(&key, wg, out);
+        }
+    }
+
+    /// The current path of a peer with a disco key.
+    pub fn path(&self, key: &[u8; 32]) -> Option<Path> {
+        self.peers.get(key).map(|p| p.path)
+    }
+
+    pub fn dropped(&self) -> DiscoDropped {
+        self.dropped
+    }
+
+    fn open(&mut self, packet: &[u8]) -> Option<Message> {
+        match disco::open(&self.key, packet) {
+            Ok((_, msg)) => Some(msg),
+            Err(e) => {
+                self.dropped.undecryptable += 1;
+                trace!(error = %e, "disco packet dropped");
+                None
+            }
+        }
+    }
+
+    /// Seals and emits the peer's transmits and applies its path change.
+    fn drain(&mut self, key: &[u8; 32], wg: &mut PeerSet, out: &mut impl FnMut(DiscoSend)) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        while let Some(t) = peer.paths.poll_transmit() {
+            let (msg, to) = match t {
+                Transmit::Ping { to, tx_id } => (
+                    Message::Ping(Ping {
+                        tx_id,
+                        node_key: Some(self.node_key),
+                    }),
+                    Via::Udp(to),
+                ),
+                Transmit::Pong { to, tx_id, src } => (Message::Pong(Pong { tx_id, src }), to),
+                Transmit::CallMeMaybe => {
+                    let Some(magic) = peer.magic else { continue };
+                    let cmm = CallMeMaybe {
+                        endpoints: self.own_endpoints.clone(),
+                    };
+                    (Message::CallMeMaybe(cmm), Via::Derp(magic))
+                }
+            };
+            let packet = disco::seal(&self.key, &peer.disco, &msg);
+            match to {
+                Via::Udp(to) => out(DiscoSend::Udp { to, packet }),
+                Via::Derp(magic) => out(DiscoSend::Relay { magic, packet }),
+            }
+        }
+        let Some(path) = peer.paths.poll_path_change() else {
+            return;
+        };
+        let before = std::mem::replace(&mut peer.path, path);
+        match path {
+            Path::Direct { addr, latency } => {
+                if matches!(before, Path::Direct { addr: a, .. } if a == addr) {
+                    trace!(peer = %key_prefix(key), ?latency, "direct path latency");
+                    return;
+                }
+                info!(peer = %key_prefix(key), %addr, ?latency, "path to {} is direct via {addr}", key_prefix(key));
+                wg.set_endpoint(key, addr);
+            }
+            Path::Derp => {
+                info!(peer = %key_prefix(key), "path to {} is DERP", key_prefix(key));
+                if let Some(magic) = peer.magic {
+                    wg.set_endpoint(key, magic);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "direct_tests.rs"]
+mod tests;
