@@ -16,10 +16,7 @@ trap cleanup EXIT
 setup_hosts
 
 IFACE="${NS_PREFIX}t"
-ip netns exec "$NS_B" "$CODERVPN" testbed serve --listen "$VETH_B:8080" --workspaces 20 \
-  > "$WORK/testbed.json" 2>/dev/null &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$WORK/testbed.json" ] && break; sleep 0.1; done
+start_testbed --workspaces 20
 python3 - "$WORK/testbed.json" > "$WORK/queries" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -27,8 +24,8 @@ for a in d["agents"]:
     for name in a["fqdn"]:
         print(name, "AAAA")
 PY
-URL=$(python3 -c "import json; print(json.load(open('$WORK/testbed.json'))['url'])")
-TOKEN=$(python3 -c "import json; print(json.load(open('$WORK/testbed.json'))['token'])")
+URL=$(json 'd["url"]')
+TOKEN=$(json 'd["token"]')
 ip netns exec "$NS_A" "$CODERVPN" up --url "$URL" --token "$TOKEN" --allow-http \
   --interface "$IFACE" --status-socket none > /dev/null 2> "$WORK/up.log" &
 PIDS+=($!)

@@ -16,11 +16,7 @@ trap cleanup EXIT
 setup_hosts
 
 IFACE="${NS_PREFIX}t"
-ip netns exec "$NS_B" "$CODERVPN" testbed serve --listen "$VETH_B:8080" --workspaces 1 \
-  > "$WORK/testbed.json" 2>/dev/null &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$WORK/testbed.json" ] && break; sleep 0.1; done
-json() { python3 -c "import json; d=json.load(open('$WORK/testbed.json')); print($1)"; }
+start_testbed --workspaces 1
 AGENT_IP=$(json 'd["agents"][0]["ip"]')
 ip netns exec "$NS_A" env CODERVPN_LOG=info "$CODERVPN" up --url "$(json 'd["url"]')" \
   --token "$(json 'd["token"]')" --allow-http --interface "$IFACE" --status-socket none \

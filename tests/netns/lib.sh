@@ -150,3 +150,16 @@ wait_for_link() {
   cat "$log" >&2
   return 1
 }
+
+# start_testbed ARGS...: `codervpn testbed serve --listen <host b>:8080 ARGS...` in host b;
+# its JSON line lands in $WORK/testbed.json, which `json EXPR` reads (a Python expression
+# over the parsed line `d`, e.g. `json 'd["token"]'`).
+start_testbed() {
+  ip netns exec "$NS_B" "$CODERVPN" testbed serve --listen "$VETH_B:8080" "$@" \
+    > "$WORK/testbed.json" 2> "$WORK/testbed.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do [ -s "$WORK/testbed.json" ] && break; sleep 0.1; done
+  [ -s "$WORK/testbed.json" ] || { cat "$WORK/testbed.log"; echo "testbed did not start"; return 1; }
+}
+
+json() { python3 -c "import json; d=json.load(open('$WORK/testbed.json')); print($1)"; }

@@ -38,12 +38,7 @@ if [ "$MODE" != embedded ]; then
 fi
 
 IFACE="${NS_PREFIX}t"
-ip netns exec "$NS_B" "$CODERVPN" testbed serve --listen "$VETH_B:8080" --workspaces 2 "${PUBLISH[@]}" \
-  > "$WORK/testbed.json" 2> "$WORK/testbed.log" &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$WORK/testbed.json" ] && break; sleep 0.1; done
-[ -s "$WORK/testbed.json" ] || { cat "$WORK/testbed.log"; echo "testbed did not start"; exit 1; }
-json() { python3 -c "import json,sys; d=json.load(open('$WORK/testbed.json')); print($1)"; }
+start_testbed --workspaces 2 "${PUBLISH[@]}"
 URL=$(json 'd["url"]')
 TOKEN=$(json 'd["token"]')
 AGENT_IP=$(json 'd["agents"][0]["ip"]')
