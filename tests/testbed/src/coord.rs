@@ -169,21 +169,19 @@ impl Coordinator {
     pub fn handle(&self, client: PeerId, req: CoordinateRequest) -> bool {
         let mut st = self.lock();
         if let Some(node) = req.update_self.and_then(|u| u.node) {
-            {
-                let tunnels: Vec<Uuid> = match st.clients.get_mut(&client) {
-                    Some(c) => {
-                        c.node = Some(node.clone());
-                        c.tunnels.iter().copied().collect()
-                    }
-                    None => Vec::new(),
-                };
-                for agent in tunnels {
-                    if let Some(a) = st.agents.get(&agent) {
-                        let _ = a.tx.send(AgentEvent::ClientNode {
-                            client,
-                            node: Box::new(node.clone()),
-                        });
-                    }
+            let tunnels: Vec<Uuid> = match st.clients.get_mut(&client) {
+                Some(c) => {
+                    c.node = Some(node.clone());
+                    c.tunnels.iter().copied().collect()
+                }
+                None => Vec::new(),
+            };
+            for agent in tunnels {
+                if let Some(a) = st.agents.get(&agent) {
+                    let _ = a.tx.send(AgentEvent::ClientNode {
+                        client,
+                        node: Box::new(node.clone()),
+                    });
                 }
             }
         }
