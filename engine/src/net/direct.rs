@@ -163,22 +163,7 @@ impl DirectPaths {
             trace!(%from, "disco packet from an unknown key dropped");
             return;
         };
-        let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
-        let Some(msg) = self.open(packet) else { return };
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        match msg {
-            Message::Ping(ping) => peer.paths.handle_ping(now, Via::Udp(from), &ping),
-            Message::Pong(pong) => {
-                peer.paths.handle_pong(now, Via::Udp(from), &pong);
-            }
-            Message::CallMeMaybe(_) => {
-                self.dropped.call_me_maybe_over_udp += 1;
-                return;
-            }
-        }
-        self.drain(&key, wg, out);
+        self.deliver(now, key, Via::Udp(from), packet, wg, out);
     }
 
     /// A disco packet relayed by DERP from the node `from`.
@@ -201,17 +186,37 @@ impl DirectPaths {
             self.dropped.unknown_sender += 1;
             return;
         };
+        self.deliver(now, key, Via::Derp(magic), packet, wg, out);
+    }
+
+    /// Opens a disco packet from `key`'s peer, which arrived over `via`, and feeds it to
+    /// the peer's path state. A CallMeMaybe is only believed through DERP (upstream).
+    fn deliver(
+        &mut self,
+        now: Instant,
+        key: [u8; 32],
+        via: Via,
+        packet: &[u8],
+        wg: &mut PeerSet,
+        out: &mut impl FnMut(DiscoSend),
+    ) {
         let _span = debug_span!("disco", peer = %key_prefix(&key)).entered();
         let Some(msg) = self.open(packet) else { return };
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        match msg {
-            Message::Ping(ping) => peer.paths.handle_ping(now, Via::Derp(magic), &ping),
-            Message::Pong(pong) => {
-                peer.paths.handle_pong(now, Via::Derp(magic), &pong);
+        match (msg, via) {
+            (Message::Ping(ping), _) => peer.paths.handle_ping(now, via, &ping),
+            (Message::Pong(pong), _) => {
+                peer.paths.handle_pong(now, via, &pong);
             }
-            Message::CallMeMaybe(cmm) => peer.paths.handle_call_me_maybe(now, &cmm.endpoints),
+            (Message::CallMeMaybe(cmm), Via::Derp(_)) => {
+                peer.paths.handle_call_me_maybe(now, &cmm.endpoints)
+            }
+            (Message::CallMeMaybe(_), Via::Udp(_)) => {
+                self.dropped.call_me_maybe_over_udp += 1;
+                return;
+            }
         }
         self.drain(&key, wg, out);
     }
