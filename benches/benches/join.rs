@@ -100,7 +100,7 @@ fn join(c: &mut Criterion) {
         }))
         .unwrap();
     // Let the 100 simulated agents register with the coordinator and the relay.
-    rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
+    assert!(rt.block_on(tb.agents_ready(Duration::from_secs(30))));
     let mut g = c.benchmark_group("join");
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(10));

@@ -287,6 +287,24 @@ impl Testbed {
         self.derp.current()
     }
 
+    /// Waits (up to `timeout`) until every agent of the deployment has registered with
+    /// the coordinator; false if some never did.
+    pub async fn agents_ready(&self, timeout: std::time::Duration) -> bool {
+        let want: usize = self
+            .deployment()
+            .workspaces
+            .iter()
+            .map(|w| w.agents.len())
+            .sum();
+        tokio::time::timeout(timeout, async {
+            while self.coordinator.agents() < want {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// The coordinator (to watch what it relays).
     pub fn coordinator(&self) -> &coord::Coordinator {
         &self.coordinator

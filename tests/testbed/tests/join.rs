@@ -517,14 +517,7 @@ async fn start_waits_out_a_transient_tailnet_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_in_upstream_order_each_with_token_literal_headers_and_telemetry() {
     let tb = Testbed::start(TestbedConfig::default()).await.unwrap();
-    let agents = tb.deployment().workspaces.len();
-    tokio::time::timeout(T, async {
-        while tb.coordinator().agents() < agents {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    assert!(tb.agents_ready(T).await, "agents never registered");
     let before = tb.requests().len();
     let mut m = tunnel(TailnetConnector::default()).await;
     let mut req = start_request(&tb);

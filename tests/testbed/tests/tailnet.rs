@@ -109,14 +109,7 @@ async fn derp_maps_resume_tokens_and_coordination_are_served() {
     assert_eq!(token.refresh_in.unwrap().seconds, 1800);
 
     // The simulated agents register with the coordinator as they come up.
-    let agents = tb.deployment().workspaces.len();
-    tokio::time::timeout(T, async {
-        while tb.coordinator().agents() < agents {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    assert!(tb.agents_ready(T).await, "agents never registered");
     let mut coord = client.coordinate().await.unwrap();
     let agent = tb.deployment().workspaces[0].agents[0].id.0.to_vec();
     coord
