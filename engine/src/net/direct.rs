@@ -3,19 +3,27 @@
 //! sealed here and handed back to the runner to send, and its path changes move the peer's
 //! WireGuard endpoint between the direct address and the peer's DERP magic endpoint.
 //!
+//! While a peer is on DERP, a disco ping crosses the relay every [`RELAY_PING_INTERVAL`]
+//! so its latency through DERP can be reported (`LastPing` with `did_p2p = false`).
+//!
 //! Sans-IO: the runner passes the time in and sends what [`DirectPaths`] emits.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
 
 use tracing::{debug, debug_span, info, trace};
 
 use super::derp::NodePublicKey;
 use super::disco::{
     self, CallMeMaybe, DiscoPrivateKey, DiscoPublicKey, Message, Path, PathConfig, PeerPaths, Ping,
-    Pong, Transmit, Via,
+    Pong, Transmit, TxId, Via,
 };
+
+/// How often a peer on DERP is pinged through the relay (the status ping interval).
+pub const RELAY_PING_INTERVAL: Duration = Duration::from_secs(5);
 use super::wg::{PeerSet, key_prefix};
 
 /// A sealed disco packet to send.
@@ -48,6 +56,8 @@ pub struct DirectPaths {
     own_endpoints: Vec<SocketAddr>,
     peers: HashMap<[u8; 32], DiscoPeer>,
     by_disco: HashMap<DiscoPublicKey, [u8; 32]>,
+    /// Pings in flight through DERP: whose, and when sent.
+    relay_pings: HashMap<TxId, ([u8; 32], Instant)>,
     dropped: DiscoDropped,
 }
 
@@ -58,6 +68,10 @@ struct DiscoPeer {
     magic: Option<SocketAddr>,
     paths: PeerPaths,
     path: Path,
+    /// Round-trip of the last answered ping through DERP.
+    relay_latency: Option<Duration>,
+    /// When the next ping through DERP is due (while on DERP).
+    next_relay_ping: Instant,
 }
 
 impl DirectPaths {
@@ -69,6 +83,7 @@ impl DirectPaths {
             own_endpoints: Vec::new(),
             peers: HashMap::new(),
             by_disco: HashMap::new(),
+            relay_pings: HashMap::new(),
             dropped: DiscoDropped::default(),
         }
     }
@@ -105,6 +120,8 @@ impl DirectPaths {
                     magic,
                     paths: PeerPaths::new(self.config.clone()),
                     path: Path::Derp,
+                    relay_latency: None,
+                    next_relay_ping: now,
                 },
             );
         }
@@ -147,6 +164,7 @@ impl DirectPaths {
         if let Some(old) = self.peers.remove(key) {
             self.by_disco.remove(&old.disco);
         }
+        self.relay_pings.retain(|_, (k, _)| k != key);
     }
 
     /// A disco packet from the UDP socket.
@@ -207,6 +225,18 @@ impl DirectPaths {
         };
         match (msg, via) {
             (Message::Ping(ping), _) => peer.paths.handle_ping(now, via, &ping),
+            (Message::Pong(pong), Via::Derp(_))
+                if self
+                    .relay_pings
+                    .get(&pong.tx_id)
+                    .is_some_and(|(k, _)| *k == key) =>
+            {
+                if let Some((_, sent)) = self.relay_pings.remove(&pong.tx_id) {
+                    let rtt = now.saturating_duration_since(sent);
+                    trace!(?rtt, "pong through DERP");
+                    peer.relay_latency = Some(rtt);
+                }
+            }
             (Message::Pong(pong), _) => {
                 peer.paths.handle_pong(now, via, &pong);
             }
@@ -241,6 +271,31 @@ impl DirectPaths {
             }
             self.drain(&key, wg, out);
         }
+        self.relay_pings
+            .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < RELAY_PING_INTERVAL);
+        for (key, peer) in &mut self.peers {
+            let Some(magic) = peer.magic.filter(|_| peer.path == Path::Derp) else {
+                continue;
+            };
+            if peer.next_relay_ping > now {
+                continue;
+            }
+            peer.next_relay_ping = now + RELAY_PING_INTERVAL;
+            let mut tx_id = TxId::default();
+            OsRng.fill_bytes(&mut tx_id);
+            self.relay_pings.insert(tx_id, (*key, now));
+            let ping = Message::Ping(Ping {
+                tx_id,
+                node_key: Some(self.node_key),
+            });
+            let packet = disco::seal(&self.key, &peer.disco, &ping);
+            out(DiscoSend::Relay { magic, packet });
+        }
+    }
+
+    /// The round-trip of the last answered ping through DERP to a peer.
+    pub fn relay_latency(&self, key: &[u8; 32]) -> Option<Duration> {
+        self.peers.get(key).and_then(|p| p.relay_latency)
     }
 
     /// The current path of a peer with a disco key.

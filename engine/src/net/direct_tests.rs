@@ -26,6 +26,8 @@ struct Net {
     b: Side,
     now: Instant,
     udp_up: bool,
+    /// Time each relayed packet takes.
+    relay_delay: Duration,
     /// (to side a?, send)
     queue: VecDeque<(bool, DiscoSend)>,
 }
@@ -82,6 +84,7 @@ impl Net {
             b,
             now,
             udp_up: true,
+            relay_delay: Duration::ZERO,
             queue,
         }
     }
@@ -104,6 +107,7 @@ impl Net {
                     }
                 }
                 DiscoSend::Relay { packet, .. } => {
+                    self.now += self.relay_delay;
                     let from = NodePublicKey::from_bytes(other.node);
                     me.direct
                         .handle_relayed(self.now, &from, &packet, &mut me.wg, &mut out);
@@ -245,4 +249,36 @@ fn network_change_re_probes_and_the_direct_path_returns() {
     net.pump();
     assert!(matches!(net.a_path(), Path::Direct { .. }));
     assert_eq!(net.a_endpoint(), Some(B_UDP.parse().unwrap()));
+}
+
+#[test]
+fn a_peer_on_derp_is_pinged_through_the_relay_and_the_last_round_trip_is_kept() {
+    let mut net = Net::new();
+    net.udp_up = false;
+    net.relay_delay = Duration::from_millis(20);
+    assert_eq!(net.a.direct.relay_latency(&net.b.node), None);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.a_path(), Path::Derp);
+    let rtt = net
+        .a
+        .direct
+        .relay_latency(&net.b.node)
+        .expect("a relayed pong");
+    assert!(
+        rtt >= Duration::from_millis(40) && rtt < Duration::from_millis(500),
+        "{rtt:?}"
+    );
+
+    // Direct again: no more pings through the relay; the last figure stays.
+    net.udp_up = true;
+    net.run_for(Duration::from_secs(10));
+    assert!(matches!(net.a_path(), Path::Direct { .. }));
+    let last = net.a.direct.relay_latency(&net.b.node);
+    assert!(last.is_some());
+    net.relay_delay = Duration::from_millis(70);
+    net.run_for(Duration::from_secs(10));
+    assert!(matches!(net.a_path(), Path::Direct { .. }));
+    assert_eq!(net.a.direct.relay_latency(&net.b.node), last);
+    net.a.direct.remove_peer(&net.b.node);
+    assert!(net.a.direct.relay_pings.is_empty());
 }

@@ -14,6 +14,7 @@ pub mod disco;
 pub mod dns_intercept;
 pub mod dns_tcp;
 pub mod endpoints;
+pub mod netcheck;
 pub mod packet_queues;
 pub mod relay;
 pub mod runner;

@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, trace, warn};
 
 use std::os::fd::RawFd;
@@ -20,6 +20,7 @@ use super::derp::{DerpHandle, NodePublicKey};
 use super::direct::{DirectPaths, DiscoDropped, DiscoSend};
 use super::disco::{self, DiscoPrivateKey, DiscoPublicKey, PathConfig};
 use super::dns_intercept::{DnsIntercept, Intercepted};
+use super::netcheck::{Netcheck, NetcheckStats, StunReport, StunServer};
 use super::relay::{self, Relay, RelayCounters, RelayIn};
 use super::stun;
 use super::udp::Udp;
@@ -54,8 +55,14 @@ pub enum WgCommand {
     },
     /// Our own endpoints, sent to peers in call-me-maybe.
     SetOwnEndpoints(Vec<SocketAddr>),
-    /// The network changed (wake, new addresses): distrust every direct path and ping again.
+    /// The network changed (new addresses): distrust every direct path, ping again and
+    /// re-STUN.
     NetworkChanged,
+    /// Wake: close the UDP socket and bind a new one (the same port when it is free), then
+    /// as [`WgCommand::NetworkChanged`].
+    Rebind,
+    /// The STUN servers to probe from the UDP socket (from the DERP map).
+    SetStunServers(Vec<StunServer>),
     /// Adds (or replaces) the connection to a DERP region; `home` marks our own.
     AddRelay {
         region: i64,
@@ -81,11 +88,23 @@ pub struct WgStats {
     /// Disco packets dropped (unknown sender, forged, undecryptable), or all of them
     /// without [`RunOptions::disco`] (then counted in `not_wireguard.disco` only).
     pub disco_dropped: DiscoDropped,
+    /// STUN probing from the UDP socket.
+    pub stun: NetcheckStats,
+}
+
+/// What the data plane learnt about the network, for the session to publish
+/// ([`RunOptions::report`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetReport {
+    /// The UDP socket's port (it may change on [`WgCommand::Rebind`]).
+    pub port: u16,
+    /// The last STUN round with answers.
+    pub stun: StunReport,
 }
 
 /// Disco and STUN packets arriving on the WireGuard paths (UDP or DERP), kept away from
-/// WireGuard: disco goes to the direct-path state (with [`RunOptions::disco`]); STUN is
-/// counted and dropped.
+/// WireGuard: disco goes to the direct-path state (with [`RunOptions::disco`]), STUN to the
+/// prober.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NotWireGuard {
     /// Packets that look like disco (`TS💬` magic, 62-byte header), by UDP or DERP.
@@ -107,7 +126,6 @@ impl NotWireGuard {
     fn classify(&mut self, datagram: &[u8]) -> Kind {
         if stun::is_stun(datagram) {
             self.stun += 1;
-            trace!(len = datagram.len(), "STUN packet dropped");
             Kind::Stun
         } else if disco::looks_like_disco(datagram) {
             self.disco += 1;
@@ -131,6 +149,8 @@ pub struct RunOptions {
     pub disco: Option<DiscoPrivateKey>,
     /// Path timing and policy (`disable_direct` keeps every peer on DERP).
     pub paths: PathConfig,
+    /// Where the socket's port and the STUN results go whenever they change.
+    pub report: Option<watch::Sender<NetReport>>,
 }
 
 /// Moves packets between `device` and `udp` (and the relays of `opts`) through `peers`
@@ -138,7 +158,7 @@ pub struct RunOptions {
 pub async fn run<D: Device>(
     mut peers: PeerSet,
     device: D,
-    udp: Udp,
+    mut udp: Udp,
     mut commands: mpsc::Receiver<WgCommand>,
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
@@ -148,7 +168,24 @@ pub async fn run<D: Device>(
         relay,
         disco,
         paths,
+        report,
     } = opts;
+    let mut netcheck = Netcheck::default();
+    let mut rebind = false;
+    let publish = |udp: &Udp, netcheck: &Netcheck| {
+        if let Some(r) = &report {
+            let now = NetReport {
+                port: udp.local_port().unwrap_or(0),
+                stun: netcheck.report().clone(),
+            };
+            r.send_if_modified(|old| {
+                let changed = *old != now;
+                *old = now;
+                changed
+            });
+        }
+    };
+    publish(&udp, &netcheck);
     let mut direct = disco.map(|key| DirectPaths::new(key, peers.public_key(), paths));
     let mut disco_dropped = DiscoDropped::default();
     let mut dns = dns.map(|zone| {
@@ -180,6 +217,19 @@ pub async fn run<D: Device>(
         "WireGuard data plane running"
     );
     loop {
+        if std::mem::take(&mut rebind) {
+            udp = rebound(udp)?;
+            outbox.fd = udp.raw_fd();
+            let gro = udp.enable_gro();
+            debug!(gro, "receive coalescing on the new socket");
+            let now = tokio::time::Instant::now().into_std();
+            netcheck.restun(now);
+            if let Some(d) = &mut direct {
+                d.network_changed(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
+            }
+            publish(&udp, &netcheck);
+            outbox.flush(&device);
+        }
         tokio::select! {
             r = device.recv(&mut dev_buf) => {
                 let mut n = r.map_err(|e| io::Error::new(e.kind(), format!("reading the packet device: {e}")))?;
@@ -213,7 +263,12 @@ pub async fn run<D: Device>(
                             trace!(%from, len = n, segment, "datagrams");
                             for datagram in net_buf[..n].chunks(segment) {
                                 match not_wg.classify(datagram) {
-                                    Kind::Stun => {}
+                                    Kind::Stun => {
+                                        let now = tokio::time::Instant::now().into_std();
+                                        if netcheck.handle_response(now, from, datagram) {
+                                            publish(&udp, &netcheck);
+                                        }
+                                    }
                                     Kind::Disco => match &mut direct {
                                         Some(d) => {
                                             let now = tokio::time::Instant::now().into_std();
@@ -262,6 +317,12 @@ pub async fn run<D: Device>(
                 if let Some(d) = &mut direct {
                     d.handle_timeout(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
                 }
+                if netcheck.poll_timeout().is_some_and(|t| t <= now) {
+                    let changed = netcheck.handle_timeout(now, &mut |to, p| outbox.send_udp(&udp, to, &p));
+                    if changed {
+                        publish(&udp, &netcheck);
+                    }
+                }
                 if let Some((zone, dns)) = &mut dns {
                     dns.handle_timeout(now, &zone.load(), &mut |p| outbox.emit(&device, Emit::Tunnel(p)));
                 }
@@ -301,10 +362,15 @@ pub async fn run<D: Device>(
                     None => debug!("own endpoints given to a data plane without disco"),
                 },
                 Some(WgCommand::NetworkChanged) => {
+                    let now = tokio::time::Instant::now().into_std();
+                    netcheck.restun(now);
                     if let Some(d) = &mut direct {
-                        let now = tokio::time::Instant::now().into_std();
                         d.network_changed(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
                     }
+                }
+                Some(WgCommand::Rebind) => rebind = true,
+                Some(WgCommand::SetStunServers(servers)) => {
+                    netcheck.set_servers(tokio::time::Instant::now().into_std(), servers);
                 }
                 Some(WgCommand::AddRelay { region, handle, home }) => match outbox.relay.as_mut() {
                     Some(r) => r.add_region(region, handle, home),
@@ -323,6 +389,7 @@ pub async fn run<D: Device>(
                             .stats()
                             .map(|mut s| {
                                 s.path = direct.as_ref().and_then(|d| d.path(&s.public_key));
+                                s.relay_latency = direct.as_ref().and_then(|d| d.relay_latency(&s.public_key));
                                 s
                             })
                             .collect(),
@@ -332,6 +399,7 @@ pub async fn run<D: Device>(
                         device_write_failed: outbox.device_write_failed,
                         relay: outbox.relay.as_ref().map(|r| r.counters().clone()).unwrap_or_default(),
                         not_wireguard: not_wg,
+                        stun: netcheck.stats(),
                     });
                 }
                 None => {}
@@ -363,16 +431,34 @@ async fn next_relayed(relay: &mut Option<Relay>) -> Option<RelayIn> {
     }
 }
 
+/// A new UDP socket in place of `old`: on the same port when it is still free, else on
+/// any (the session then publishes the new port).
+fn rebound(old: Udp) -> io::Result<Udp> {
+    let port = old.local_port().unwrap_or(0);
+    drop(old);
+    let udp = Udp::bind(port)
+        .or_else(|e| {
+            warn!(port, error = %e, "cannot rebind the UDP port; taking another");
+            Udp::bind(0)
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("rebinding the UDP socket: {e}")))?;
+    info!(port = udp.local_port().unwrap_or(0), "UDP socket rebound");
+    Ok(udp)
+}
+
 impl Outbox {
+    /// Sends one datagram over UDP at once (disco, STUN).
+    fn send_udp(&mut self, udp: &Udp, to: SocketAddr, packet: &[u8]) {
+        if let Err(e) = udp.try_send_to(packet, to) {
+            self.udp_send_failed += 1;
+            trace!(%to, error = %e, "UDP send failed");
+        }
+    }
+
     /// Sends a sealed disco packet: over UDP at once, or through the peer's relay.
     fn send_disco(&mut self, udp: &Udp, s: DiscoSend) {
         match s {
-            DiscoSend::Udp { to, packet } => {
-                if let Err(e) = udp.try_send_to(&packet, to) {
-                    self.udp_send_failed += 1;
-                    trace!(%to, error = %e, "disco send failed");
-                }
-            }
+            DiscoSend::Udp { to, packet } => self.send_udp(udp, to, &packet),
             DiscoSend::Relay { magic, packet } => match self.relay.as_mut() {
                 Some(r) => r.send(magic, &packet),
                 None => self.udp_send_failed += 1,

@@ -202,6 +202,7 @@ async fn start_agent(
                     disable_direct: net.disable_direct,
                     ..PathConfig::default()
                 },
+                report: None,
             };
             if let Err(e) = runner::run(peers, device, udp, cmd_rx, opts, stop).await {
                 warn!(error = %e, "agent data plane failed");

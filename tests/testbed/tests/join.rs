@@ -626,13 +626,29 @@ async fn disabled_direct_connections_keep_the_agent_on_derp() {
     let (mut m, connector, _) = started_with(&tb, opts).await;
     let agent = &tb.deployment().agent_summaries()[0];
     fetch_page(&connector, &agent.ip).await;
-    // Long enough for a direct path to be found had it been allowed (pings go out at once).
+    // Long enough for a direct path to be found had it been allowed (pings go out at once);
+    // the status pings cross DERP and say so.
+    let mut relayed = None;
     for _ in 0..8 {
         let u = wait_update(&mut m, |u| !u.upserted_agents.is_empty()).await;
-        assert!(
-            u.upserted_agents.iter().all(|a| a.last_ping.is_none()),
-            "no direct path (and no ping) when direct connections are disabled: {u:?}"
-        );
+        for ping in u
+            .upserted_agents
+            .iter()
+            .filter_map(|a| a.last_ping.as_ref())
+        {
+            assert!(
+                !ping.did_p2p,
+                "no direct path when direct connections are disabled: {u:?}"
+            );
+            relayed = Some(ping.clone());
+        }
     }
+    let ping = relayed.expect("a ping through DERP within 8 status updates");
+    assert_eq!(ping.preferred_derp, codervpn_testbed::EMBEDDED_REGION_NAME);
+    assert!(
+        ping.latency.is_some_and(|l| l.seconds == 0 && l.nanos > 0),
+        "{ping:?}"
+    );
+    assert!(ping.preferred_derp_latency.is_some(), "{ping:?}");
     assert!(m.client.stop().await.unwrap().success);
 }

@@ -74,6 +74,8 @@ pub struct PeerStats {
     pub rx_bytes: usize,
     /// The path disco chose for a peer with a disco key (filled in by the runner).
     pub path: Option<crate::net::disco::Path>,
+    /// Round-trip time of the last disco ping through DERP (filled in by the runner).
+    pub relay_latency: Option<Duration>,
 }
 
 struct Peer {
@@ -368,6 +370,7 @@ impl PeerSet {
                 tx_bytes,
                 rx_bytes,
                 path: None,
+                relay_latency: None,
             }
         })
     }

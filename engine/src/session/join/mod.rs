@@ -8,6 +8,7 @@
 //! ```
 
 pub mod controller;
+pub mod netinfo;
 pub mod owner;
 pub mod relays;
 pub mod settings;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, info, info_span, warn};
 
+use self::netinfo::RegionLatencies;
 use super::api::{Api, TOKEN_HEADER};
 use super::node::NodeInfo;
 use super::peers::WorkspaceState;
@@ -33,9 +35,8 @@ use crate::device::userspace::{self, StackHandle, UserspaceConfig, UserspaceDevi
 use crate::device::{FdDevice, Framing};
 use crate::net::derp::NodePrivateKey;
 use crate::net::disco::{DiscoPrivateKey, PathConfig};
-use crate::net::endpoints::local_endpoints;
 use crate::net::relay::Relay;
-use crate::net::runner::{self, RunOptions, WgCommand};
+use crate::net::runner::{self, NetReport, RunOptions, WgCommand};
 use crate::net::udp::Udp;
 use crate::net::wg::PeerSet;
 
@@ -185,6 +186,7 @@ async fn join(
     // The data plane.
     let (wg_tx, wg_rx) = mpsc::channel(256);
     let (in_tx, in_rx) = mpsc::channel(1024);
+    let (net_tx, net_rx) = watch::channel(NetReport::default());
     let run_opts = RunOptions {
         dns: Some(zone.clone()),
         relay: Some(Relay::new(in_rx)),
@@ -193,6 +195,7 @@ async fn join(
             disable_direct: info.disable_direct_connections,
             ..PathConfig::default()
         },
+        report: Some(net_tx),
     };
     let udp = Udp::bind(0).map_err(|e| format!("binding the UDP socket: {e}"))?;
     let endpoints = own_endpoints(
@@ -200,13 +203,9 @@ async fn join(
         info.disable_direct_connections,
         opts.loopback_endpoints,
     );
-    let endpoint_source = match udp.local_port() {
-        Ok(port) if !info.disable_direct_connections => Some(owner::EndpointSource {
-            port,
-            loopback: opts.loopback_endpoints,
-        }),
-        Ok(_) | Err(_) => None,
-    };
+    let endpoint_source = (!info.disable_direct_connections).then_some(owner::EndpointSource {
+        loopback: opts.loopback_endpoints,
+    });
     let _ = wg_tx
         .send(WgCommand::SetOwnEndpoints(endpoints.clone()))
         .await;
@@ -325,16 +324,13 @@ async fn join(
         .await
         .map_err(|e| format!("applying split DNS: {e}"))?;
 
-    let latencies: Vec<(i64, f64)> = measured
-        .iter()
-        .map(|r| (r.region, r.latency.as_secs_f64()))
-        .collect();
+    let latencies = RegionLatencies::new(measured.iter().map(|r| (r.region, r.latency)));
     let self_node = NodeInfo {
         id: (OsRng.next_u64() >> 1) as i64,
         key: *key.public_key().as_bytes(),
         disco: *disco.public_key().as_bytes(),
         preferred_derp: home,
-        derp_latency: latencies,
+        derp_latency: latencies.published(),
         addresses: vec![self_net],
         endpoints,
     };
@@ -352,6 +348,8 @@ async fn join(
         home_region: home,
         timings: opts.timings.clone(),
         endpoints: endpoint_source,
+        net: net_rx,
+        latencies,
         requests: None,
         peers: Default::default(),
         regions: Vec::new(),
@@ -371,8 +369,8 @@ async fn join(
     ))
 }
 
-/// The endpoints we publish: every usable interface address with the UDP socket's port; none
-/// when direct connections are disabled (or the interfaces cannot be listed).
+/// The endpoints we publish first: every usable interface address with the UDP socket's
+/// port (STUN's follow); none when direct connections are disabled.
 fn own_endpoints(udp: &Udp, disabled: bool, loopback: bool) -> Vec<SocketAddr> {
     if disabled {
         info!("direct connections are disabled by the deployment; DERP only");
@@ -385,16 +383,13 @@ fn own_endpoints(udp: &Udp, disabled: bool, loopback: bool) -> Vec<SocketAddr> {
             return Vec::new();
         }
     };
-    match local_endpoints(port, loopback) {
-        Ok(eps) => {
-            info!(endpoints = ?eps, "advertising direct endpoints");
-            eps
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot list the interface addresses; DERP only");
-            Vec::new()
-        }
-    }
+    let net = NetReport {
+        port,
+        ..Default::default()
+    };
+    let eps = netinfo::our_endpoints(&net, loopback).unwrap_or_default();
+    info!(endpoints = ?eps, "advertising direct endpoints");
+    eps
 }
 
 async fn run_plane<D: crate::device::Device>(

@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::controller::Event;
+use super::netinfo::{self, RegionLatencies};
 use super::relays::RegionDialer;
 use crate::net::disco::{DiscoPublicKey, Path};
-use crate::net::endpoints::local_endpoints;
-use crate::net::runner::WgCommand;
+use crate::net::runner::{NetReport, WgCommand};
 use crate::net::wg::PeerConfig;
 use crate::session::ManagerLink;
 use crate::session::node::{
@@ -63,15 +63,14 @@ pub(super) struct AgentPeer {
 pub enum Control {
     /// Send `disconnect`, then answer.
     Stop(oneshot::Sender<()>),
-    /// The system woke up: gather our endpoints again and re-probe every direct path.
+    /// The system woke up: rebind the UDP socket, re-STUN, gather our endpoints again and
+    /// re-probe every direct path.
     Wake,
 }
 
 /// Where our published endpoints come from (absent when direct connections are disabled).
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointSource {
-    /// The data plane's UDP port.
-    pub port: u16,
     /// Advertise loopback addresses too ([`super::JoinOptions::loopback_endpoints`]).
     pub loopback: bool,
 }
@@ -91,6 +90,9 @@ pub struct Owner {
     pub home_region: i64,
     pub timings: OwnerTimings,
     pub endpoints: Option<EndpointSource>,
+    /// The data plane's UDP port and STUN results.
+    pub net: watch::Receiver<NetReport>,
+    pub latencies: RegionLatencies,
     pub(super) requests: Option<mpsc::UnboundedSender<CoordinateRequest>>,
     pub(super) peers: HashMap<[u8; 16], AgentPeer>,
     pub(super) regions: Vec<i64>,
@@ -109,6 +111,8 @@ impl Owner {
         let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
+        self.probe_stun();
+        let mut net_open = true;
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -121,10 +125,14 @@ impl Owner {
                         let _ = done.send(());
                         return;
                     }
-                    Some(Control::Wake) => self.refresh_endpoints(true).await,
+                    Some(Control::Wake) => { self.refresh_endpoints(true).await; }
                     None => return,
                 },
-                _ = refresh.tick() => self.refresh_endpoints(false).await,
+                r = self.net.changed(), if net_open => match r {
+                    Ok(()) => self.net_changed().await,
+                    Err(_) => net_open = false,
+                },
+                _ = refresh.tick() => { self.refresh_endpoints(false).await; }
                 _ = status.tick() => self.status_update().await,
                 _ = housekeeping.tick() => self.housekeeping().await,
             }
@@ -210,6 +218,7 @@ impl Owner {
                     }
                 }
                 self.derp_map = map;
+                self.probe_stun();
             }
         }
     }
@@ -350,39 +359,74 @@ impl Owner {
         }
     }
 
-    /// Gathers our endpoints again; when they changed (or `wake`), the data plane re-probes
-    /// every direct path, and a changed list is published with `update_self`.
-    async fn refresh_endpoints(&mut self, wake: bool) {
-        let Some(src) = self.endpoints else { return };
-        let endpoints = match local_endpoints(src.port, src.loopback) {
-            Ok(eps) => eps,
-            Err(e) => {
-                warn!(error = %e, "cannot list the interface addresses");
-                return;
-            }
-        };
-        let changed = endpoints != self.self_node.endpoints;
-        if changed {
-            info!(?endpoints, "our endpoints changed");
-            self.self_node.endpoints = endpoints.clone();
-            let _ = self.wg.send(WgCommand::SetOwnEndpoints(endpoints)).await;
-            self.send(CoordinateRequest {
-                update_self: Some(UpdateSelf {
-                    node: Some(self.self_node.to_proto()),
-                }),
-                ..Default::default()
-            });
+    /// Hands the STUN servers of the DERP map to the data plane (resolved in the
+    /// background); none when direct connections are disabled.
+    fn probe_stun(&self) {
+        if self.endpoints.is_none() {
+            return;
         }
-        if changed || wake {
-            let _ = self.wg.send(WgCommand::NetworkChanged).await;
-        }
+        let (map, wg) = (self.derp_map.clone(), self.wg.clone());
+        tokio::spawn(async move {
+            let servers = netinfo::stun_servers(&map).await;
+            debug!(count = servers.len(), "STUN servers from the DERP map");
+            let _ = wg.send(WgCommand::SetStunServers(servers)).await;
+        });
     }
 
-    /// The name of our home DERP region (its id when the map has no name for it).
-    fn home_region_name(&self) -> String {
-        match self.derp_map.regions.get(&self.home_region) {
+    /// The data plane's port or STUN results changed: publish new latencies and endpoints.
+    async fn net_changed(&mut self) {
+        let report = self.net.borrow_and_update().clone();
+        if self.latencies.update(&report) {
+            self.self_node.derp_latency = self.latencies.published();
+            if !self.refresh_endpoints(false).await {
+                self.publish_self();
+            }
+            return;
+        }
+        self.refresh_endpoints(false).await;
+    }
+
+    fn publish_self(&self) {
+        self.send(CoordinateRequest {
+            update_self: Some(UpdateSelf {
+                node: Some(self.self_node.to_proto()),
+            }),
+            ..Default::default()
+        });
+    }
+
+    /// Gathers our endpoints again (interfaces and STUN); a changed list is published with
+    /// `update_self` and the data plane re-probes every direct path. On `wake` the data
+    /// plane first rebinds its socket and re-STUNs. Returns whether anything was published.
+    async fn refresh_endpoints(&mut self, wake: bool) -> bool {
+        if wake {
+            let _ = self.wg.send(WgCommand::Rebind).await;
+        }
+        let Some(src) = self.endpoints else {
+            return false;
+        };
+        let report = self.net.borrow().clone();
+        let Some(endpoints) = netinfo::our_endpoints(&report, src.loopback) else {
+            return false;
+        };
+        if endpoints == self.self_node.endpoints {
+            return false;
+        }
+        info!(?endpoints, "our endpoints changed");
+        self.self_node.endpoints = endpoints.clone();
+        let _ = self.wg.send(WgCommand::SetOwnEndpoints(endpoints)).await;
+        self.publish_self();
+        if !wake {
+            let _ = self.wg.send(WgCommand::NetworkChanged).await;
+        }
+        true
+    }
+
+    /// The name of a DERP region (its id when the map has no name for it).
+    fn region_name(&self, region: i64) -> String {
+        match self.derp_map.regions.get(&region) {
             Some(r) if !r.region_name.is_empty() => r.region_name.clone(),
-            _ => self.home_region.to_string(),
+            _ => region.to_string(),
         }
     }
 
@@ -403,17 +447,23 @@ impl Owner {
             if let Some(since) = s.since_last_handshake {
                 self.state.set_handshake(id, now - since);
             }
-            match s.path {
-                Some(Path::Direct { latency, .. }) => {
-                    let ping = LastPing {
-                        latency: Some(duration(latency)),
-                        did_p2p: true,
-                        preferred_derp: self.home_region_name(),
-                        preferred_derp_latency: None,
-                    };
-                    self.state.set_ping(id, ping);
+            // The latest ping result; an earlier one stays until a new one arrives.
+            let ping = match (s.path, s.relay_latency) {
+                (Some(Path::Direct { latency, .. }), _) => Some((latency, true, self.home_region)),
+                (Some(Path::Derp), Some(latency)) => {
+                    let region = self.peers.get(id).map(|p| i64::from(p.node.preferred_derp));
+                    Some((latency, false, region.unwrap_or(self.home_region)))
                 }
-                Some(Path::Derp) | None => self.state.clear_ping(id),
+                _ => None,
+            };
+            if let Some((latency, did_p2p, region)) = ping {
+                let ping = LastPing {
+                    latency: Some(duration(latency)),
+                    did_p2p,
+                    preferred_derp: self.region_name(region),
+                    preferred_derp_latency: self.latencies.get(region).map(duration),
+                };
+                self.state.set_ping(id, ping);
             }
             if let Some(p) = self.peers.get(id) {
                 let stale = s

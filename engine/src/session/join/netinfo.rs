@@ -1,0 +1,252 @@
+//! What the session publishes about its network position: the STUN servers the data plane
+//! probes (from the DERP map), and our endpoints and per-region latencies from the local
+//! interfaces plus the data plane's [`NetReport`] (tailnet.md §13, issue #8).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use codervpn_proto::tailnet::DerpMap;
+use tracing::{debug, warn};
+
+use crate::net::endpoints::local_endpoints;
+use crate::net::netcheck::StunServer;
+use crate::net::runner::NetReport;
+
+/// A node's STUN port when the map says 0.
+pub const DEFAULT_STUN_PORT: u16 = 3478;
+/// STUN nodes probed per region (the first ones in map order).
+const NODES_PER_REGION: usize = 2;
+/// How long resolving one STUN host name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The STUN servers of `map`: per region the first nodes with STUN (`STUNPort` not -1;
+/// 0 means 3478), each at its `IPv4`/`IPv6` literals, else at the first IPv4 and IPv6
+/// addresses its `HostName` resolves to (`none` or any non-address disables a family
+/// given in the node). Avoided regions are left out. Unresolvable nodes are skipped.
+pub async fn stun_servers(map: &DerpMap) -> Vec<StunServer> {
+    let mut out = Vec::new();
+    for region in map.regions.values().filter(|r| !r.avoid) {
+        let nodes = region.nodes.iter().filter(|n| n.stun_port >= 0);
+        for node in nodes.take(NODES_PER_REGION) {
+            let port = match u16::try_from(node.stun_port) {
+                Ok(0) => DEFAULT_STUN_PORT,
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            let mut addrs: Vec<IpAddr> = [&node.ipv4, &node.ipv6]
+                .into_iter()
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            let literal_given = !node.ipv4.is_empty() || !node.ipv6.is_empty();
+            if addrs.is_empty() && !literal_given && !node.host_name.is_empty() {
+                addrs = resolve(&node.host_name, port).await;
+            }
+            out.extend(addrs.into_iter().map(|ip| StunServer {
+                region: region.region_id,
+                addr: SocketAddr::new(ip, port),
+            }));
+        }
+    }
+    out
+}
+
+/// The first IPv4 and first IPv6 address of `host`.
+async fn resolve(host: &str, port: u16) -> Vec<IpAddr> {
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+    let addrs: Vec<IpAddr> = match found {
+        Ok(Ok(it)) => it.map(|a| a.ip()).collect(),
+        Ok(Err(e)) => {
+            warn!(host, error = %e, "cannot resolve a STUN server");
+            return Vec::new();
+        }
+        Err(_) => {
+            warn!(host, "resolving a STUN server timed out");
+            return Vec::new();
+        }
+    };
+    let v4 = addrs.iter().find(|a| a.is_ipv4()).copied();
+    let v6 = addrs.iter().find(|a| a.is_ipv6()).copied();
+    v4.into_iter().chain(v6).collect()
+}
+
+/// Our endpoints: every usable interface address with the data plane's port, then the
+/// STUN-mapped ones; sorted, no duplicates. `None` when the interfaces cannot be listed.
+pub fn our_endpoints(net: &NetReport, loopback: bool) -> Option<Vec<SocketAddr>> {
+    let mut eps = match local_endpoints(net.port, loopback) {
+        Ok(eps) => eps,
+        Err(e) => {
+            warn!(error = %e, "cannot list the interface addresses");
+            return None;
+        }
+    };
+    eps.extend(net.stun.endpoints.iter().copied());
+    eps.sort();
+    eps.dedup();
+    Some(eps)
+}
+
+/// Per region, the latency we publish: STUN's round-trip where a STUN server of the
+/// region answered, else the DERP connect time measured when joining.
+#[derive(Debug, Clone, Default)]
+pub struct RegionLatencies {
+    measured: BTreeMap<i64, Duration>,
+    stun: BTreeMap<i64, Duration>,
+}
+
+impl RegionLatencies {
+    pub fn new(measured: impl IntoIterator<Item = (i64, Duration)>) -> Self {
+        Self {
+            measured: measured.into_iter().collect(),
+            stun: BTreeMap::new(),
+        }
+    }
+
+    /// Takes the latest STUN round; returns whether a published value changed.
+    pub fn update(&mut self, net: &NetReport) -> bool {
+        let stun: BTreeMap<i64, Duration> = net.stun.latency.iter().copied().collect();
+        let changed = stun != self.stun;
+        if changed {
+            debug!(?stun, "STUN latencies");
+        }
+        self.stun = stun;
+        changed
+    }
+
+    pub fn get(&self, region: i64) -> Option<Duration> {
+        self.stun
+            .get(&region)
+            .or_else(|| self.measured.get(&region))
+            .copied()
+    }
+
+    /// `(region, seconds)` for `Node.derp_latency`.
+    pub fn published(&self) -> Vec<(i64, f64)> {
+        let regions: BTreeSet<i64> = self
+            .measured
+            .keys()
+            .chain(self.stun.keys())
+            .copied()
+            .collect();
+        regions
+            .into_iter()
+            .filter_map(|r| Some((r, self.get(r)?.as_secs_f64())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codervpn_proto::tailnet::derp_map::{Region, region::Node};
+
+    fn node(host: &str, ipv4: &str, stun_port: i32, stun_only: bool) -> Node {
+        Node {
+            name: host.into(),
+            host_name: host.into(),
+            ipv4: ipv4.into(),
+            stun_port,
+            stun_only,
+            ..Default::default()
+        }
+    }
+
+    fn map(regions: Vec<(i64, bool, Vec<Node>)>) -> DerpMap {
+        DerpMap {
+            regions: regions
+                .into_iter()
+                .map(|(id, avoid, nodes)| {
+                    let r = Region {
+                        region_id: id,
+                        avoid,
+                        nodes,
+                        ..Default::default()
+                    };
+                    (id, r)
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn stun_nodes_give_servers_with_port_3478_for_zero_and_none_for_minus_one() {
+        let m = map(vec![
+            (
+                1,
+                false,
+                vec![
+                    node("relay", "192.0.2.1", -1, false),
+                    node("stun", "192.0.2.2", 0, true),
+                    node("stun2", "192.0.2.3", 19302, true),
+                    node("stun3", "192.0.2.4", 1, true),
+                ],
+            ),
+            (2, true, vec![node("avoided", "192.0.2.9", 0, true)]),
+            (3, false, vec![node("localhost", "", 3479, true)]),
+            (4, false, vec![node("no-v4", "none", 0, true)]),
+        ]);
+        let servers = stun_servers(&m).await;
+        let got: Vec<(i64, SocketAddr)> = servers.iter().map(|s| (s.region, s.addr)).collect();
+        assert!(got.contains(&(1, "192.0.2.2:3478".parse().unwrap())));
+        assert!(got.contains(&(1, "192.0.2.3:19302".parse().unwrap())));
+        assert!(
+            !got.iter().any(|(_, a)| a.ip().to_string() == "192.0.2.1"),
+            "STUNPort -1"
+        );
+        assert!(
+            !got.iter().any(|(_, a)| a.ip().to_string() == "192.0.2.4"),
+            "two nodes per region"
+        );
+        assert!(!got.iter().any(|(r, _)| *r == 2), "avoided region");
+        assert!(
+            got.iter()
+                .any(|(r, a)| *r == 3 && a.port() == 3479 && a.ip().is_loopback())
+        );
+        assert!(
+            !got.iter().any(|(r, _)| *r == 4),
+            "`none` and no other literal"
+        );
+    }
+
+    #[test]
+    fn stun_latency_replaces_the_measured_one_for_its_region_only() {
+        let mut l = RegionLatencies::new([
+            (1, Duration::from_millis(30)),
+            (2, Duration::from_millis(50)),
+        ]);
+        let net = NetReport {
+            port: 1,
+            stun: crate::net::netcheck::StunReport {
+                endpoints: vec![],
+                latency: vec![
+                    (1, Duration::from_millis(10)),
+                    (3, Duration::from_millis(70)),
+                ],
+            },
+        };
+        assert!(l.update(&net));
+        assert!(!l.update(&net), "same round values: no change");
+        assert_eq!(l.get(1), Some(Duration::from_millis(10)));
+        assert_eq!(l.get(2), Some(Duration::from_millis(50)));
+        assert_eq!(l.published(), vec![(1, 0.01), (2, 0.05), (3, 0.07)]);
+    }
+
+    #[test]
+    fn stun_endpoints_join_the_interface_endpoints() {
+        let net = NetReport {
+            port: 4242,
+            stun: crate::net::netcheck::StunReport {
+                endpoints: vec!["198.51.100.7:61000".parse().unwrap()],
+                latency: vec![],
+            },
+        };
+        let eps = our_endpoints(&net, false).unwrap();
+        assert!(eps.contains(&"198.51.100.7:61000".parse().unwrap()));
+        assert!(
+            eps.iter()
+                .filter(|e| e.port() == 4242)
+                .all(|e| !e.ip().is_loopback())
+        );
+    }
+}
