@@ -15,10 +15,12 @@ use codervpn_engine::device::userspace::{UserspaceConfig, UserspaceDevice};
 use codervpn_engine::net::derp::{self, ConnectOptions, NodePrivateKey};
 use codervpn_engine::net::disco::{DiscoPrivateKey, DiscoPublicKey, PathConfig};
 use codervpn_engine::net::endpoints::local_endpoints;
+use codervpn_engine::net::netcheck::StunServer;
 use codervpn_engine::net::relay::{self, Relay};
-use codervpn_engine::net::runner::{self, RunOptions, WgCommand};
+use codervpn_engine::net::runner::{self, NetReport, RunOptions, WgCommand};
 use codervpn_engine::net::udp::Udp;
 use codervpn_engine::net::wg::{PeerConfig, PeerSet};
+use codervpn_engine::session::join::netinfo::our_endpoints;
 use codervpn_engine::session::node::{
     NodeInfo, decode_disco_key, decode_node_key, parse_endpoints, parse_prefixes,
 };
@@ -43,6 +45,9 @@ pub(crate) struct AgentNet {
     pub disable_direct: bool,
     /// Advertise loopback addresses too (clients on this host).
     pub loopback_endpoints: bool,
+    /// STUN from the agent's socket against this server and advertise what it maps us to
+    /// (an agent behind a NAT).
+    pub stun: Option<std::net::SocketAddr>,
 }
 
 /// One running agent; dropping it stops it.
@@ -179,6 +184,25 @@ async fn start_agent(
         endpoints,
     };
     let events = coordinator.register_agent(id, node.to_proto());
+    let (report_tx, report_rx) = watch::channel(NetReport::default());
+    if let Some(addr) = net.stun.filter(|_| !net.disable_direct) {
+        let server = StunServer {
+            region: crate::EMBEDDED_REGION_ID,
+            addr,
+        };
+        let _ = cmd_tx.send(WgCommand::SetStunServers(vec![server])).await;
+        tokio::spawn(
+            publish_stun_endpoints(
+                id,
+                node,
+                report_rx,
+                cmd_tx.clone(),
+                coordinator.clone(),
+                net,
+            )
+            .instrument(span.clone()),
+        );
+    }
     let peers = PeerSet::new(key.to_bytes());
     tokio::spawn(
         relay::forward_events(crate::EMBEDDED_REGION_ID, conn.events, in_tx)
@@ -202,7 +226,7 @@ async fn start_agent(
                     disable_direct: net.disable_direct,
                     ..PathConfig::default()
                 },
-                report: None,
+                report: Some(report_tx),
             };
             if let Err(e) = runner::run(peers, device, udp, cmd_rx, opts, stop).await {
                 warn!(error = %e, "agent data plane failed");
@@ -214,6 +238,37 @@ async fn start_agent(
     Ok(SimAgent {
         stop: Some(stop_tx),
     })
+}
+
+/// Follows the agent's STUN results: when its endpoints change (a NAT mapping appeared),
+/// the data plane sends them in call-me-maybe and the coordinator tells the clients.
+async fn publish_stun_endpoints(
+    id: Uuid,
+    mut node: NodeInfo,
+    mut report: watch::Receiver<NetReport>,
+    commands: mpsc::Sender<WgCommand>,
+    coordinator: Coordinator,
+    net: AgentNet,
+) {
+    while report.changed().await.is_ok() {
+        let now = report.borrow_and_update().clone();
+        let Some(endpoints) = our_endpoints(&now, net.loopback_endpoints) else {
+            continue;
+        };
+        if endpoints == node.endpoints {
+            continue;
+        }
+        debug!(?endpoints, "agent endpoints changed");
+        node.endpoints = endpoints.clone();
+        if commands
+            .send(WgCommand::SetOwnEndpoints(endpoints))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        coordinator.update_agent_node(id, node.to_proto());
+    }
 }
 
 /// Programs the data plane from the coordinator's news about clients.

@@ -244,6 +244,25 @@ impl Coordinator {
         }
     }
 
+    /// A running agent's node changed (new endpoints from STUN): clients with a tunnel to
+    /// it get the new node, as a Coder agent's `update_self` would send it.
+    pub fn update_agent_node(&self, id: Uuid, node: Node) {
+        let mut st = self.lock();
+        let Some(agent) = st.agents.get_mut(&id) else {
+            return;
+        };
+        agent.node = node.clone();
+        let clients: Vec<PeerId> = st
+            .clients
+            .iter()
+            .filter(|(_, c)| c.tunnels.contains(&id))
+            .map(|(k, _)| *k)
+            .collect();
+        for client in clients {
+            st.send_to_client(client, update(id, Kind::Node, Some(node.clone()), ""));
+        }
+    }
+
     /// Peer updates relayed to clients so far.
     pub fn peer_updates_sent(&self) -> u64 {
         self.lock().peer_updates_sent
@@ -369,5 +388,30 @@ mod tests {
             agent_rx.try_recv(),
             Ok(AgentEvent::ClientGone { .. })
         ));
+    }
+
+    #[test]
+    fn an_agent_node_update_reaches_clients_with_a_tunnel_only() {
+        let c = Coordinator::default();
+        let agent = Uuid([1; 16]);
+        let _events = c.register_agent(agent, node(10));
+        let (with, other) = (Uuid([7; 16]), Uuid([8; 16]));
+        let (_, mut rx_with) = c.connect_client(with);
+        let (_, mut rx_other) = c.connect_client(other);
+        c.handle(with, add_tunnel(agent));
+        kinds(&mut rx_with);
+        let mut newer = node(10);
+        newer.endpoints = vec!["198.51.100.7:4242".into()];
+        c.update_agent_node(agent, newer);
+        let got = rx_with.try_recv().unwrap();
+        assert_eq!(got.peer_updates[0].kind, Kind::Node as i32);
+        let sent = got.peer_updates[0].node.as_ref().unwrap();
+        assert_eq!(sent.endpoints, vec!["198.51.100.7:4242".to_owned()]);
+        assert!(kinds(&mut rx_other).is_empty());
+        c.update_agent_node(Uuid([2; 16]), node(11));
+        assert!(
+            kinds(&mut rx_with).is_empty(),
+            "unknown agent: nothing sent"
+        );
     }
 }

@@ -233,6 +233,7 @@ impl Testbed {
             agent::AgentNet {
                 disable_direct: config.disable_direct_connections,
                 loopback_endpoints: config.loopback_endpoints,
+                stun: None,
             },
         ));
         info!(%url, "testbed serving");
