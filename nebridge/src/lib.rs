@@ -7,3 +7,4 @@ pub mod embedded;
 pub mod netlink;
 pub mod settings;
 pub mod status;
+pub mod wake;

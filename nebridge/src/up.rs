@@ -16,6 +16,7 @@ use codervpn_nebridge::compat::{self, ArtifactKind, CompatConfig};
 use codervpn_nebridge::embedded;
 use codervpn_nebridge::settings::{LinuxNetworkConfig, NetworkSettings};
 use codervpn_nebridge::status::{StatusPublisher, StatusServer, TunnelState};
+use codervpn_nebridge::wake::{WakeReason, WakeWatch};
 use codervpn_proto::vpn;
 use tracing::{info, warn};
 
@@ -233,9 +234,11 @@ async fn up(
         );
     }
     tokio::pin!(stop_signal);
+    let mut wakes = WakeWatch::new().context("watching for wake-ups (SIGUSR1)")?;
     loop {
         tokio::select! {
             () = &mut stop_signal => break,
+            why = wakes.next() => wake(&tunnel.client, why).await,
             u = tunnel.updates.recv() => match u {
                 Some(u) => {
                     for a in &u.upserted_agents {
@@ -273,6 +276,23 @@ async fn up(
     publisher.set_state(TunnelState::Stopped, SystemTime::now());
     eprintln!("▸ disconnected; interface, addresses, routes and DNS removed");
     Ok(())
+}
+
+/// Tells the tunnel the system woke (rebind, re-STUN, re-probe direct paths).
+async fn wake(client: &codervpn_proto::manager::ManagerClient, why: WakeReason) {
+    match why {
+        WakeReason::Slept(d) => info!(
+            slept_secs = d.as_secs(),
+            "the system slept; waking the tunnel"
+        ),
+        WakeReason::Signal => info!("SIGUSR1: waking the tunnel"),
+    }
+    match tokio::time::timeout(Duration::from_secs(5), client.wake()).await {
+        Ok(Ok(r)) if r.success => info!("tunnel woke: UDP rebound, direct paths re-probed"),
+        Ok(Ok(_)) => warn!("the tunnel could not handle the wake"),
+        Ok(Err(e)) => warn!(error = %e, "wake not delivered"),
+        Err(_) => warn!("the tunnel did not answer the wake within 5 s"),
+    }
 }
 
 /// The tunnel for `--mode`: our engine in-process, or a downloaded and verified artifact.
