@@ -145,6 +145,7 @@ async fn rebind_keeps_the_port_and_stuns_again_from_the_new_socket() {
     seen.recv().await.unwrap();
     report_where(&mut run.report, |n| !n.stun.endpoints.is_empty()).await;
 
+    let before = socket_inode(run.port).expect("the runner's socket in /proc/net/udp6");
     run.commands.send(WgCommand::Rebind).await.unwrap();
     let again = tokio::time::timeout(Duration::from_secs(5), seen.recv())
         .await
@@ -158,6 +159,18 @@ async fn rebind_keeps_the_port_and_stuns_again_from_the_new_socket() {
         "the rebound socket got the answer ({responses})"
     );
     assert_eq!(run.report.borrow().port, run.port);
+    let after = socket_inode(run.port).expect("a socket on the port after the rebind");
+    assert_ne!(before, after, "a new socket, not the old one");
+}
+
+/// The inode of the IPv6 UDP socket bound to `port` (/proc/net/udp6).
+fn socket_inode(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp6").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let local_port = cols.get(1)?.rsplit(':').next()?;
+        (u16::from_str_radix(local_port, 16).ok()? == port).then(|| cols.get(9)?.parse().ok())?
+    })
 }
 
 #[tokio::test]

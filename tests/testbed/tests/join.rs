@@ -601,6 +601,12 @@ async fn agent_path_goes_direct_over_udp_and_carries_traffic_without_the_relay()
     tb.set_relay_loss(1.0);
     let page = fetch_page(&connector, &agent.ip).await;
     assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+
+    // Wake: the UDP socket is closed and bound again; the direct path comes back on the
+    // new socket (the relay still drops everything).
+    assert!(m.client.wake().await.unwrap().success);
+    let page = fetch_page(&connector, &agent.ip).await;
+    assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
     tb.set_relay_loss(0.0);
     assert!(m.client.stop().await.unwrap().success);
 }
