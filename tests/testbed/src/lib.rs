@@ -9,13 +9,18 @@
 //! of the deployment is simulated ([`agent`]): WireGuard on smoltcp, reached through the
 //! relay, coordinated through [`coord`]. Faults: stop/start a workspace, drop every tailnet
 //! connection, restart the relay.
+//!
+//! A STUN server ([`TestbedConfig::stun`]) listens on UDP on the listen IP and is published
+//! as a `STUNOnly` node of the embedded region, as coderd publishes its STUN addresses.
 
 pub mod agent;
 mod bin;
 pub mod coord;
 mod derp;
+mod derpmap;
 pub mod model;
 mod routes;
+mod stun;
 mod tailnet;
 pub mod tls;
 
@@ -65,6 +70,8 @@ pub struct TestbedConfig {
     pub disable_direct_connections: bool,
     /// Agents advertise their loopback addresses as endpoints too (clients on this host).
     pub loopback_endpoints: bool,
+    /// Serve STUN on UDP (the listen IP, any free port) and publish it in the DERP map.
+    pub stun: bool,
 }
 
 impl Default for TestbedConfig {
@@ -79,6 +86,7 @@ impl Default for TestbedConfig {
             tls: false,
             disable_direct_connections: false,
             loopback_endpoints: false,
+            stun: true,
         }
     }
 }
@@ -113,6 +121,7 @@ pub struct Testbed {
     requests: RequestLog,
     stop: Option<oneshot::Sender<()>>,
     tls: Option<tls::CaFiles>,
+    stun: Option<stun::StunServer>,
 }
 
 /// 200 answers per `/bin/` name.
@@ -129,6 +138,12 @@ pub enum TestbedError {
     },
     #[error("cannot set up HTTPS: {0}")]
     Tls(String),
+    #[error("cannot serve STUN on {ip}: {source}")]
+    Stun {
+        ip: std::net::IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Testbed {
@@ -173,9 +188,24 @@ impl Testbed {
         let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let coordinator = coord::Coordinator::default();
+        let stun = match config.stun {
+            true => Some(stun::StunServer::start(addr.ip()).await.map_err(|source| {
+                TestbedError::Stun {
+                    ip: addr.ip(),
+                    source,
+                }
+            })?),
+            false => None,
+        };
+        let derp_map = derpmap::build(
+            &host,
+            port,
+            url.scheme() == "http",
+            stun.as_ref().map(|s| s.addr()),
+        );
         let shared = Arc::new(tailnet::TailnetShared {
             deployment: dep_rx.clone(),
-            derp_map: tailnet::derp_map_proto(&host, port, url.scheme() == "http"),
+            derp_map,
             coordinator: coordinator.clone(),
             tokens: Default::default(),
             resumed: Default::default(),
@@ -225,17 +255,22 @@ impl Testbed {
             source: std::io::Error::other(e.to_string()),
         })?;
         let agent_tls = tls.as_ref().map(|t| t.client.clone());
+        let agent_net = agent::AgentNet {
+            disable_direct: config.disable_direct_connections,
+            loopback_endpoints: config.loopback_endpoints,
+        };
         tokio::spawn(agent::fleet(
             dep_rx,
             coordinator.clone(),
             derp_url,
             agent_tls,
-            agent::AgentNet {
-                disable_direct: config.disable_direct_connections,
-                loopback_endpoints: config.loopback_endpoints,
-            },
+            agent_net,
         ));
-        info!(%url, "testbed serving");
+        info!(
+            %url,
+            stun = ?stun.as_ref().map(|s| s.addr()),
+            "testbed serving"
+        );
         Ok(Self {
             url,
             deployment: dep_tx,
@@ -250,6 +285,30 @@ impl Testbed {
             drop_tailnet: drop_tx,
             stop: Some(stop_tx),
             tls,
+            stun,
+        })
+    }
+
+    /// The STUN server's address (as published in the DERP map), unless STUN is off.
+    pub fn stun_addr(&self) -> Option<SocketAddr> {
+        self.stun.as_ref().map(|s| s.addr())
+    }
+
+    /// Binding requests the STUN server answered so far.
+    pub fn stun_requests(&self) -> u64 {
+        self.stun.as_ref().map_or(0, |s| {
+            s.counts()
+                .answered
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// Datagrams the STUN server dropped unanswered (not Tailscale binding requests).
+    pub fn stun_dropped(&self) -> u64 {
+        self.stun.as_ref().map_or(0, |s| {
+            s.counts()
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
         })
     }
 
@@ -410,6 +469,9 @@ impl Testbed {
         });
         if let Some(path) = self.ca_file() {
             v["ca_file"] = json!(path.display().to_string());
+        }
+        if let Some(addr) = self.stun_addr() {
+            v["stun"] = json!(addr.to_string());
         }
         v
     }
