@@ -98,3 +98,31 @@ async fn without_stun_the_map_has_no_stun_node_and_the_relay_none_either() {
     assert!(nodes[0].get("STUNOnly").is_none());
     assert!(tb.summary().get("stun").is_none());
 }
+
+/// Cross-check with an independent codec: aioice's (Python; `.ci/run` installs it) builds
+/// the Tailscale-style request and parses our answer; its plain request gets none.
+#[tokio::test]
+async fn aioice_client_reads_its_own_address_and_its_plain_request_is_ignored() {
+    let tb = Testbed::start(TestbedConfig::default()).await.unwrap();
+    let stun = served_stun_addr(&tb).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/stun_client.py");
+    let run = move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(stun.ip().to_string())
+            .arg(stun.port().to_string())
+            .output()
+            .expect("python3 is needed for this test")
+    };
+    // The server runs on this runtime: wait for the script off it.
+    let out = tokio::task::spawn_blocking(run).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "stun_client.py failed (install with `pip install aioice`):\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.starts_with("stun ok 127.0.0.1:"), "{stdout}");
+    assert_eq!(tb.stun_requests(), 1);
+    assert_eq!(tb.stun_dropped(), 1);
+}
