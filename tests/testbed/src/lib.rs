@@ -11,7 +11,9 @@
 //! connection, restart the relay.
 //!
 //! A STUN server ([`TestbedConfig::stun`]) listens on UDP on the listen IP and is published
-//! as a `STUNOnly` node of the embedded region, as coderd publishes its STUN addresses.
+//! as a `STUNOnly` node of the embedded region, as coderd publishes its STUN addresses. With
+//! [`TestbedConfig::agent_netns`] the agents run in another network namespace — another
+//! host — on a thread of their own.
 
 pub mod agent;
 mod bin;
@@ -19,13 +21,14 @@ pub mod coord;
 mod derp;
 mod derpmap;
 pub mod model;
+mod netns;
 mod routes;
 mod stun;
 mod tailnet;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -42,6 +45,7 @@ use tracing::info;
 
 pub use bin::{Artifact, Artifacts};
 pub use model::{AgentSummary, Deployment, Uuid};
+pub use netns::NetnsError;
 pub use routes::SeenRequest;
 use routes::{RequestLog, router};
 
@@ -72,6 +76,9 @@ pub struct TestbedConfig {
     pub loopback_endpoints: bool,
     /// Serve STUN on UDP (the listen IP, any free port) and publish it in the DERP map.
     pub stun: bool,
+    /// Run the agents in this network namespace (e.g. `/run/netns/NAME`): their sockets
+    /// and interface addresses are then another host's. `None`: the testbed's own.
+    pub agent_netns: Option<PathBuf>,
 }
 
 impl Default for TestbedConfig {
@@ -87,6 +94,7 @@ impl Default for TestbedConfig {
             disable_direct_connections: false,
             loopback_endpoints: false,
             stun: true,
+            agent_netns: None,
         }
     }
 }
@@ -122,6 +130,10 @@ pub struct Testbed {
     stop: Option<oneshot::Sender<()>>,
     tls: Option<tls::CaFiles>,
     stun: Option<stun::StunServer>,
+    /// Stops the agent fleet when it runs on this runtime.
+    fleet_stop: Option<oneshot::Sender<()>>,
+    /// The agents' thread when they run in another namespace.
+    fleet_thread: Option<netns::NetnsThread>,
 }
 
 /// 200 answers per `/bin/` name.
@@ -144,6 +156,8 @@ pub enum TestbedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the agents: {0}")]
+    AgentNetns(#[from] NetnsError),
 }
 
 impl Testbed {
@@ -259,16 +273,29 @@ impl Testbed {
             disable_direct: config.disable_direct_connections,
             loopback_endpoints: config.loopback_endpoints,
         };
-        tokio::spawn(agent::fleet(
-            dep_rx,
-            coordinator.clone(),
-            derp_url,
-            agent_tls,
-            agent_net,
-        ));
+        let fleet_coordinator = coordinator.clone();
+        let fleet = move |stop| {
+            agent::fleet(
+                dep_rx,
+                fleet_coordinator,
+                derp_url,
+                agent_tls,
+                agent_net,
+                stop,
+            )
+        };
+        let (fleet_stop, fleet_thread) = match &config.agent_netns {
+            Some(path) => (None, Some(netns::spawn(path, fleet).await?)),
+            None => {
+                let (stop_tx, stop_rx) = oneshot::channel();
+                tokio::spawn(fleet(stop_rx));
+                (Some(stop_tx), None)
+            }
+        };
         info!(
             %url,
             stun = ?stun.as_ref().map(|s| s.addr()),
+            agent_netns = ?config.agent_netns,
             "testbed serving"
         );
         Ok(Self {
@@ -286,6 +313,8 @@ impl Testbed {
             stop: Some(stop_tx),
             tls,
             stun,
+            fleet_stop,
+            fleet_thread,
         })
     }
 
@@ -482,5 +511,10 @@ impl Drop for Testbed {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        if let Some(stop) = self.fleet_stop.take() {
+            let _ = stop.send(());
+        }
+        // Stops the agents in their namespace and waits for their thread.
+        self.fleet_thread.take();
     }
 }
