@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Direct paths through a NAT (issue #8): the client is behind a masquerading router, the
+# testbed's server and the agents are separate hosts on the "internet" (lib.sh
+# setup_routed):
+#
+#   host a (client, LAN 10.203.0.2): codervpn up --url http://10.204.0.2:8080
+#   host r (router): NAT, public address 10.204.0.1
+#   host s (server, 10.204.0.2): codervpn testbed serve --agent-netns <b>
+#   host b (agents, 10.204.0.3): the simulated agents, on UDP *:port
+#
+# The client reaches the agent over DERP, then directly (disco from a, through r's NAT, to
+# b's advertised address); a TCP stream through the agent survives b dropping UDP from
+# r's public address (the path falls back to DERP) and the path goes direct again once it
+# is let through. With EXPECT_STUN=1 (the default) the client must also have advertised
+# the address r's NAT gave it, learned from the testbed's STUN server (the engine's STUN
+# client); EXPECT_STUN=0 skips that check.
+#
+# Needs root, iproute2, nftables, wireguard-tools (lib.sh makes keys), python3.
+
+source "$(dirname "$0")/lib.sh"
+trap cleanup EXIT
+setup_routed
+
+start_testbed --workspaces 1 --agent-netns "$NS_B"
+AGENT_IP=$(json 'd["agents"][0]["ip"]')
+STUN=$(json 'd["stun"]')
+[ "${STUN%:*}" = "$PUB_S" ] || fail "the STUN server is not on s: $STUN"
+start_up
+
+# Traffic starts the WireGuard session (over DERP); disco then finds the path through the
+# NAT to b's own address — b's, not s's: the agents really are another host.
+ip netns exec "$NS_A" ping -6 -c 3 -W 2 "$AGENT_IP" > /dev/null || true
+wait_log "is direct via $PUB_B:" 20 || fail "the path never went direct to b"
+echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
+
+# The NAT'd path carries traffic: pings over the direct path.
+ip netns exec "$NS_A" ping -6 -c 5 -i 0.2 -W 2 "$AGENT_IP" > "$WORK/ping.txt" \
+  || fail "no pings over the direct path: $(cat "$WORK/ping.txt")"
+echo "ping over the NAT'd direct path: $(grep -o '[0-9]* received' "$WORK/ping.txt")"
+
+# What the client advertised last (the coordinator logs each client node it gets).
+advertised() { testbed_log | grep "client node" | tail -1 | grep -o 'endpoints=\[[^]]*\]' || true; }
+if [ "${EXPECT_STUN:-1}" = 1 ]; then
+  # The client learned r's public address from STUN and advertised it.
+  for _ in $(seq 100); do
+    advertised | grep -q "\"$PUB_R:[0-9]*\"" && break
+    sleep 0.1
+  done
+  advertised | grep -q "\"$PUB_R:[0-9]*\"" \
+    || fail "the client never advertised its NAT address $PUB_R: $(advertised)"
+  echo "client advertised its STUN address: $(advertised)"
+else
+  echo "STUN check skipped (EXPECT_STUN=0); client advertised $(advertised)"
+fi
+
+# b drops UDP from r's public address mid-stream: the NAT'd path dies, DERP (TCP to s) lives.
+derp_fallback_and_back "$AGENT_IP" "$NS_B" "$PUB_R" "$PUB_B"
+
+stop_up || fail "up exited with an error"
+echo "nat ok"
