@@ -122,6 +122,33 @@ NFT
   TESTBED_ADDR=$PUB_S
 }
 
+# delay_server_link MS: after setup_routed, what s sends out is delayed by MS: `tc netem`
+# on s's link where the kernel has netem; otherwise (VM kernels without sch_netem) a
+# userspace proxy (delay_proxy.py) that s's nftables puts in front of the testbed's TCP
+# port 8080, delaying everything the testbed sends by MS — DERP and the API, not ICMP or
+# the STUN server's UDP. Prints which one it used.
+delay_server_link() {
+  local ms=$1
+  if ip netns exec "$NS_S" tc qdisc add dev "$IF_PUB_S" root netem delay "${ms}ms" 2>/dev/null; then
+    echo "server link delay: netem ${ms} ms on $IF_PUB_S"
+    return 0
+  fi
+  ip netns exec "$NS_S" python3 "$(dirname "${BASH_SOURCE[0]}")/delay_proxy.py" \
+    9080 "$PUB_S" 8080 "$ms" > "$WORK/delay.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 50); do grep -qs "ready" "$WORK/delay.log" && break; sleep 0.1; done
+  grep -qs "ready" "$WORK/delay.log" || { cat "$WORK/delay.log"; echo "delay proxy did not start"; return 1; }
+  ip netns exec "$NS_S" nft -f - <<NFT
+table ip cvpndelay {
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr $PUB_S tcp dport 8080 redirect to :9080
+  }
+}
+NFT
+  echo "server link delay: no netem in this kernel; ${ms} ms on what the testbed sends over TCP (delay_proxy.py)"
+}
+
 # wg_conf SIDE: the peer-side wg(8) config (no Address/MTU) for host SIDE (a|b).
 wg_conf() {
   local me=$1 other port oport oveth otun
