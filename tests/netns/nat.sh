@@ -8,8 +8,8 @@
 #   host s (server, 10.204.0.2): codervpn testbed serve --agent-netns <b>
 #   host b (agents, 10.204.0.3): the simulated agents, on UDP *:port
 #
-# The client reaches the agent over DERP, then directly (disco from a, through r's NAT, to
-# b's advertised address); a TCP stream through the agent survives b dropping UDP from
+# The client reaches the agent over DERP (with UDP from r blocked at b), then directly once
+# UDP is let through (disco from a, through r's NAT, to b's advertised address); a TCP stream through the agent survives b dropping UDP from
 # r's public address (the path falls back to DERP) and the path goes direct again once it
 # is let through. With EXPECT_STUN=1 (the default) the client must also have advertised
 # the address r's NAT gave it, learned from the testbed's STUN server (the engine's STUN
@@ -25,12 +25,20 @@ start_testbed --workspaces 1 --agent-netns "$NS_B"
 AGENT_IP=$(json 'd["agents"][0]["ip"]')
 STUN=$(json 'd["stun"]')
 [ "${STUN%:*}" = "$PUB_S" ] || fail "the STUN server is not on s: $STUN"
+# First over DERP only: b drops UDP from r from the start, so no direct path can form; the
+# agent answers through the relay on s.
+block_udp "$NS_B" "$PUB_R"
 start_up
+ip netns exec "$NS_A" ping -6 -c 3 -i 0.5 -W 5 "$AGENT_IP" > "$WORK/ping.txt" \
+  || fail "no pings over DERP: $(cat "$WORK/ping.txt")"
+grep -q "is direct via" "$WORK/up.log" && fail "went direct with UDP blocked"
+echo "ping over DERP: $(grep -o '[0-9]* packets transmitted, [0-9]* received' "$WORK/ping.txt")"
 
-# Traffic starts the WireGuard session (over DERP); disco then finds the path through the
-# NAT to b's own address — b's, not s's: the agents really are another host.
-ip netns exec "$NS_A" ping -6 -c 3 -W 2 "$AGENT_IP" > /dev/null || true
-wait_log "is direct via $PUB_B:" 20 || fail "the path never went direct to b"
+# Then direct: disco finds the path through the NAT to b's own address — b's, not s's:
+# the agents really are another host.
+FROM=$(log_lines)
+unblock_udp "$NS_B"
+wait_log "is direct via $PUB_B:" 30 "$FROM" || fail "the path never went direct to b"
 echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
 
 # The NAT'd path carries traffic: pings over the direct path.
