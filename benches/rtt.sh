@@ -1,52 +1,53 @@
 #!/usr/bin/env bash
 # Round-trip time through the tunnel on the direct path vs through DERP vs bare, in
-# network namespaces: `codervpn up` (host a) pings a simulated agent of the testbed
-# (host b) over the TUN — first once disco has made the path direct (UDP across the
-# veth), then with UDP blocked so WireGuard goes through the testbed's DERP relay — and,
-# for reference, pings host b's veth address directly. ICMPv6 echo is answered by the
-# agent's smoltcp stack, so every tunnel sample crosses WireGuard twice.
+# network namespaces laid out as a real deployment (tests/netns/lib.sh setup_routed): the
+# client (`codervpn up`, host a) behind a NAT router r, the testbed's server (and so its
+# DERP relay) in host s, its simulated agents in host b. s's link has a one-way delay of
+# DERP_DELAY_MS (default 10; lib.sh delay_server_link: netem on s's side only, or where the
+# kernel has no netem a proxy delaying what the testbed sends over TCP), so every relayed
+# round trip pays it twice (s -> b, s -> a) and the direct path a -> r -> b none.
+#
+# Pings go to a simulated agent's address through the TUN (ICMPv6 echo answered by the
+# agent's smoltcp stack: each sample crosses WireGuard both ways), first once disco has
+# made the path direct (UDP through r's NAT to b), then with b dropping UDP from r so
+# WireGuard goes through the relay on s; and, for reference, bare pings from a to b and to
+# s through the NAT (the latter shows the delay only with netem: the proxy delays TCP).
 #
 #   usage: benches/rtt.sh [CODERVPN_BINARY]   (default target/release/codervpn)
-# Needs root, iproute2, nftables, wireguard-tools, iputils-ping, python3.
+# Needs root, iproute2 (tc netem), nftables, wireguard-tools, iputils-ping, python3.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CODERVPN=${1:-$ROOT/target/release/codervpn}
 COUNT=${COUNT:-500}
+DERP_DELAY_MS=${DERP_DELAY_MS:-10}
 source "$ROOT/tests/netns/lib.sh"
 trap cleanup EXIT
-setup_hosts
+setup_routed
+if [ "$DERP_DELAY_MS" != 0 ]; then delay_server_link "$DERP_DELAY_MS"; fi
 
-IFACE="${NS_PREFIX}t"
-start_testbed --workspaces 1
+start_testbed --workspaces 1 --agent-netns "$NS_B"
 AGENT_IP=$(json 'd["agents"][0]["ip"]')
-ip netns exec "$NS_A" env CODERVPN_LOG=info "$CODERVPN" up --url "$(json 'd["url"]')" \
-  --token "$(json 'd["token"]')" --allow-http --interface "$IFACE" --status-socket none \
-  > /dev/null 2> "$WORK/up.log" &
-PIDS+=($!)
-for _ in $(seq 150); do grep -qs "connected; Ctrl-C" "$WORK/up.log" && break; sleep 0.1; done
-wait_for() { for _ in $(seq 300); do tail -n +"$2" "$WORK/up.log" | grep -q "$1" && return 0; sleep 0.1; done; return 1; }
+start_up
 
 rtt() {  # rtt LABEL ARGS...: COUNT pings 5 ms apart, prints loss and min/avg/max/mdev
   local label=$1 out
   shift
   out=$(ip netns exec "$NS_A" ping -q -c "$COUNT" -i 0.005 -W 1 "$@" | tail -2)
-  printf '%-28s %s | %s\n' "$label" "$(echo "$out" | head -1 | grep -o '[0-9.]*% packet loss')" \
+  printf '%-34s %s | %s\n' "$label" "$(echo "$out" | head -1 | grep -o '[0-9.]*% packet loss')" \
     "$(echo "$out" | tail -1)"
 }
 
 ip netns exec "$NS_A" ping -6 -c 3 -W 2 "$AGENT_IP" > /dev/null || true
-wait_for "is direct via" 1 || { tail -30 "$WORK/up.log"; echo "never went direct"; exit 1; }
-echo "$(date -u +%FT%TZ) $(nproc) vCPU, load $(cut -d' ' -f1 /proc/loadavg), $COUNT pings each"
-rtt "bare veth (no tunnel)" -4 "$VETH_B"
+wait_log "is direct via $PUB_B:" 30 || fail "never went direct"
+echo "$(date -u +%FT%TZ) $(nproc) vCPU, load $(cut -d' ' -f1 /proc/loadavg), $COUNT pings each," \
+  "server link one-way delay ${DERP_DELAY_MS} ms"
+rtt "bare a -> b through the NAT" -4 "$PUB_B"
+rtt "bare a -> s through the NAT" -4 "$PUB_S"
 rtt "tunnel, direct UDP path" -6 "$AGENT_IP"
 
-ip netns exec "$NS_B" nft -f - <<NFT
-table inet cvpnrtt {
-  chain input {
-    type filter hook input priority 0; policy accept;
-    ip saddr $VETH_A meta l4proto udp drop
-  }
-}
-NFT
-FROM=$(wc -l < "$WORK/up.log")
-wait_for "is DERP" "$FROM" || { echo "no fallback to DERP"; exit 1; }
-rtt "tunnel, via DERP relay" -6 "$AGENT_IP"
+block_udp "$NS_B" "$PUB_R"
+FROM=$(log_lines)
+wait_log "is DERP" 30 "$FROM" || fail "no fallback to DERP"
+# The agent still reaches the client directly (b only drops what comes in) until its own
+# disco gives the path up; let it, so both directions go through the relay.
+sleep "${SETTLE_S:-8}"
+rtt "tunnel, via DERP relay on s" -6 "$AGENT_IP"

@@ -1,14 +1,16 @@
 //! `codervpn testbed serve`: the in-process Coder deployment, on its own.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use codervpn_testbed::{Testbed, TestbedConfig};
 
 #[derive(clap::Subcommand)]
 pub enum TestbedCommand {
-    /// Serve a testbed deployment; prints one JSON line ({"url", "token", "agents", and
-    /// "ca_file" with --tls}) on stdout, then serves until SIGINT/SIGTERM.
+    /// Serve a testbed deployment; prints one JSON line ({"url", "token", "agents", "stun"
+    /// unless --no-stun, and "ca_file" with --tls}) on stdout, then serves until
+    /// SIGINT/SIGTERM.
     Serve(ServeArgs),
 }
 
@@ -37,10 +39,19 @@ pub struct ServeArgs {
     /// artifact and its `.minisig` for compat mode.
     #[arg(long = "publish", value_name = "NAME=PATH")]
     publish: Vec<String>,
+    /// Do not serve STUN (by default a UDP STUN server on the listen IP, any free port,
+    /// published as a STUN-only node of the embedded DERP region; its address is "stun").
+    #[arg(long)]
+    no_stun: bool,
+    /// Run the simulated agents in the network namespace /run/netns/NAME (see
+    /// `ip netns`): another host, which must reach --listen.
+    #[arg(long, value_name = "NAME")]
+    agent_netns: Option<String>,
 }
 
 pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
     let TestbedCommand::Serve(args) = cmd;
+    let agent_netns = args.agent_netns.as_deref().map(netns_path).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -55,6 +66,8 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             username: args.username,
             hostname_suffix: args.hostname_suffix,
             tls: args.tls,
+            stun: !args.no_stun,
+            agent_netns,
             ..TestbedConfig::default()
         })
         .await?;
@@ -70,4 +83,12 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
         drop(tb);
         anyhow::Ok(())
     })
+}
+
+/// `/run/netns/NAME` for a namespace made by `ip netns add NAME`.
+fn netns_path(name: &str) -> anyhow::Result<PathBuf> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        anyhow::bail!("--agent-netns {name:?}: want the name of a namespace in /run/netns");
+    }
+    Ok(PathBuf::from("/run/netns").join(name))
 }

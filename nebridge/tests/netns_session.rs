@@ -3,9 +3,10 @@
 //! (userspace with SOCKS5 by name, and a TUN the manager creates), and `codervpn up` with
 //! dig/kdig, curl, a 10 MiB echo, `codervpn status` and a clean SIGINT
 //! (`tests/netns/daemon-session.sh`, `tests/netns/up.sh`), and direct paths that fall back
-//! to DERP and return (`tests/netns/direct.sh`, needs nftables too). Needs root, iproute2,
-//! wireguard-tools, dnsutils, knot-dnsutils, curl and python3 with protobuf; `.ci/run`
-//! installs them.
+//! to DERP and return (`tests/netns/direct.sh`, needs nftables too), the same through a
+//! NAT router with the agents on a host of their own (`tests/netns/nat.sh`). Needs root,
+//! iproute2, wireguard-tools, dnsutils, knot-dnsutils, curl and python3 with protobuf;
+//! `.ci/run` installs them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,4 +70,19 @@ fn up_in_compat_dylib_mode_loads_the_verified_library() {
 #[test]
 fn up_goes_direct_falls_back_to_derp_when_udp_is_blocked_and_returns() {
     script("direct.sh", &[], "direct ok");
+}
+
+/// Client behind a masquerading router, agents on their own host: the path goes direct
+/// through the NAT, falls back to DERP when the agents' host drops UDP from the router,
+/// and goes direct again. The client advertised the NAT's address learned over STUN.
+#[test]
+fn up_goes_direct_through_a_nat_to_agents_on_their_own_host() {
+    script("nat.sh", &[], "nat ok");
+}
+
+/// Both ends behind NATs: without STUN the path stays on DERP; with it both mappings are
+/// advertised and disco punches through both NATs to a direct path.
+#[test]
+fn up_punches_through_two_nats_with_stun_and_stays_on_derp_without() {
+    script("nat-both.sh", &[], "nat-both ok");
 }

@@ -89,3 +89,37 @@ fn serve_with_tls_prints_an_https_url_and_a_pem_ca_file() {
         "the CA file goes with the testbed"
     );
 }
+
+#[test]
+fn serve_prints_the_stun_address_unless_no_stun() {
+    let (mut child, v) = serve(&["--workspaces", "1"]);
+    let stun: std::net::SocketAddr = v["stun"].as_str().unwrap().parse().unwrap();
+    assert_eq!(stun.ip().to_string(), "127.0.0.1");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+
+    let (mut child, v) = serve(&["--workspaces", "1", "--no-stun"]);
+    assert!(v.get("stun").is_none(), "{v}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn serve_with_an_unknown_agent_namespace_fails_naming_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_codervpn"))
+        .args(["testbed", "serve", "--agent-netns", "codervpn-no-such-ns"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/run/netns/codervpn-no-such-ns"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no JSON line for a testbed that did not start"
+    );
+}

@@ -1,6 +1,30 @@
-# Shared pieces for the network-namespace tests and benches: two hosts, "a" and "b",
-# joined by a veth pair (10.201.0.1 <-> 10.201.0.2), each running one WireGuard
-# implementation with tunnel addresses 10.202.0.1 and 10.202.0.2.
+# Shared pieces for the network-namespace tests and benches. Two topologies:
+#
+# setup_hosts — two hosts, "a" and "b", joined by a veth pair (10.201.0.1 <-> 10.201.0.2),
+# each running one WireGuard implementation with tunnel addresses 10.202.0.1 and
+# 10.202.0.2, or the client (a) and the testbed (b).
+#
+# setup_routed — four hosts: client a behind a NAT router r; the testbed's server s and
+# the agents' host b on the "internet" segment, a bridge inside r:
+#
+#   a 10.203.0.2/24 --veth-- 10.203.0.1 r  (LAN; a's default route is r)
+#                                        r  bridge 10.204.0.1/24 = r's public address,
+#                                           masquerading what leaves the LAN
+#   s 10.204.0.2/24 --veth-- bridge port    (codervpn testbed serve --agent-netns b)
+#   b 10.204.0.3/24 --veth-- bridge port    (the simulated agents)
+#
+# s and b reach each other over the bridge and a only through r's NAT; neither has a
+# route to the LAN, so a's own addresses are unreachable from them.
+#
+# setup_routed agent-nat — b sits behind its own NAT router r2 as well:
+#
+#   b 10.205.0.2/24 --veth-- 10.205.0.1 r2 10.204.0.4/24 --veth-- bridge port
+#
+# so neither side's own address is reachable from the other: a direct path needs both
+# public mappings (STUN) and packets from both sides (hole punching). AGENT_PUBLIC is the
+# address b's traffic appears from on the public segment (PUB_B, or PUB_R2 behind r2). start_testbed then
+# runs in s. The server's link (s side) is the only one s's traffic crosses, so a delay
+# there (netem) slows DERP but not the direct client <-> agent path.
 #
 # Everything lives in namespaces this script creates (prefixed with $NS_PREFIX) and is
 # torn down by `cleanup`. Needs root, iproute2, wireguard-tools; wireguard-go and
@@ -11,8 +35,28 @@ set -euo pipefail
 NS_PREFIX=${NS_PREFIX:-cvpn$$}
 NS_A=${NS_PREFIX}a
 NS_B=${NS_PREFIX}b
+NS_R=${NS_PREFIX}r
+NS_S=${NS_PREFIX}s
+NS_R2=${NS_PREFIX}q
 VETH_A=10.201.0.1
 VETH_B=10.201.0.2
+# setup_routed: a's LAN address and r's; the public segment's addresses of r, s and b.
+LAN_A=10.203.0.2
+LAN_R=10.203.0.1
+PUB_R=10.204.0.1
+PUB_S=10.204.0.2
+PUB_B=10.204.0.3
+PUB_R2=10.204.0.4
+LAN_B=10.205.0.2
+LAN_R2=10.205.0.1
+AGENT_PUBLIC=$PUB_B
+# ... and the interfaces: a's LAN veth, s's and b's public veths (their peers are in r).
+IF_LAN_A=${NS_PREFIX}la
+IF_PUB_S=${NS_PREFIX}ps
+IF_PUB_B=${NS_PREFIX}pb
+# Where start_testbed runs and listens (setup_routed moves it to s).
+TESTBED_NS=$NS_B
+TESTBED_ADDR=$VETH_B
 TUN_A=10.202.0.1
 TUN_B=10.202.0.2
 PORT_A=51820
@@ -28,8 +72,9 @@ cleanup() {
   for pid in "${PIDS[@]:-}"; do
     [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
   done
-  ip netns del "$NS_A" 2>/dev/null || true
-  ip netns del "$NS_B" 2>/dev/null || true
+  for ns in "$NS_A" "$NS_B" "$NS_R" "$NS_S" "$NS_R2"; do
+    ip netns del "$ns" 2>/dev/null || true
+  done
   rm -rf "$WORK"
 }
 
@@ -49,6 +94,113 @@ setup_hosts() {
   wg genkey > "$WORK/b.key"
   wg pubkey < "$WORK/a.key" > "$WORK/a.pub"
   wg pubkey < "$WORK/b.key" > "$WORK/b.pub"
+}
+
+# router_firewall NS WAN_IF: what a home router does — nothing new from the WAN side is
+# let in to the router itself. Besides realism this matters for hole punching: a packet
+# the router accepts (and answers with ICMP port unreachable) leaves a conntrack entry,
+# and the masquerade of the inside host's later packet to the same peer then clashes
+# with it and takes another port; a dropped packet leaves no entry.
+router_firewall() {
+  ip netns exec "$1" nft -f - <<NFT
+table inet cvpnfw {
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "$2" ct state new drop
+  }
+}
+NFT
+}
+
+# nat_router NS LAN_CIDR WAN_IF: NS forwards, masquerades what leaves LAN_CIDR by WAN_IF,
+# and lets nothing new in from WAN_IF (router_firewall).
+nat_router() {
+  ip netns exec "$1" sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec "$1" nft -f - <<NFT
+table ip cvpnnat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr $2 oifname "$3" masquerade
+  }
+}
+NFT
+  router_firewall "$1" "$3"
+}
+
+setup_routed() {
+  local agent_nat=${1:-}
+  for ns in "$NS_A" "$NS_R" "$NS_S" "$NS_B"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+  done
+  [ "$agent_nat" = agent-nat ] && { ip netns add "$NS_R2"; ip -n "$NS_R2" link set lo up; }
+  # a's LAN.
+  ip link add "$IF_LAN_A" netns "$NS_A" type veth peer name "${NS_PREFIX}lr" netns "$NS_R"
+  ip -n "$NS_A" addr add "$LAN_A/24" dev "$IF_LAN_A"
+  ip -n "$NS_R" addr add "$LAN_R/24" dev "${NS_PREFIX}lr"
+  ip -n "$NS_A" link set "$IF_LAN_A" up
+  ip -n "$NS_R" link set "${NS_PREFIX}lr" up
+  ip -n "$NS_A" route add default via "$LAN_R"
+  # The public segment: a bridge in r carrying r's public address, s and b on its ports.
+  ip -n "$NS_R" link add "${NS_PREFIX}br" type bridge
+  ip -n "$NS_R" addr add "$PUB_R/24" dev "${NS_PREFIX}br"
+  ip -n "$NS_R" link set "${NS_PREFIX}br" up
+  local ns ifc peer addr
+  local public_hosts="s b"
+  [ "$agent_nat" = agent-nat ] && public_hosts="s q"
+  for host in $public_hosts; do
+    case $host in
+      s) ns=$NS_S; ifc=$IF_PUB_S; addr=$PUB_S ;;
+      b) ns=$NS_B; ifc=$IF_PUB_B; addr=$PUB_B ;;
+      q) ns=$NS_R2; ifc=${NS_PREFIX}pq; addr=$PUB_R2 ;;
+    esac
+    peer="${NS_PREFIX}r$host"
+    ip link add "$ifc" netns "$ns" type veth peer name "$peer" netns "$NS_R"
+    ip -n "$ns" addr add "$addr/24" dev "$ifc"
+    ip -n "$ns" link set "$ifc" up
+    ip -n "$NS_R" link set "$peer" master "${NS_PREFIX}br" up
+  done
+  # r routes the LAN out and masquerades it behind its public address.
+  nat_router "$NS_R" "$LAN_A/24" "${NS_PREFIX}br"
+  if [ "$agent_nat" = agent-nat ]; then
+    ip link add "${NS_PREFIX}lb" netns "$NS_B" type veth peer name "${NS_PREFIX}lq" netns "$NS_R2"
+    ip -n "$NS_B" addr add "$LAN_B/24" dev "${NS_PREFIX}lb"
+    ip -n "$NS_R2" addr add "$LAN_R2/24" dev "${NS_PREFIX}lq"
+    ip -n "$NS_B" link set "${NS_PREFIX}lb" up
+    ip -n "$NS_R2" link set "${NS_PREFIX}lq" up
+    ip -n "$NS_B" route add default via "$LAN_R2"
+    nat_router "$NS_R2" "$LAN_B/24" "${NS_PREFIX}pq"
+    AGENT_PUBLIC=$PUB_R2
+  fi
+  TESTBED_NS=$NS_S
+  TESTBED_ADDR=$PUB_S
+}
+
+# delay_server_link MS: after setup_routed, what s sends out is delayed by MS: `tc netem`
+# on s's link where the kernel has netem; otherwise (VM kernels without sch_netem) a
+# userspace proxy (delay_proxy.py) that s's nftables puts in front of the testbed's TCP
+# port 8080, delaying everything the testbed sends by MS — DERP and the API, not ICMP or
+# the STUN server's UDP. Prints which one it used.
+delay_server_link() {
+  local ms=$1
+  if ip netns exec "$NS_S" tc qdisc add dev "$IF_PUB_S" root netem delay "${ms}ms" 2>/dev/null; then
+    echo "server link delay: netem ${ms} ms on $IF_PUB_S"
+    return 0
+  fi
+  ip netns exec "$NS_S" python3 "$(dirname "${BASH_SOURCE[0]}")/delay_proxy.py" \
+    9080 "$PUB_S" 8080 "$ms" > "$WORK/delay.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 50); do grep -qs "ready" "$WORK/delay.log" && break; sleep 0.1; done
+  grep -qs "ready" "$WORK/delay.log" || { cat "$WORK/delay.log"; echo "delay proxy did not start"; return 1; }
+  ip netns exec "$NS_S" nft -f - <<NFT
+table ip cvpndelay {
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr $PUB_S tcp dport 8080 redirect to :9080
+  }
+}
+NFT
+  echo "server link delay: no netem in this kernel; ${ms} ms on what the testbed sends over TCP (delay_proxy.py)"
 }
 
 # wg_conf SIDE: the peer-side wg(8) config (no Address/MTU) for host SIDE (a|b).
@@ -151,15 +303,114 @@ wait_for_link() {
   return 1
 }
 
-# start_testbed ARGS...: `codervpn testbed serve --listen <host b>:8080 ARGS...` in host b;
-# its JSON line lands in $WORK/testbed.json, which `json EXPR` reads (a Python expression
-# over the parsed line `d`, e.g. `json 'd["token"]'`).
+# start_testbed ARGS...: `codervpn testbed serve --listen <host>:8080 ARGS...` in host b
+# (setup_hosts) or s (setup_routed); its JSON line lands in $WORK/testbed.json, which
+# `json EXPR` reads (a Python expression over the parsed line `d`, e.g. `json 'd["token"]'`).
 start_testbed() {
-  ip netns exec "$NS_B" "$CODERVPN" testbed serve --listen "$VETH_B:8080" "$@" \
+  ip netns exec "$TESTBED_NS" "$CODERVPN" testbed serve --listen "$TESTBED_ADDR:8080" "$@" \
     > "$WORK/testbed.json" 2> "$WORK/testbed.log" &
+  TESTBED_PID=$!
   PIDS+=($!)
   for _ in $(seq 100); do [ -s "$WORK/testbed.json" ] && break; sleep 0.1; done
   [ -s "$WORK/testbed.json" ] || { cat "$WORK/testbed.log"; echo "testbed did not start"; return 1; }
 }
 
+# stop_testbed: stops the testbed start_testbed started (its files are reused by the next).
+stop_testbed() {
+  kill "$TESTBED_PID" 2>/dev/null || true
+  wait "$TESTBED_PID" 2>/dev/null || true
+  rm -f "$WORK/testbed.json"
+}
+
+# advertised: the endpoints the client last published (the coordinator logs each node).
+advertised() { testbed_log | grep "client node" | tail -1 | grep -o 'endpoints=\[[^]]*\]' || true; }
+
+# testbed_log: the testbed's log without colour codes.
+testbed_log() { sed 's/\x1b\[[0-9;]*m//g' "$WORK/testbed.log"; }
+
 json() { python3 -c "import json; d=json.load(open('$WORK/testbed.json')); print($1)"; }
+
+# start_up ARGS...: `codervpn up` against the testbed in host a (TUN ${NS_PREFIX}t, status
+# socket $WORK/status.sock, log $WORK/up.log); returns once it is connected. Sets UP_PID.
+start_up() {
+  : > "$WORK/up.log"  # a second `up` must not be taken as connected by the first's log
+  ip netns exec "$NS_A" env CODERVPN_LOG=info "$CODERVPN" up --url "$(json 'd["url"]')" \
+    --token "$(json 'd["token"]')" --allow-http --interface "${NS_PREFIX}t" \
+    --status-socket "$WORK/status.sock" "$@" > "$WORK/up.out" 2> "$WORK/up.log" &
+  UP_PID=$!
+  PIDS+=("$UP_PID")
+  for _ in $(seq 600); do
+    grep -qs "connected; Ctrl-C" "$WORK/up.log" && return 0
+    kill -0 $UP_PID 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$WORK/up.log"; echo "up did not connect"; return 1
+}
+
+# stop_up: SIGINT to `codervpn up`; fails if it does not exit cleanly.
+stop_up() {
+  kill -INT "$UP_PID"
+  for _ in $(seq 100); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+  wait "$UP_PID"
+}
+
+fail() {
+  echo "FAIL: $*"
+  echo "--- up.log"; tail -60 "$WORK/up.log"
+  echo "--- testbed.log"; tail -30 "$WORK/testbed.log"
+  exit 1
+}
+
+# wait_log PATTERN SECONDS [FROM_LINE]: waits for PATTERN in up.log after line FROM_LINE.
+wait_log() {
+  local pattern=$1 secs=$2 from=${3:-0}
+  for _ in $(seq $((secs * 10))); do
+    tail -n +"$((from + 1))" "$WORK/up.log" | grep -q "$pattern" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+log_lines() { wc -l < "$WORK/up.log"; }
+
+# block_udp NS SADDR / unblock_udp NS: host NS drops (stops dropping) UDP from SADDR.
+block_udp() {
+  ip netns exec "$1" nft -f - <<NFT
+table inet cvpnblock {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    ip saddr $2 meta l4proto udp drop
+  }
+}
+NFT
+}
+unblock_udp() { ip netns exec "$1" nft delete table inet cvpnblock; }
+
+# start_echo_stream AGENT_IP: from host a, a slow TCP stream through the agent's echo
+# service (64 KiB every 100 ms for ~30 s), checked end to end; prints "stream ok ..." to
+# $WORK/stream.out. Sets STREAM_PID.
+start_echo_stream() {
+  ip netns exec "$NS_A" python3 "$(dirname "${BASH_SOURCE[0]}")/echo_stream.py" "$1" \
+    $((64 * 1024 * 300)) $((64 * 1024)) 0.1 > "$WORK/stream.out" 2>&1 &
+  STREAM_PID=$!
+  PIDS+=("$STREAM_PID")
+}
+
+# derp_fallback_and_back AGENT_IP BLOCK_NS SADDR DIRECT_ADDR: with a TCP echo stream to the
+# agent running, host BLOCK_NS drops UDP from SADDR until the path is DERP, then lets it
+# through until the path is direct via DIRECT_ADDR again; the stream must survive it all.
+derp_fallback_and_back() {
+  local agent=$1 ns=$2 saddr=$3 direct=$4 from
+  start_echo_stream "$agent"
+  sleep 2
+  block_udp "$ns" "$saddr"
+  from=$(log_lines)
+  wait_log "is DERP" 20 "$from" || fail "no fallback to DERP with UDP blocked"
+  echo "fallback to DERP with UDP blocked"
+  sleep 3
+  unblock_udp "$ns"
+  from=$(log_lines)
+  wait_log "is direct via $direct:" 30 "$from" || fail "the path did not go direct again"
+  echo "direct again after unblocking"
+  wait "$STREAM_PID" || fail "the stream broke: $(cat "$WORK/stream.out")"
+  cat "$WORK/stream.out"
+}

@@ -92,22 +92,8 @@ fi
 PAGE=$(ip netns exec "$NS_A" curl -s --max-time 10 --resolve "${AGENT_FQDN%.}:80:[$AGENT_IP]" "http://${AGENT_FQDN%.}/")
 echo "$PAGE" | grep -q "Hello from agent main of workspace dev1" || fail "page: $PAGE"
 echo "curl ok"
-ip netns exec "$NS_A" python3 - "$AGENT_IP" <<'PY' || fail "echo"
-import hashlib, os, socket, sys, threading
-data = os.urandom(10 * 1024 * 1024)
-s = socket.create_connection((sys.argv[1], 7), timeout=30)
-def send():
-    s.sendall(data); s.shutdown(socket.SHUT_WR)
-t = threading.Thread(target=send); t.start()
-got = bytearray()
-while True:
-    b = s.recv(1 << 16)
-    if not b: break
-    got += b
-t.join()
-assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), (len(got), len(data))
-print("echo ok: 10 MiB sha256 match")
-PY
+ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) \
+  || fail "echo"
 
 # Status for apps.
 ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" || fail "status"

@@ -70,13 +70,15 @@ pub fn agent_page(workspace: &str, agent: &str) -> String {
     )
 }
 
-/// Starts and stops agents as the deployment changes, until `deployment` closes.
+/// Starts and stops agents as the deployment changes, until `deployment` closes or `stop`
+/// fires; then unregisters and stops them all.
 pub(crate) async fn fleet(
     mut deployment: watch::Receiver<Arc<Deployment>>,
     coordinator: Coordinator,
     derp_url: url::Url,
     tls: Option<Arc<rustls::ClientConfig>>,
     net: AgentNet,
+    mut stop: oneshot::Receiver<()>,
 ) {
     let mut agents: HashMap<Uuid, SimAgent> = HashMap::new();
     loop {
@@ -105,7 +107,11 @@ pub(crate) async fn fleet(
                 Err(e) => warn!(%id, error = %e, "simulated agent failed to start"),
             }
         }
-        if deployment.changed().await.is_err() {
+        let closed = tokio::select! {
+            changed = deployment.changed() => changed.is_err(),
+            _ = &mut stop => true,
+        };
+        if closed {
             for id in agents.keys() {
                 coordinator.unregister_agent(*id);
             }

@@ -16,7 +16,7 @@ use codervpn_proto::tailnet::coordinate_response::PeerUpdate;
 use codervpn_proto::tailnet::coordinate_response::peer_update::Kind;
 use codervpn_proto::tailnet::{CoordinateRequest, CoordinateResponse, Node};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::model::Uuid;
 
@@ -169,6 +169,8 @@ impl Coordinator {
     pub fn handle(&self, client: PeerId, req: CoordinateRequest) -> bool {
         let mut st = self.lock();
         if let Some(node) = req.update_self.and_then(|u| u.node) {
+            // What the client advertises, for tests that check its STUN-learned endpoint.
+            info!(endpoints = ?node.endpoints, %client, "client node");
             let tunnels: Vec<Uuid> = match st.clients.get_mut(&client) {
                 Some(c) => {
                     c.node = Some(node.clone());

@@ -9,18 +9,26 @@
 //! of the deployment is simulated ([`agent`]): WireGuard on smoltcp, reached through the
 //! relay, coordinated through [`coord`]. Faults: stop/start a workspace, drop every tailnet
 //! connection, restart the relay.
+//!
+//! A STUN server ([`TestbedConfig::stun`]) listens on UDP on the listen IP and is published
+//! as a `STUNOnly` node of the embedded region, as coderd publishes its STUN addresses. With
+//! [`TestbedConfig::agent_netns`] the agents run in another network namespace — another
+//! host — on a thread of their own.
 
 pub mod agent;
 mod bin;
 pub mod coord;
 mod derp;
+mod derpmap;
 pub mod model;
+mod netns;
 mod routes;
+mod stun;
 mod tailnet;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -37,6 +45,7 @@ use tracing::info;
 
 pub use bin::{Artifact, Artifacts};
 pub use model::{AgentSummary, Deployment, Uuid};
+pub use netns::NetnsError;
 pub use routes::SeenRequest;
 use routes::{RequestLog, router};
 
@@ -65,6 +74,11 @@ pub struct TestbedConfig {
     pub disable_direct_connections: bool,
     /// Agents advertise their loopback addresses as endpoints too (clients on this host).
     pub loopback_endpoints: bool,
+    /// Serve STUN on UDP (the listen IP, any free port) and publish it in the DERP map.
+    pub stun: bool,
+    /// Run the agents in this network namespace (e.g. `/run/netns/NAME`): their sockets
+    /// and interface addresses are then another host's. `None`: the testbed's own.
+    pub agent_netns: Option<PathBuf>,
 }
 
 impl Default for TestbedConfig {
@@ -79,6 +93,8 @@ impl Default for TestbedConfig {
             tls: false,
             disable_direct_connections: false,
             loopback_endpoints: false,
+            stun: true,
+            agent_netns: None,
         }
     }
 }
@@ -113,6 +129,11 @@ pub struct Testbed {
     requests: RequestLog,
     stop: Option<oneshot::Sender<()>>,
     tls: Option<tls::CaFiles>,
+    stun: Option<stun::StunServer>,
+    /// Stops the agent fleet when it runs on this runtime.
+    fleet_stop: Option<oneshot::Sender<()>>,
+    /// The agents' thread when they run in another namespace.
+    fleet_thread: Option<netns::NetnsThread>,
 }
 
 /// 200 answers per `/bin/` name.
@@ -129,6 +150,14 @@ pub enum TestbedError {
     },
     #[error("cannot set up HTTPS: {0}")]
     Tls(String),
+    #[error("cannot serve STUN on {ip}: {source}")]
+    Stun {
+        ip: std::net::IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the agents: {0}")]
+    AgentNetns(#[from] NetnsError),
 }
 
 impl Testbed {
@@ -173,9 +202,24 @@ impl Testbed {
         let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let coordinator = coord::Coordinator::default();
+        let stun = match config.stun {
+            true => Some(stun::StunServer::start(addr.ip()).await.map_err(|source| {
+                TestbedError::Stun {
+                    ip: addr.ip(),
+                    source,
+                }
+            })?),
+            false => None,
+        };
+        let derp_map = derpmap::build(
+            &host,
+            port,
+            url.scheme() == "http",
+            stun.as_ref().map(|s| s.addr()),
+        );
         let shared = Arc::new(tailnet::TailnetShared {
             deployment: dep_rx.clone(),
-            derp_map: tailnet::derp_map_proto(&host, port, url.scheme() == "http"),
+            derp_map,
             coordinator: coordinator.clone(),
             tokens: Default::default(),
             resumed: Default::default(),
@@ -225,18 +269,36 @@ impl Testbed {
             source: std::io::Error::other(e.to_string()),
         })?;
         let agent_tls = tls.as_ref().map(|t| t.client.clone());
-        tokio::spawn(agent::fleet(
-            dep_rx,
-            coordinator.clone(),
-            derp_url,
-            agent_tls,
-            agent::AgentNet {
-                disable_direct: config.disable_direct_connections,
-                loopback_endpoints: config.loopback_endpoints,
-                stun: None,
-            },
-        ));
-        info!(%url, "testbed serving");
+        let agent_net = agent::AgentNet {
+            disable_direct: config.disable_direct_connections,
+            loopback_endpoints: config.loopback_endpoints,
+            stun: stun.as_ref().map(|s| s.addr()),
+        };
+        let fleet_coordinator = coordinator.clone();
+        let fleet = move |stop| {
+            agent::fleet(
+                dep_rx,
+                fleet_coordinator,
+                derp_url,
+                agent_tls,
+                agent_net,
+                stop,
+            )
+        };
+        let (fleet_stop, fleet_thread) = match &config.agent_netns {
+            Some(path) => (None, Some(netns::spawn(path, fleet).await?)),
+            None => {
+                let (stop_tx, stop_rx) = oneshot::channel();
+                tokio::spawn(fleet(stop_rx));
+                (Some(stop_tx), None)
+            }
+        };
+        info!(
+            %url,
+            stun = ?stun.as_ref().map(|s| s.addr()),
+            agent_netns = ?config.agent_netns,
+            "testbed serving"
+        );
         Ok(Self {
             url,
             deployment: dep_tx,
@@ -251,6 +313,32 @@ impl Testbed {
             drop_tailnet: drop_tx,
             stop: Some(stop_tx),
             tls,
+            stun,
+            fleet_stop,
+            fleet_thread,
+        })
+    }
+
+    /// The STUN server's address (as published in the DERP map), unless STUN is off.
+    pub fn stun_addr(&self) -> Option<SocketAddr> {
+        self.stun.as_ref().map(|s| s.addr())
+    }
+
+    /// Binding requests the STUN server answered so far.
+    pub fn stun_requests(&self) -> u64 {
+        self.stun.as_ref().map_or(0, |s| {
+            s.counts()
+                .answered
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// Datagrams the STUN server dropped unanswered (not Tailscale binding requests).
+    pub fn stun_dropped(&self) -> u64 {
+        self.stun.as_ref().map_or(0, |s| {
+            s.counts()
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
         })
     }
 
@@ -412,6 +500,9 @@ impl Testbed {
         if let Some(path) = self.ca_file() {
             v["ca_file"] = json!(path.display().to_string());
         }
+        if let Some(addr) = self.stun_addr() {
+            v["stun"] = json!(addr.to_string());
+        }
         v
     }
 }
@@ -421,5 +512,10 @@ impl Drop for Testbed {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        if let Some(stop) = self.fleet_stop.take() {
+            let _ = stop.send(());
+        }
+        // Stops the agents in their namespace and waits for their thread.
+        self.fleet_thread.take();
     }
 }

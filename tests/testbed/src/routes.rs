@@ -121,27 +121,8 @@ async fn connection_info(State(state): State<AppState>, headers: HeaderMap) -> R
         Ok(d) => d,
         Err(e) => return e.into_response(),
     };
-    let host = state.url.host_str().unwrap_or("127.0.0.1").to_owned();
-    let port = state.url.port_or_known_default().unwrap_or(80);
     let mut body = json!({
-        "derp_map": {
-            "Regions": {
-                EMBEDDED_REGION_ID.to_string(): {
-                    "EmbeddedRelay": true,
-                    "RegionID": EMBEDDED_REGION_ID,
-                    "RegionCode": "coder",
-                    "RegionName": EMBEDDED_REGION_NAME,
-                    "Nodes": [{
-                        "Name": format!("{EMBEDDED_REGION_ID}a"),
-                        "RegionID": EMBEDDED_REGION_ID,
-                        "HostName": host,
-                        "DERPPort": port,
-                        "STUNPort": -1,
-                        "ForceHTTP": state.url.scheme() == "http",
-                    }],
-                },
-            },
-        },
+        "derp_map": derpmap::to_json(&state.tailnet.derp_map),
         "derp_force_websockets": false,
         "disable_direct_connections": state.disable_direct,
     });

@@ -13,7 +13,6 @@ use codervpn_engine::session::rpc::{Requests, Sink, Status, TailnetService};
 use codervpn_proto::tailnet::{
     CoordinateRequest, CoordinateResponse, DerpMap, RefreshResumeTokenRequest,
     RefreshResumeTokenResponse, StreamDerpMapsRequest, WorkspaceUpdate, WorkspaceUpdatesRequest,
-    derp_map,
 };
 use tokio::sync::watch;
 use tracing::debug;
@@ -239,28 +238,4 @@ pub(crate) fn diff(before: Option<&Deployment>, after: &Deployment) -> Workspace
         }
     }
     update
-}
-
-/// The protobuf form of the testbed's DERP map (what `StreamDERPMaps` sends).
-pub(crate) fn derp_map_proto(host: &str, port: u16, force_http: bool) -> DerpMap {
-    let region = derp_map::Region {
-        region_id: crate::EMBEDDED_REGION_ID,
-        embedded_relay: true,
-        region_code: "coder".into(),
-        region_name: crate::EMBEDDED_REGION_NAME.into(),
-        avoid: false,
-        nodes: vec![derp_map::region::Node {
-            name: format!("{}a", crate::EMBEDDED_REGION_ID),
-            region_id: crate::EMBEDDED_REGION_ID,
-            host_name: host.into(),
-            stun_port: -1,
-            derp_port: i32::from(port),
-            force_http,
-            ..Default::default()
-        }],
-    };
-    DerpMap {
-        home_params: None,
-        regions: [(crate::EMBEDDED_REGION_ID, region)].into_iter().collect(),
-    }
 }

@@ -98,11 +98,15 @@ async fn derp_maps_resume_tokens_and_coordination_are_served() {
         .unwrap();
     let region = &map.regions[&EMBEDDED_REGION_ID];
     assert!(region.embedded_relay);
+    let relay = region.nodes.iter().find(|n| !n.stun_only).unwrap();
+    assert_eq!(relay.derp_port, i32::from(tb.url().port().unwrap()));
+    assert!(relay.force_http);
+    assert_eq!(relay.stun_port, -1, "the relay node serves no STUN");
+    let stun = region.nodes.iter().find(|n| n.stun_only).unwrap();
     assert_eq!(
-        region.nodes[0].derp_port,
-        i32::from(tb.url().port().unwrap())
+        format!("{}:{}", stun.host_name, stun.stun_port),
+        tb.stun_addr().unwrap().to_string()
     );
-    assert!(region.nodes[0].force_http);
 
     let token = client.refresh_resume_token().await.unwrap();
     assert!(token.token.starts_with("resume-"));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use codervpn_proto::tailnet::DerpMap;
 use tracing::{debug, warn};
 
-use crate::net::endpoints::local_endpoints;
+use crate::net::endpoints::{local_endpoints, usable};
 use crate::net::netcheck::StunServer;
 use crate::net::runner::NetReport;
 
@@ -71,7 +71,8 @@ async fn resolve(host: &str, port: u16) -> Vec<IpAddr> {
 }
 
 /// Our endpoints: every usable interface address with the data plane's port, then the
-/// STUN-mapped ones; sorted, no duplicates. `None` when the interfaces cannot be listed.
+/// STUN-mapped ones (by the same rule: no loopback unless `loopback`); sorted, no
+/// duplicates. `None` when the interfaces cannot be listed.
 pub fn our_endpoints(net: &NetReport, loopback: bool) -> Option<Vec<SocketAddr>> {
     let mut eps = match local_endpoints(net.port, loopback) {
         Ok(eps) => eps,
@@ -80,7 +81,8 @@ pub fn our_endpoints(net: &NetReport, loopback: bool) -> Option<Vec<SocketAddr>>
             return None;
         }
     };
-    eps.extend(net.stun.endpoints.iter().copied());
+    let mapped = net.stun.endpoints.iter().copied();
+    eps.extend(mapped.filter(|e| usable(e.ip()) || (loopback && e.ip().is_loopback())));
     eps.sort();
     eps.dedup();
     Some(eps)

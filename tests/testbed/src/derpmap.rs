@@ -1,0 +1,166 @@
+//! The testbed's DERP map, built once and served in both forms: protobuf (`StreamDERPMaps`)
+//! and tailcfg JSON (`/api/v2/workspaceagents/connection`).
+//!
+//! Built as coderd builds it (coder/coder `tailnet/derpmap.go` `NewDERPMap`, `STUNNodes`):
+//! the embedded region holds the relay node `999a` with `STUNPort: -1` (it never serves
+//! STUN itself), and each STUN address becomes a `STUNOnly` node `999stun<i>`
+//! (`HostName` the address's host, `STUNPort` its port) placed before the relay node.
+
+use std::net::SocketAddr;
+
+use codervpn_proto::tailnet::{DerpMap, derp_map};
+use serde_json::{Map, Value, json};
+
+use crate::{EMBEDDED_REGION_ID, EMBEDDED_REGION_NAME};
+
+/// The DERP map of a testbed whose relay is at `host:port` (`/derp`), with a STUN server at
+/// `stun` if any.
+pub(crate) fn build(host: &str, port: u16, force_http: bool, stun: Option<SocketAddr>) -> DerpMap {
+    let relay = derp_map::region::Node {
+        name: format!("{EMBEDDED_REGION_ID}a"),
+        region_id: EMBEDDED_REGION_ID,
+        host_name: host.into(),
+        stun_port: -1,
+        derp_port: i32::from(port),
+        force_http,
+        ..Default::default()
+    };
+    let stun_nodes = stun
+        .into_iter()
+        .enumerate()
+        .map(|(i, addr)| derp_map::region::Node {
+            name: format!("{EMBEDDED_REGION_ID}stun{i}"),
+            region_id: EMBEDDED_REGION_ID,
+            host_name: addr.ip().to_string(),
+            stun_only: true,
+            stun_port: i32::from(addr.port()),
+            ..Default::default()
+        });
+    let region = derp_map::Region {
+        region_id: EMBEDDED_REGION_ID,
+        embedded_relay: true,
+        region_code: "coder".into(),
+        region_name: EMBEDDED_REGION_NAME.into(),
+        avoid: false,
+        nodes: stun_nodes.chain([relay]).collect(),
+    };
+    DerpMap {
+        home_params: None,
+        regions: [(EMBEDDED_REGION_ID, region)].into_iter().collect(),
+    }
+}
+
+/// `map` as tailcfg.DERPMap JSON (field names and `omitempty` as Go writes them).
+pub(crate) fn to_json(map: &DerpMap) -> Value {
+    let regions: Map<String, Value> = map
+        .regions
+        .iter()
+        .map(|(id, r)| (id.to_string(), region_json(r)))
+        .collect();
+    json!({ "Regions": regions })
+}
+
+fn region_json(r: &derp_map::Region) -> Value {
+    let mut v = json!({
+        "EmbeddedRelay": r.embedded_relay,
+        "RegionID": r.region_id,
+        "RegionCode": r.region_code,
+        "RegionName": r.region_name,
+        "Nodes": r.nodes.iter().map(node_json).collect::<Vec<_>>(),
+    });
+    if r.avoid {
+        v["Avoid"] = json!(true);
+    }
+    v
+}
+
+fn node_json(n: &derp_map::region::Node) -> Value {
+    let mut v = Map::new();
+    v.insert("Name".into(), json!(n.name));
+    v.insert("RegionID".into(), json!(n.region_id));
+    v.insert("HostName".into(), json!(n.host_name));
+    let strings = [
+        ("CertName", &n.cert_name),
+        ("IPv4", &n.ipv4),
+        ("IPv6", &n.ipv6),
+        ("STUNTestIP", &n.stun_test_ip),
+    ];
+    for (key, s) in strings {
+        if !s.is_empty() {
+            v.insert(key.into(), json!(s));
+        }
+    }
+    for (key, port) in [("STUNPort", n.stun_port), ("DERPPort", n.derp_port)] {
+        if port != 0 {
+            v.insert(key.into(), json!(port));
+        }
+    }
+    let flags = [
+        ("STUNOnly", n.stun_only),
+        ("InsecureForTests", n.insecure_for_tests),
+        ("ForceHTTP", n.force_http),
+        ("CanPort80", n.can_port_80),
+    ];
+    for (key, on) in flags {
+        if on {
+            v.insert(key.into(), json!(true));
+        }
+    }
+    Value::Object(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_node_never_serves_stun() {
+        let map = build("10.0.0.1", 8080, true, None);
+        let nodes = &map.regions[&EMBEDDED_REGION_ID].nodes;
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].stun_port, -1);
+        assert!(!nodes[0].stun_only);
+    }
+
+    #[test]
+    fn stun_address_becomes_a_stun_only_node_before_the_relay() {
+        let map = build(
+            "10.0.0.1",
+            8080,
+            true,
+            Some("10.0.0.1:3478".parse().unwrap()),
+        );
+        let nodes = &map.regions[&EMBEDDED_REGION_ID].nodes;
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].name, "999stun0");
+        assert!(nodes[0].stun_only);
+        assert_eq!(nodes[0].host_name, "10.0.0.1");
+        assert_eq!(nodes[0].stun_port, 3478);
+        assert_eq!(nodes[0].derp_port, 0);
+        assert_eq!(nodes[1].name, "999a");
+        assert_eq!(nodes[1].stun_port, -1);
+    }
+
+    #[test]
+    fn json_uses_tailcfg_names_and_omits_empty_fields() {
+        let map = build(
+            "10.0.0.1",
+            8080,
+            true,
+            Some("10.0.0.1:3478".parse().unwrap()),
+        );
+        let v = to_json(&map);
+        let region = &v["Regions"]["999"];
+        assert_eq!(region["EmbeddedRelay"], true);
+        assert_eq!(
+            region["Nodes"][0],
+            json!({"Name": "999stun0", "RegionID": 999, "HostName": "10.0.0.1",
+                   "STUNPort": 3478, "STUNOnly": true})
+        );
+        assert_eq!(
+            region["Nodes"][1],
+            json!({"Name": "999a", "RegionID": 999, "HostName": "10.0.0.1",
+                   "STUNPort": -1, "DERPPort": 8080, "ForceHTTP": true})
+        );
+    }
+}
