@@ -28,12 +28,19 @@ start_testbed --workspaces 1 --agent-netns "$NS_B"
 AGENT_IP=$(json 'd["agents"][0]["ip"]')
 start_up
 
-rtt() {  # rtt LABEL ARGS...: COUNT pings 5 ms apart, prints loss and min/avg/max/mdev
-  local label=$1 out
+rtt() {  # rtt LABEL ARGS...: COUNT pings 5 ms apart; loss, median, p99, min, max (ms)
+  local label=$1
   shift
-  out=$(ip netns exec "$NS_A" ping -q -c "$COUNT" -i 0.005 -W 1 "$@" | tail -2)
-  printf '%-34s %s | %s\n' "$label" "$(echo "$out" | head -1 | grep -o '[0-9.]*% packet loss')" \
-    "$(echo "$out" | tail -1)"
+  ip netns exec "$NS_A" ping -c "$COUNT" -i 0.005 -W 1 "$@" | python3 -c '
+import re, sys
+label, count = sys.argv[1], int(sys.argv[2])
+t = sorted(float(m) for m in re.findall(r"time=([0-9.]+) ms", sys.stdin.read()))
+if not t:
+    print("%-30s no replies" % label); sys.exit()
+pct = lambda q: t[min(len(t) - 1, int(q * len(t)))]
+print("%-30s loss %4.1f%% | median %7.3f  p99 %7.3f  min %7.3f  max %7.3f ms" % (
+    label, 100.0 * (count - len(t)) / count, pct(0.5), pct(0.99), t[0], t[-1]))
+' "$label" "$COUNT"
 }
 
 ip netns exec "$NS_A" ping -6 -c 3 -W 2 "$AGENT_IP" > /dev/null || true
