@@ -83,9 +83,32 @@ impl Relay {
     /// used for peers whose region we have no connection to.
     pub fn add_region(&mut self, region: i64, handle: DerpHandle, home: bool) {
         self.conns.insert(region, handle);
-        if home || self.home.is_none() {
+        if home {
+            self.set_home(region);
+        } else if self.home.is_none() {
             self.home = Some(region);
         }
+    }
+
+    /// Makes `region` the home region; its server is told it is preferred and the previous
+    /// home's that it no longer is (when connected).
+    pub fn set_home(&mut self, region: i64) {
+        if self.home == Some(region) {
+            return;
+        }
+        let old = self.home.replace(region);
+        for (r, preferred) in [(old, false), (Some(region), true)] {
+            if let Some(handle) = r.and_then(|r| self.conns.get(&r)).cloned() {
+                tokio::spawn(async move {
+                    let _ = handle.set_preferred(preferred).await;
+                });
+            }
+        }
+    }
+
+    /// The home region, once one is connected or chosen.
+    pub fn home(&self) -> Option<i64> {
+        self.home
     }
 
     /// Forgets the connection to `region`.

@@ -63,6 +63,8 @@ pub enum WgCommand {
     Rebind,
     /// The STUN servers to probe from the UDP socket (from the DERP map).
     SetStunServers(Vec<StunServer>),
+    /// Our home DERP region changed (peers with no connection of their own go through it).
+    SetHomeRegion(i64),
     /// Adds (or replaces) the connection to a DERP region; `home` marks our own.
     AddRelay {
         region: i64,
@@ -372,6 +374,10 @@ pub async fn run<D: Device>(
                 Some(WgCommand::SetStunServers(servers)) => {
                     netcheck.set_servers(tokio::time::Instant::now().into_std(), servers);
                 }
+                Some(WgCommand::SetHomeRegion(region)) => match outbox.relay.as_mut() {
+                    Some(r) => r.set_home(region),
+                    None => warn!(region, "a home region was set on a data plane without relays"),
+                },
                 Some(WgCommand::AddRelay { region, handle, home }) => match outbox.relay.as_mut() {
                     Some(r) => r.add_region(region, handle, home),
                     None => warn!(region, "a DERP region was added to a data plane without relays"),

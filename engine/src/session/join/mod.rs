@@ -350,6 +350,7 @@ async fn join(
         endpoints: endpoint_source,
         net: net_rx,
         latencies,
+        home: Default::default(),
         requests: None,
         peers: Default::default(),
         regions: Vec::new(),

@@ -2,9 +2,9 @@
 //! probes (from the DERP map), and our endpoints and per-region latencies from the local
 //! interfaces plus the data plane's [`NetReport`] (tailnet.md §13, issue #8).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use codervpn_proto::tailnet::DerpMap;
 use tracing::{debug, warn};
@@ -137,6 +137,65 @@ impl RegionLatencies {
     }
 }
 
+/// How long a STUN round's latencies count towards a region's best (upstream: 5 min).
+pub const HOME_HISTORY: Duration = Duration::from_secs(5 * 60);
+/// A better region must beat the home by at least this much (`preferredDERPAbsoluteDiff`).
+pub const HOME_ABSOLUTE_DIFF: Duration = Duration::from_millis(10);
+
+/// Chooses the home DERP region from STUN rounds the way upstream's netcheck does
+/// (`addReportHistoryAndSetPreferredDERP`, tailscale `net/netcheck/netcheck.go`): the
+/// candidate is the region of the latest round with the best latency over the last five
+/// minutes; the current home is kept while it still answers and the candidate is not
+/// clearly better — by less than 10 ms, or by less than a third of the home's latency in
+/// this round. A home that did not answer STUN this round is kept too (it may have no
+/// STUN node; its DERP connection is what carries traffic). Sans-IO.
+#[derive(Debug, Default)]
+pub struct HomeChooser {
+    rounds: VecDeque<(Instant, BTreeMap<i64, Duration>)>,
+}
+
+impl HomeChooser {
+    /// Adds a round's latencies (regions `usable` accepts only) and returns the home to use.
+    pub fn choose(
+        &mut self,
+        now: Instant,
+        current: i64,
+        latest: &[(i64, Duration)],
+        usable: impl Fn(i64) -> bool,
+    ) -> i64 {
+        let latest: BTreeMap<i64, Duration> =
+            latest.iter().copied().filter(|(r, _)| usable(*r)).collect();
+        while self
+            .rounds
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > HOME_HISTORY)
+        {
+            self.rounds.pop_front();
+        }
+        self.rounds.push_back((now, latest.clone()));
+        let mut best_recent: BTreeMap<i64, Duration> = BTreeMap::new();
+        for (r, d) in self.rounds.iter().flat_map(|(_, l)| l.iter()) {
+            let best = best_recent.entry(*r).or_insert(*d);
+            *best = (*best).min(*d);
+        }
+        let Some((candidate, best)) = latest
+            .keys()
+            .filter_map(|r| Some((*r, *best_recent.get(r)?)))
+            .min_by_key(|(r, d)| (*d, *r))
+        else {
+            return current;
+        };
+        if candidate == current {
+            return current;
+        }
+        let Some(old) = latest.get(&current).copied() else {
+            return current;
+        };
+        let keep = old.saturating_sub(best) < HOME_ABSOLUTE_DIFF || best > old / 3 * 2;
+        if keep { current } else { candidate }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +309,56 @@ mod tests {
                 .filter(|e| e.port() == 4242)
                 .all(|e| !e.ip().is_loopback())
         );
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn home_moves_only_to_a_region_clearly_better_by_10ms_and_a_third() {
+        let t0 = Instant::now();
+        let once = |home: u64, other: u64| {
+            HomeChooser::default().choose(t0, 1, &[(1, ms(home)), (2, ms(other))], |_| true)
+        };
+        assert_eq!(once(30, 25), 1, "5 ms better: stay");
+        assert_eq!(once(60, 45), 1, "15 ms better but not by a third: stay");
+        assert_eq!(
+            once(15, 6),
+            1,
+            "better by more than a third but under 10 ms: stay"
+        );
+        assert_eq!(once(60, 20), 2, "40 ms and two thirds better: move");
+        assert_eq!(once(30, 19), 2, "11 ms and just over a third better: move");
+    }
+
+    #[test]
+    fn a_home_that_did_not_answer_or_an_empty_round_keeps_the_home() {
+        let t0 = Instant::now();
+        let mut c = HomeChooser::default();
+        assert_eq!(c.choose(t0, 1, &[(2, ms(5))], |_| true), 1);
+        assert_eq!(c.choose(t0, 1, &[], |_| true), 1);
+    }
+
+    #[test]
+    fn regions_not_usable_are_never_chosen() {
+        let t0 = Instant::now();
+        let mut c = HomeChooser::default();
+        let got = c.choose(t0, 1, &[(1, ms(100)), (2, ms(5)), (3, ms(10))], |r| r != 2);
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn a_candidate_is_judged_by_its_best_latency_of_the_last_five_minutes() {
+        let t0 = Instant::now();
+        let mut c = HomeChooser::default();
+        // Region 2 was fast a minute ago and is slow now: its best recent figure counts.
+        c.choose(t0, 1, &[(1, ms(80)), (2, ms(10))], |_| true);
+        let t1 = t0 + Duration::from_secs(60);
+        let got = c.choose(t1, 2, &[(1, ms(80)), (2, ms(90))], |_| true);
+        assert_eq!(got, 2, "home 2 is kept: its 10 ms best is still the best");
+        // Six minutes on, the old round is forgotten and region 1 wins clearly.
+        let t2 = t0 + Duration::from_secs(6 * 60);
+        assert_eq!(c.choose(t2, 2, &[(1, ms(20)), (2, ms(90))], |_| true), 1);
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::controller::Event;
-use super::netinfo::{self, RegionLatencies};
+use super::netinfo::{self, HomeChooser, RegionLatencies};
 use super::relays::RegionDialer;
 use crate::net::disco::{DiscoPublicKey, Path};
 use crate::net::runner::{NetReport, WgCommand};
@@ -93,6 +93,7 @@ pub struct Owner {
     /// The data plane's UDP port and STUN results.
     pub net: watch::Receiver<NetReport>,
     pub latencies: RegionLatencies,
+    pub home: HomeChooser,
     pub(super) requests: Option<mpsc::UnboundedSender<CoordinateRequest>>,
     pub(super) peers: HashMap<[u8; 16], AgentPeer>,
     pub(super) regions: Vec<i64>,
@@ -376,6 +377,21 @@ impl Owner {
     /// The data plane's port or STUN results changed: publish new latencies and endpoints.
     async fn net_changed(&mut self) {
         let report = self.net.borrow_and_update().clone();
+        let map = &self.derp_map;
+        let usable = |r: i64| {
+            map.regions
+                .get(&r)
+                .is_some_and(|r| !r.avoid && r.nodes.iter().any(|n| !n.stun_only))
+        };
+        let home = self.home.choose(
+            Instant::now(),
+            self.home_region,
+            &report.stun.latency,
+            usable,
+        );
+        if home != self.home_region {
+            self.switch_home(home).await;
+        }
         if self.latencies.update(&report) {
             self.self_node.derp_latency = self.latencies.published();
             if !self.refresh_endpoints(false).await {
@@ -384,6 +400,30 @@ impl Owner {
             return;
         }
         self.refresh_endpoints(false).await;
+    }
+
+    /// Moves our home DERP region to `region` (the old one stays connected for the peers
+    /// homed there); peers learn it from `update_self`.
+    async fn switch_home(&mut self, region: i64) {
+        let old = self.home_region;
+        info!(
+            from = %self.region_name(old),
+            to = %self.region_name(region),
+            "DERP home region changed: {} is clearly closer",
+            self.region_name(region)
+        );
+        self.home_region = region;
+        self.self_node.preferred_derp = region;
+        if self.regions.contains(&region) {
+            self.regions.retain(|r| *r != region);
+            let _ = self.wg.send(WgCommand::SetHomeRegion(region)).await;
+        } else {
+            self.dialer.spawn(&self.derp_map, region, true);
+        }
+        if !self.regions.contains(&old) {
+            self.regions.push(old);
+        }
+        self.publish_self();
     }
 
     fn publish_self(&self) {
