@@ -265,6 +265,12 @@ impl Coordinator {
         }
     }
 
+    /// The nodes clients last published (`update_self`), one per client that sent one.
+    pub fn client_nodes(&self) -> Vec<Node> {
+        let st = self.lock();
+        st.clients.values().filter_map(|c| c.node.clone()).collect()
+    }
+
     /// Peer updates relayed to clients so far.
     pub fn peer_updates_sent(&self) -> u64 {
         self.lock().peer_updates_sent
