@@ -241,29 +241,8 @@ impl Testbed {
         };
         let app = router(state);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let stopped = async {
-            let _ = stop_rx.await;
-        };
-        match server_tls {
-            Some(server) => {
-                let listener = tls::TlsListener::new(listener, server)
-                    .map_err(|source| TestbedError::Listen { addr, source })?;
-                tokio::spawn(async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                    if let Err(e) = serve.await {
-                        tracing::warn!(error = %e, "testbed server ended");
-                    }
-                });
-            }
-            None => {
-                tokio::spawn(async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                    if let Err(e) = serve.await {
-                        tracing::warn!(error = %e, "testbed server ended");
-                    }
-                });
-            }
-        }
+        spawn_server(listener, server_tls, app, stop_rx)
+            .map_err(|source| TestbedError::Listen { addr, source })?;
         let derp_url = url.join("derp").map_err(|e| TestbedError::Listen {
             addr,
             source: std::io::Error::other(e.to_string()),
@@ -505,6 +484,38 @@ impl Testbed {
         }
         v
     }
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) in the background until `stop`.
+fn spawn_server(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    stop: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let stopped = async {
+        let _ = stop.await;
+    };
+    match tls {
+        Some(server) => {
+            let listener = tls::TlsListener::new(listener, server)?;
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(e) = serve.await {
+                    tracing::warn!(error = %e, "testbed server ended");
+                }
+            });
+        }
+        None => {
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(e) = serve.await {
+                    tracing::warn!(error = %e, "testbed server ended");
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Testbed {
