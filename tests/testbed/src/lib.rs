@@ -16,7 +16,7 @@
 //! host — on a thread of their own.
 //!
 //! With [`TestbedConfig::second_region`] a second DERP region ([`SECOND_REGION_ID`]) runs
-//! too: its own relay on its own listener, its own STUN server ([`region`]). Each STUN
+//! too: its own relay on its own listener, its own STUN server (module `region`). Each STUN
 //! server's answers can be delayed at run time ([`Testbed::set_stun_delay`]).
 
 pub mod agent;
