@@ -9,8 +9,8 @@ use codervpn_testbed::{Testbed, TestbedConfig};
 #[derive(clap::Subcommand)]
 pub enum TestbedCommand {
     /// Serve a testbed deployment; prints one JSON line ({"url", "token", "agents", "stun"
-    /// unless --no-stun, and "ca_file" with --tls}) on stdout, then serves until
-    /// SIGINT/SIGTERM.
+    /// unless --no-stun, "ca_file" with --tls and "second_region" with --second-region}) on
+    /// stdout, then serves until SIGINT/SIGTERM.
     Serve(ServeArgs),
 }
 
@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// `ip netns`): another host, which must reach --listen.
     #[arg(long, value_name = "NAME")]
     agent_netns: Option<String>,
+    /// Also run a second DERP region (ID 1000, "second"): its own relay on another port of
+    /// the listen IP ("second_region") and, unless --no-stun, its own STUN server. Agents
+    /// stay homed in the embedded region.
+    #[arg(long)]
+    second_region: bool,
 }
 
 pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
@@ -68,6 +73,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             tls: args.tls,
             stun: !args.no_stun,
             agent_netns,
+            second_region: args.second_region,
             ..TestbedConfig::default()
         })
         .await?;

@@ -107,6 +107,29 @@ fn serve_prints_the_stun_address_unless_no_stun() {
 }
 
 #[test]
+fn serve_with_second_region_prints_its_relay_address() {
+    let (mut child, v) = serve(&["--workspaces", "0"]);
+    assert!(v.get("second_region").is_none(), "{v}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+
+    let (mut child, v) = serve(&["--workspaces", "0", "--second-region"]);
+    let second: std::net::SocketAddr = v["second_region"].as_str().unwrap().parse().unwrap();
+    assert_eq!(second.ip().to_string(), "127.0.0.1");
+    assert!(
+        !v["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", second.port()))
+    );
+    std::net::TcpStream::connect(second).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn serve_with_an_unknown_agent_namespace_fails_naming_it() {
     let out = Command::new(env!("CARGO_BIN_EXE_codervpn"))
         .args(["testbed", "serve", "--agent-netns", "codervpn-no-such-ns"])

@@ -1,7 +1,11 @@
 //! `/derp`: hands upgraded connections to the DERP relay — `Upgrade: DERP` (Tailscale's
-//! plain upgrade) or a WebSocket with subprotocol `derp`.
+//! plain upgrade) or a WebSocket with subprotocol `derp`. The same handler serves the
+//! main listener's `/derp` and the second region's ([`crate::region`]).
 
 use axum::body::Body;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
@@ -29,14 +33,27 @@ fn status(code: StatusCode, text: &str) -> Response {
     r
 }
 
-pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
-    let derp = state.derp.current();
+/// `/derp` on the main listener.
+pub(crate) async fn upgrade(State(state): State<AppState>, req: Request) -> Response {
+    serve(&state.derp, req)
+}
+
+/// `/derp` on a listener of its own (a router whose state is the slot).
+pub(crate) async fn upgrade_slot(State(slot): State<DerpSlot>, req: Request) -> Response {
+    serve(&slot, req)
+}
+
+/// Hands `req`, once upgraded, to the relay in `slot`.
+fn serve(slot: &DerpSlot, mut req: Request) -> Response {
+    let derp = slot.current();
+    let accepted = slot.accepted.clone();
     let server_key = derp.public_key().to_hex();
     if header_has(&req, header::UPGRADE, "derp") {
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(up) => {
+                    accepted.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = derp.serve_upgraded(TokioIo::new(up), Bytes::new()).await {
                         debug!(error = %e, "DERP connection ended");
                     }
@@ -62,6 +79,7 @@ pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> 
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(up) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
                         let ws =
                             WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None)
                                 .await;
@@ -94,14 +112,21 @@ pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> 
 /// The relay behind `/derp`, replaceable (the restart fault) while connections come and go.
 #[derive(Clone)]
 pub(crate) struct DerpSlot {
-    server: std::sync::Arc<std::sync::RwLock<codervpn_engine::net::derp::DerpServer>>,
+    server: Arc<std::sync::RwLock<codervpn_engine::net::derp::DerpServer>>,
+    /// Connections upgraded and handed to the relay so far (across restarts).
+    accepted: Arc<AtomicU64>,
 }
 
 impl DerpSlot {
     pub(crate) fn new(server: codervpn_engine::net::derp::DerpServer) -> Self {
         Self {
-            server: std::sync::Arc::new(std::sync::RwLock::new(server)),
+            server: Arc::new(std::sync::RwLock::new(server)),
+            accepted: Arc::default(),
         }
+    }
+
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     pub(crate) fn current(&self) -> codervpn_engine::net::derp::DerpServer {

@@ -5,48 +5,102 @@
 //! the embedded region holds the relay node `999a` with `STUNPort: -1` (it never serves
 //! STUN itself), and each STUN address becomes a `STUNOnly` node `999stun<i>`
 //! (`HostName` the address's host, `STUNPort` its port) placed before the relay node.
+//! The optional second region ([`crate::region`]) is built the same way, not embedded.
 
 use std::net::SocketAddr;
 
 use codervpn_proto::tailnet::{DerpMap, derp_map};
 use serde_json::{Map, Value, json};
 
+use crate::region::{SECOND_REGION_CODE, SECOND_REGION_ID, SECOND_REGION_NAME};
 use crate::{EMBEDDED_REGION_ID, EMBEDDED_REGION_NAME};
 
 /// The DERP map of a testbed whose relay is at `host:port` (`/derp`), with a STUN server at
 /// `stun` if any.
 pub(crate) fn build(host: &str, port: u16, force_http: bool, stun: Option<SocketAddr>) -> DerpMap {
-    let relay = derp_map::region::Node {
-        name: format!("{EMBEDDED_REGION_ID}a"),
-        region_id: EMBEDDED_REGION_ID,
-        host_name: host.into(),
-        stun_port: -1,
-        derp_port: i32::from(port),
-        force_http,
-        ..Default::default()
-    };
-    let stun_nodes = stun
-        .into_iter()
-        .enumerate()
-        .map(|(i, addr)| derp_map::region::Node {
-            name: format!("{EMBEDDED_REGION_ID}stun{i}"),
-            region_id: EMBEDDED_REGION_ID,
-            host_name: addr.ip().to_string(),
-            stun_only: true,
-            stun_port: i32::from(addr.port()),
-            ..Default::default()
-        });
-    let region = derp_map::Region {
-        region_id: EMBEDDED_REGION_ID,
+    let embedded = RegionSpec {
+        id: EMBEDDED_REGION_ID,
+        code: "coder",
+        name: EMBEDDED_REGION_NAME,
         embedded_relay: true,
-        region_code: "coder".into(),
-        region_name: EMBEDDED_REGION_NAME.into(),
-        avoid: false,
-        nodes: stun_nodes.chain([relay]).collect(),
     };
     DerpMap {
         home_params: None,
-        regions: [(EMBEDDED_REGION_ID, region)].into_iter().collect(),
+        regions: [(
+            EMBEDDED_REGION_ID,
+            embedded.region(host, port, force_http, stun),
+        )]
+        .into_iter()
+        .collect(),
+    }
+}
+
+/// Adds the second region ([`crate::region`]): its relay at `host:port` (`/derp`), its
+/// STUN server at `stun` if any.
+pub(crate) fn add_second_region(
+    map: &mut DerpMap,
+    host: &str,
+    port: u16,
+    force_http: bool,
+    stun: Option<SocketAddr>,
+) {
+    let second = RegionSpec {
+        id: SECOND_REGION_ID,
+        code: SECOND_REGION_CODE,
+        name: SECOND_REGION_NAME,
+        embedded_relay: false,
+    };
+    map.regions.insert(
+        SECOND_REGION_ID,
+        second.region(host, port, force_http, stun),
+    );
+}
+
+struct RegionSpec {
+    id: i64,
+    code: &'static str,
+    name: &'static str,
+    embedded_relay: bool,
+}
+
+impl RegionSpec {
+    /// The region: the STUN-only node (if any), then the relay node `<id>a`.
+    fn region(
+        &self,
+        host: &str,
+        port: u16,
+        force_http: bool,
+        stun: Option<SocketAddr>,
+    ) -> derp_map::Region {
+        let id = self.id;
+        let relay = derp_map::region::Node {
+            name: format!("{id}a"),
+            region_id: id,
+            host_name: host.into(),
+            stun_port: -1,
+            derp_port: i32::from(port),
+            force_http,
+            ..Default::default()
+        };
+        let stun_nodes = stun
+            .into_iter()
+            .enumerate()
+            .map(|(i, addr)| derp_map::region::Node {
+                name: format!("{id}stun{i}"),
+                region_id: id,
+                host_name: addr.ip().to_string(),
+                stun_only: true,
+                stun_port: i32::from(addr.port()),
+                ..Default::default()
+            });
+        derp_map::Region {
+            region_id: id,
+            embedded_relay: self.embedded_relay,
+            region_code: self.code.into(),
+            region_name: self.name.into(),
+            avoid: false,
+            nodes: stun_nodes.chain([relay]).collect(),
+        }
     }
 }
 
@@ -162,5 +216,33 @@ mod tests {
             json!({"Name": "999a", "RegionID": 999, "HostName": "10.0.0.1",
                    "STUNPort": -1, "DERPPort": 8080, "ForceHTTP": true})
         );
+    }
+
+    #[test]
+    fn second_region_has_its_own_stun_node_and_relay() {
+        let mut map = build("10.0.0.1", 8080, false, None);
+        add_second_region(
+            &mut map,
+            "10.0.0.1",
+            9090,
+            false,
+            Some("10.0.0.1:3479".parse().unwrap()),
+        );
+        assert_eq!(map.regions.len(), 2);
+        let r = &map.regions[&SECOND_REGION_ID];
+        assert!(!r.embedded_relay);
+        assert_eq!(r.region_code, "second");
+        assert_eq!(r.nodes.len(), 2);
+        assert_eq!(r.nodes[0].name, "1000stun0");
+        assert!(r.nodes[0].stun_only);
+        assert_eq!(r.nodes[0].stun_port, 3479);
+        assert_eq!(r.nodes[1].name, "1000a");
+        assert_eq!(r.nodes[1].region_id, SECOND_REGION_ID);
+        assert_eq!(r.nodes[1].derp_port, 9090);
+        assert_eq!(r.nodes[1].stun_port, -1);
+        assert!(!r.nodes[1].force_http);
+        let v = to_json(&map);
+        assert_eq!(v["Regions"]["1000"]["EmbeddedRelay"], false);
+        assert_eq!(v["Regions"]["1000"]["RegionCode"], "second");
     }
 }

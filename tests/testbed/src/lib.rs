@@ -14,6 +14,10 @@
 //! as a `STUNOnly` node of the embedded region, as coderd publishes its STUN addresses. With
 //! [`TestbedConfig::agent_netns`] the agents run in another network namespace — another
 //! host — on a thread of their own.
+//!
+//! With [`TestbedConfig::second_region`] a second DERP region ([`SECOND_REGION_ID`]) runs
+//! too: its own relay on its own listener, its own STUN server (module `region`). Each STUN
+//! server's answers can be delayed at run time ([`Testbed::set_stun_delay`]).
 
 pub mod agent;
 mod bin;
@@ -22,6 +26,7 @@ mod derp;
 mod derpmap;
 pub mod model;
 mod netns;
+mod region;
 mod routes;
 mod stun;
 mod tailnet;
@@ -46,6 +51,7 @@ use tracing::info;
 pub use bin::{Artifact, Artifacts};
 pub use model::{AgentSummary, Deployment, Uuid};
 pub use netns::NetnsError;
+pub use region::{SECOND_REGION_CODE, SECOND_REGION_ID, SECOND_REGION_NAME};
 pub use routes::SeenRequest;
 use routes::{RequestLog, router};
 
@@ -79,6 +85,10 @@ pub struct TestbedConfig {
     /// Run the agents in this network namespace (e.g. `/run/netns/NAME`): their sockets
     /// and interface addresses are then another host's. `None`: the testbed's own.
     pub agent_netns: Option<PathBuf>,
+    /// Also run a second DERP region ([`SECOND_REGION_ID`]): a relay on a listener of its
+    /// own ([`Testbed::second_region_addr`]) and, with [`Self::stun`], a STUN server of
+    /// its own. Agents stay homed in the embedded region.
+    pub second_region: bool,
 }
 
 impl Default for TestbedConfig {
@@ -95,6 +105,7 @@ impl Default for TestbedConfig {
             loopback_endpoints: false,
             stun: true,
             agent_netns: None,
+            second_region: false,
         }
     }
 }
@@ -130,6 +141,7 @@ pub struct Testbed {
     stop: Option<oneshot::Sender<()>>,
     tls: Option<tls::CaFiles>,
     stun: Option<stun::StunServer>,
+    second: Option<region::SecondRegion>,
     /// Stops the agent fleet when it runs on this runtime.
     fleet_stop: Option<oneshot::Sender<()>>,
     /// The agents' thread when they run in another namespace.
@@ -153,6 +165,12 @@ pub enum TestbedError {
     #[error("cannot serve STUN on {ip}: {source}")]
     Stun {
         ip: std::net::IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve the second DERP region on {addr}: {source}")]
+    SecondRegion {
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -211,12 +229,24 @@ impl Testbed {
             })?),
             false => None,
         };
-        let derp_map = derpmap::build(
-            &host,
-            port,
-            url.scheme() == "http",
-            stun.as_ref().map(|s| s.addr()),
-        );
+        let force_http = url.scheme() == "http";
+        let mut derp_map = derpmap::build(&host, port, force_http, stun.as_ref().map(|s| s.addr()));
+        let second = match config.second_region {
+            true => {
+                let second =
+                    region::SecondRegion::start(addr.ip(), server_tls.clone(), config.stun).await?;
+                let stun = second.stun().map(|s| s.addr());
+                derpmap::add_second_region(
+                    &mut derp_map,
+                    &host,
+                    second.addr().port(),
+                    force_http,
+                    stun,
+                );
+                Some(second)
+            }
+            false => None,
+        };
         let shared = Arc::new(tailnet::TailnetShared {
             deployment: dep_rx.clone(),
             derp_map,
@@ -241,29 +271,8 @@ impl Testbed {
         };
         let app = router(state);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let stopped = async {
-            let _ = stop_rx.await;
-        };
-        match server_tls {
-            Some(server) => {
-                let listener = tls::TlsListener::new(listener, server)
-                    .map_err(|source| TestbedError::Listen { addr, source })?;
-                tokio::spawn(async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                    if let Err(e) = serve.await {
-                        tracing::warn!(error = %e, "testbed server ended");
-                    }
-                });
-            }
-            None => {
-                tokio::spawn(async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                    if let Err(e) = serve.await {
-                        tracing::warn!(error = %e, "testbed server ended");
-                    }
-                });
-            }
-        }
+        spawn_server(listener, server_tls, app, stop_rx)
+            .map_err(|source| TestbedError::Listen { addr, source })?;
         let derp_url = url.join("derp").map_err(|e| TestbedError::Listen {
             addr,
             source: std::io::Error::other(e.to_string()),
@@ -296,6 +305,7 @@ impl Testbed {
         info!(
             %url,
             stun = ?stun.as_ref().map(|s| s.addr()),
+            second_region = ?second.as_ref().map(|s| s.addr()),
             agent_netns = ?config.agent_netns,
             "testbed serving"
         );
@@ -314,6 +324,7 @@ impl Testbed {
             stop: Some(stop_tx),
             tls,
             stun,
+            second,
             fleet_stop,
             fleet_thread,
         })
@@ -503,8 +514,43 @@ impl Testbed {
         if let Some(addr) = self.stun_addr() {
             v["stun"] = json!(addr.to_string());
         }
+        if let Some(addr) = self.second_region_addr() {
+            v["second_region"] = json!(addr.to_string());
+        }
         v
     }
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) in the background until `stop`.
+fn spawn_server(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    stop: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let stopped = async {
+        let _ = stop.await;
+    };
+    match tls {
+        Some(server) => {
+            let listener = tls::TlsListener::new(listener, server)?;
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(e) = serve.await {
+                    tracing::warn!(error = %e, "testbed server ended");
+                }
+            });
+        }
+        None => {
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(e) = serve.await {
+                    tracing::warn!(error = %e, "testbed server ended");
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Testbed {

@@ -2,16 +2,22 @@
 //! requests (SOFTWARE `tailnode`, valid FINGERPRINT, as `stun.ParseBindingRequest` wants)
 //! with a binding success response whose XOR-MAPPED-ADDRESS is the request's source
 //! address, as the DERP server's STUN listener does (`derp/derper` `serveSTUN`). Anything
-//! else is dropped and counted. Published as a `STUNOnly` node of the embedded region
+//! else is dropped and counted. Published as a `STUNOnly` node of its region
 //! ([`crate::derpmap`]).
+//!
+//! A delay ([`StunServer::set_delay`], changeable at any time) holds each answer back; the
+//! delayed answers are sent from tasks of their own (at most [`MAX_DELAYED`] in flight,
+//! requests beyond that are dropped and counted), so one slow answer holds up no other.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use codervpn_engine::net::stun::{binding_response, parse_binding_request};
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
 use tracing::{debug, trace, warn};
 
 /// What the server did with one datagram.
@@ -41,10 +47,14 @@ pub(crate) struct StunCounts {
     pub(crate) dropped: AtomicU64,
 }
 
-/// A running STUN server; dropping it stops it.
+/// Delayed answers in flight at most; requests beyond that are dropped.
+pub(crate) const MAX_DELAYED: usize = 1024;
+
+/// A running STUN server; dropping it stops it (delayed answers not yet sent included).
 pub(crate) struct StunServer {
     addr: SocketAddr,
     counts: Arc<StunCounts>,
+    delay: watch::Sender<Duration>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -55,13 +65,24 @@ impl StunServer {
         let addr = socket.local_addr()?;
         let counts = Arc::new(StunCounts::default());
         let (stop_tx, stop_rx) = oneshot::channel();
-        tokio::spawn(serve(socket, counts.clone(), stop_rx));
+        let (delay_tx, delay_rx) = watch::channel(Duration::ZERO);
+        tokio::spawn(serve(Arc::new(socket), counts.clone(), delay_rx, stop_rx));
         debug!(%addr, "STUN server listening");
         Ok(Self {
             addr,
             counts,
+            delay: delay_tx,
             stop: Some(stop_tx),
         })
+    }
+
+    /// Answers each binding request received from now on only after `delay` (zero: at once).
+    pub(crate) fn set_delay(&self, delay: Duration) {
+        self.delay.send_replace(delay);
+    }
+
+    pub(crate) fn delay(&self) -> Duration {
+        *self.delay.borrow()
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -81,9 +102,17 @@ impl Drop for StunServer {
     }
 }
 
-async fn serve(socket: UdpSocket, counts: Arc<StunCounts>, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    socket: Arc<UdpSocket>,
+    counts: Arc<StunCounts>,
+    delay: watch::Receiver<Duration>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut buf = vec![0u8; 2048];
+    // Dropped (so aborted) when the server stops.
+    let mut delayed = JoinSet::new();
     loop {
+        while delayed.try_join_next().is_some() {}
         let (n, src) = tokio::select! {
             _ = &mut stop => return,
             r = socket.recv_from(&mut buf) => match r {
@@ -95,17 +124,34 @@ async fn serve(socket: UdpSocket, counts: Arc<StunCounts>, mut stop: oneshot::Re
                 }
             },
         };
+        let wait = *delay.borrow();
         match answer(&buf[..n], src) {
+            Verdict::Answer(reply) if wait.is_zero() => {
+                counts.answered.fetch_add(1, Ordering::Relaxed);
+                send(&socket, &reply, src).await;
+            }
+            Verdict::Answer(_) if delayed.len() >= MAX_DELAYED => {
+                debug!(%src, "STUN: too many delayed answers in flight; dropped");
+                counts.dropped.fetch_add(1, Ordering::Relaxed);
+            }
             Verdict::Answer(reply) => {
                 counts.answered.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = socket.send_to(&reply, src).await {
-                    warn!(%src, error = %e, "STUN: cannot answer");
-                }
+                let socket = socket.clone();
+                delayed.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    send(&socket, &reply, src).await;
+                });
             }
             Verdict::Drop => {
                 counts.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+async fn send(socket: &UdpSocket, reply: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(reply, to).await {
+        warn!(%to, error = %e, "STUN: cannot answer");
     }
 }
 
