@@ -658,3 +658,72 @@ async fn disabled_direct_connections_keep_the_agent_on_derp() {
     assert!(ping.preferred_derp_latency.is_some(), "{ping:?}");
     assert!(m.client.stop().await.unwrap().success);
 }
+
+/// The home region the client last published (`update_self.preferred_derp`), waited for
+/// until it is `want` (10 s at most).
+async fn wait_home(tb: &Testbed, want: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let homes: Vec<i64> = tb
+            .coordinator()
+            .client_nodes()
+            .iter()
+            .map(|n| i64::from(n.preferred_derp))
+            .collect();
+        if homes == [want] {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "home region {homes:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two DERP regions; whichever STUN answers 100 ms late is clearly farther. The home
+/// region follows the faster one (the join-time choice is a coin toss between two relays
+/// on loopback), moves when the latencies swap and a wake re-STUNs, and the agent (homed
+/// in region 999) stays reachable after each move. Only the latest round counts here
+/// (`home_history` 0); the 5-minute history is unit-tested in `netinfo`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_region_follows_the_clearly_closer_relay_and_traffic_keeps_flowing() {
+    use codervpn_testbed::{EMBEDDED_REGION_ID, SECOND_REGION_ID};
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        second_region: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let slow = Duration::from_millis(100);
+    assert!(tb.set_stun_delay(SECOND_REGION_ID, slow));
+    let opts = JoinOptions {
+        timings: OwnerTimings {
+            home_history: Duration::ZERO,
+            ..OwnerTimings::default()
+        },
+        ..JoinOptions::default()
+    };
+    let (m, connector, _) = started_with(&tb, opts).await;
+    let agent = tb.deployment().agent_summaries()[0].clone();
+    wait_home(&tb, EMBEDDED_REGION_ID).await;
+    fetch_page(&connector, &agent.ip).await;
+
+    for (home, other) in [
+        (SECOND_REGION_ID, EMBEDDED_REGION_ID),
+        (EMBEDDED_REGION_ID, SECOND_REGION_ID),
+    ] {
+        tb.set_stun_delay(home, Duration::ZERO);
+        tb.set_stun_delay(other, slow);
+        assert!(m.client.wake().await.unwrap().success);
+        wait_home(&tb, home).await;
+        let page = fetch_page(&connector, &agent.ip).await;
+        assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+    }
+    assert!(
+        tb.derp_connections(SECOND_REGION_ID) >= 1,
+        "the client dialled region 1000"
+    );
+    assert!(m.client.stop().await.unwrap().success);
+}

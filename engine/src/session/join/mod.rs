@@ -350,7 +350,7 @@ async fn join(
         endpoints: endpoint_source,
         net: net_rx,
         latencies,
-        home: Default::default(),
+        home: netinfo::HomeChooser::new(opts.timings.home_history),
         requests: None,
         peers: Default::default(),
         regions: Vec::new(),

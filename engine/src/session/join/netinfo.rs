@@ -149,12 +149,27 @@ pub const HOME_ABSOLUTE_DIFF: Duration = Duration::from_millis(10);
 /// clearly better — by less than 10 ms, or by less than a third of the home's latency in
 /// this round. A home that did not answer STUN this round is kept too (it may have no
 /// STUN node; its DERP connection is what carries traffic). Sans-IO.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HomeChooser {
+    history: Duration,
     rounds: VecDeque<(Instant, BTreeMap<i64, Duration>)>,
 }
 
+impl Default for HomeChooser {
+    fn default() -> Self {
+        Self::new(HOME_HISTORY)
+    }
+}
+
 impl HomeChooser {
+    /// Rounds count towards a region's best for `history` ([`HOME_HISTORY`] normally).
+    pub fn new(history: Duration) -> Self {
+        Self {
+            history,
+            rounds: VecDeque::new(),
+        }
+    }
+
     /// Adds a round's latencies (regions `usable` accepts only) and returns the home to use.
     pub fn choose(
         &mut self,
@@ -168,7 +183,7 @@ impl HomeChooser {
         while self
             .rounds
             .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > HOME_HISTORY)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.history)
         {
             self.rounds.pop_front();
         }

@@ -37,6 +37,8 @@ pub struct OwnerTimings {
     pub ready_timeout: Duration,
     /// Remove a LOST peer after this long without a handshake (15 min).
     pub lost_timeout: Duration,
+    /// How long STUN rounds count when choosing the home DERP region (5 min).
+    pub home_history: Duration,
 }
 
 impl Default for OwnerTimings {
@@ -45,6 +47,7 @@ impl Default for OwnerTimings {
             status_interval: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(5),
             lost_timeout: Duration::from_secs(15 * 60),
+            home_history: super::netinfo::HOME_HISTORY,
         }
     }
 }
