@@ -3,7 +3,7 @@
 //! reaches clients through the testbed's DERP relay over a real TCP connection, and
 //! learns its clients' nodes from the coordinator, exactly where a Coder agent would.
 //!
-//! The [`Fleet`] task owns every agent: it watches the deployment and starts agents that
+//! The `fleet` task owns every agent: it watches the deployment and starts agents that
 //! appear and stops those that go (a stopped workspace).
 
 use std::collections::HashMap;
