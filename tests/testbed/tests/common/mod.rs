@@ -1,0 +1,166 @@
+//! What the `join` and `paths` tests share: a manager speaking the CoderVPN protocol to an
+//! in-process tunnel with the real connector, and waits on what it reports.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
+use codervpn_engine::tunnel::{TunnelOptions, serve};
+use codervpn_proto::manager::ManagerClient;
+use codervpn_proto::vpn::{self, manager_message, tunnel_message};
+use codervpn_proto::{Connection, Incoming, ManagerSide, TunnelSide, VersionList};
+use codervpn_testbed::Testbed;
+use codervpn_testbed::agent::HTTP_PORT;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+pub const T: Duration = Duration::from_secs(20);
+
+pub struct Manager {
+    pub client: ManagerClient,
+    pub settings: mpsc::UnboundedReceiver<vpn::NetworkSettingsRequest>,
+    pub updates: mpsc::UnboundedReceiver<vpn::PeerUpdate>,
+}
+
+/// A tunnel with the real connector, and a manager that accepts every network settings
+/// request and collects what it was sent.
+pub async fn tunnel(connector: TailnetConnector) -> Manager {
+    let (a, b) = UnixStream::pair().unwrap();
+    let (ar, aw) = a.into_split();
+    let (br, bw) = b.into_split();
+    tokio::spawn(async move {
+        let conn = Connection::<TunnelSide>::handshake(br, bw, VersionList::current())
+            .await
+            .unwrap();
+        serve(
+            conn,
+            TunnelOptions::new(Arc::new(connector)),
+            std::future::pending(),
+        )
+        .await
+    });
+    let conn = Connection::<ManagerSide>::handshake(ar, aw, VersionList::current())
+        .await
+        .unwrap();
+    let (handle, mut incoming) = conn.into_parts();
+    let (set_tx, settings) = mpsc::unbounded_channel();
+    let (up_tx, updates) = mpsc::unbounded_channel();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            match m {
+                Incoming::Request { id, msg } => {
+                    if let Some(tunnel_message::Msg::NetworkSettings(s)) = msg.msg {
+                        let _ = set_tx.send(s);
+                        let reply = vpn::ManagerMessage {
+                            rpc: None,
+                            msg: Some(manager_message::Msg::NetworkSettings(
+                                vpn::NetworkSettingsResponse {
+                                    success: true,
+                                    error_message: String::new(),
+                                },
+                            )),
+                        };
+                        let _ = h.reply(id, reply).await;
+                    }
+                }
+                Incoming::OneWay(msg) => {
+                    if let Some(tunnel_message::Msg::PeerUpdate(u)) = msg.msg {
+                        let _ = up_tx.send(u);
+                    }
+                }
+            }
+        }
+    });
+    Manager {
+        client: ManagerClient::new(handle),
+        settings,
+        updates,
+    }
+}
+
+pub fn start_request(tb: &Testbed) -> vpn::StartRequest {
+    vpn::StartRequest {
+        tunnel_file_descriptor: -1,
+        coder_url: tb.url().to_string(),
+        api_token: tb.token(),
+        ..Default::default()
+    }
+}
+
+/// A started tunnel (userspace) against `tb`, after its first PeerUpdate.
+pub async fn started(tb: &Testbed) -> (Manager, TailnetConnector, vpn::PeerUpdate) {
+    started_with(tb, JoinOptions::default()).await
+}
+
+/// [`started`] with join options.
+pub async fn started_with(
+    tb: &Testbed,
+    opts: JoinOptions,
+) -> (Manager, TailnetConnector, vpn::PeerUpdate) {
+    let connector = TailnetConnector::new(opts);
+    let mut m = tunnel(connector.clone()).await;
+    let r = tokio::time::timeout(T, m.client.start(start_request(tb)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.success, "{}", r.error_message);
+    let first = tokio::time::timeout(T, m.updates.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    (m, connector, first)
+}
+
+/// `GET /` from an agent's HTTP service; retried until `T` passes.
+pub async fn fetch_page(connector: &TailnetConnector, ip: &str) -> String {
+    let stack = connector.stack().unwrap();
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let attempt = async {
+            let mut s = stack
+                .connect((ip, HTTP_PORT).into())
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut page = String::new();
+            s.read_to_string(&mut page)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(page)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(page)) if page.starts_with("HTTP/1.1 200") => return page,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no page from {ip}: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Waits for a PeerUpdate that satisfies `want`.
+pub async fn wait_update(
+    m: &mut Manager,
+    want: impl Fn(&vpn::PeerUpdate) -> bool,
+) -> vpn::PeerUpdate {
+    tokio::time::timeout(T, async {
+        loop {
+            let u = m.updates.recv().await.unwrap();
+            if want(&u) {
+                return u;
+            }
+        }
+    })
+    .await
+    .expect("the expected PeerUpdate never came")
+}

@@ -1,0 +1,173 @@
+//! Direct paths and DERP regions as the engine uses them against the testbed: the path to an
+//! agent goes direct over UDP and survives a wake, `disable_direct_connections` keeps it on
+//! DERP (and the status pings say so), and the home DERP region follows the closer relay.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use codervpn_engine::session::join::JoinOptions;
+use codervpn_engine::session::join::TailnetConnector;
+use codervpn_engine::session::join::owner::OwnerTimings;
+use codervpn_testbed::agent::agent_page;
+use codervpn_testbed::{EMBEDDED_REGION_NAME, Testbed, TestbedConfig};
+use common::{Manager, fetch_page, started_with, wait_update};
+
+/// A testbed with one agent and a session joined to it, both advertising loopback
+/// endpoints (one host), with status updates every `status`.
+async fn on_loopback(
+    disable_direct: bool,
+    status: Duration,
+) -> (Testbed, Manager, TailnetConnector) {
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        loopback_endpoints: true,
+        disable_direct_connections: disable_direct,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let opts = JoinOptions {
+        loopback_endpoints: true,
+        timings: OwnerTimings {
+            status_interval: status,
+            ..OwnerTimings::default()
+        },
+        ..JoinOptions::default()
+    };
+    let (m, connector, _) = started_with(&tb, opts).await;
+    (tb, m, connector)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_path_goes_direct_over_udp_and_carries_traffic_without_the_relay() {
+    let (tb, mut m, connector) = on_loopback(false, Duration::from_millis(500)).await;
+    let agent = &tb.deployment().agent_summaries()[0];
+    fetch_page(&connector, &agent.ip).await;
+
+    let u = wait_update(&mut m, |u| {
+        u.upserted_agents
+            .iter()
+            .any(|a| a.last_ping.as_ref().is_some_and(|p| p.did_p2p))
+    })
+    .await;
+    let ping = u.upserted_agents[0].last_ping.clone().unwrap();
+    assert_eq!(ping.preferred_derp, EMBEDDED_REGION_NAME);
+    assert!(ping.latency.is_some(), "a direct path has a latency");
+
+    // The relay now drops everything: the page can only come over the direct path.
+    tb.set_relay_loss(1.0);
+    let page = fetch_page(&connector, &agent.ip).await;
+    assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+
+    // Wake: the UDP socket is closed and bound again; the direct path comes back on the
+    // new socket (the relay still drops everything).
+    assert!(m.client.wake().await.unwrap().success);
+    let page = fetch_page(&connector, &agent.ip).await;
+    assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+    tb.set_relay_loss(0.0);
+    assert!(m.client.stop().await.unwrap().success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_direct_connections_keep_the_agent_on_derp() {
+    let (tb, mut m, connector) = on_loopback(true, Duration::from_millis(300)).await;
+    let agent = &tb.deployment().agent_summaries()[0];
+    fetch_page(&connector, &agent.ip).await;
+    // Long enough for a direct path to be found had it been allowed (pings go out at once);
+    // the status pings cross DERP and say so.
+    let mut relayed = None;
+    for _ in 0..8 {
+        let u = wait_update(&mut m, |u| !u.upserted_agents.is_empty()).await;
+        for ping in u
+            .upserted_agents
+            .iter()
+            .filter_map(|a| a.last_ping.as_ref())
+        {
+            assert!(
+                !ping.did_p2p,
+                "no direct path when direct connections are disabled: {u:?}"
+            );
+            relayed = Some(ping.clone());
+        }
+    }
+    let ping = relayed.expect("a ping through DERP within 8 status updates");
+    assert_eq!(ping.preferred_derp, codervpn_testbed::EMBEDDED_REGION_NAME);
+    assert!(
+        ping.latency.is_some_and(|l| l.seconds == 0 && l.nanos > 0),
+        "{ping:?}"
+    );
+    assert!(ping.preferred_derp_latency.is_some(), "{ping:?}");
+    assert!(m.client.stop().await.unwrap().success);
+}
+
+/// The home region the client last published (`update_self.preferred_derp`), waited for
+/// until it is `want` (10 s at most).
+async fn wait_home(tb: &Testbed, want: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let homes: Vec<i64> = tb
+            .coordinator()
+            .client_nodes()
+            .iter()
+            .map(|n| i64::from(n.preferred_derp))
+            .collect();
+        if homes == [want] {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "home region {homes:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two DERP regions; whichever STUN answers 100 ms late is clearly farther. The home
+/// region follows the faster one (the join-time choice is a coin toss between two relays
+/// on loopback), moves when the latencies swap and a wake re-STUNs, and the agent (homed
+/// in region 999) stays reachable after each move. Only the latest round counts here
+/// (`home_history` 0); the 5-minute history is unit-tested in `netinfo`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_region_follows_the_clearly_closer_relay_and_traffic_keeps_flowing() {
+    use codervpn_testbed::{EMBEDDED_REGION_ID, SECOND_REGION_ID};
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        second_region: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let slow = Duration::from_millis(100);
+    assert!(tb.set_stun_delay(SECOND_REGION_ID, slow));
+    let opts = JoinOptions {
+        timings: OwnerTimings {
+            home_history: Duration::ZERO,
+            ..OwnerTimings::default()
+        },
+        ..JoinOptions::default()
+    };
+    let (m, connector, _) = started_with(&tb, opts).await;
+    let agent = tb.deployment().agent_summaries()[0].clone();
+    wait_home(&tb, EMBEDDED_REGION_ID).await;
+    fetch_page(&connector, &agent.ip).await;
+
+    for (home, other) in [
+        (SECOND_REGION_ID, EMBEDDED_REGION_ID),
+        (EMBEDDED_REGION_ID, SECOND_REGION_ID),
+    ] {
+        tb.set_stun_delay(home, Duration::ZERO);
+        tb.set_stun_delay(other, slow);
+        assert!(m.client.wake().await.unwrap().success);
+        wait_home(&tb, home).await;
+        let page = fetch_page(&connector, &agent.ip).await;
+        assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+    }
+    assert!(
+        tb.derp_connections(SECOND_REGION_ID) >= 1,
+        "the client dialled region 1000"
+    );
+    assert!(m.client.stop().await.unwrap().success);
+}
