@@ -37,6 +37,9 @@ pub struct StunReport {
     pub endpoints: Vec<SocketAddr>,
     /// Per region that answered, the lowest round-trip time, by region id.
     pub latency: Vec<(i64, Duration)>,
+    /// The same over IPv4 and over IPv6 STUN servers only (`derp_latency`'s `-v4`/`-v6`).
+    pub latency_v4: Vec<(i64, Duration)>,
+    pub latency_v6: Vec<(i64, Duration)>,
 }
 
 /// Requests and responses, for the data plane's stats.
@@ -63,7 +66,8 @@ struct Round {
     retried: bool,
     answered: BTreeSet<StunServer>,
     endpoints: BTreeSet<SocketAddr>,
-    latency: BTreeMap<i64, Duration>,
+    /// (region, over IPv6) → lowest round trip.
+    latency: BTreeMap<(i64, bool), Duration>,
 }
 
 /// The STUN prober of one UDP socket.
@@ -187,7 +191,8 @@ impl Netcheck {
         trace!(server = %sent.server.addr, %mapped, ?rtt, "STUN answer");
         round.answered.insert(sent.server);
         round.endpoints.insert(unmap(mapped));
-        let best = round.latency.entry(sent.server.region).or_insert(rtt);
+        let v6 = unmap(sent.server.addr).is_ipv6();
+        let best = round.latency.entry((sent.server.region, v6)).or_insert(rtt);
         *best = (*best).min(rtt);
         if round.answered.len() == self.servers.len() {
             return self.end_round(now);
@@ -244,9 +249,21 @@ impl Netcheck {
             debug!("no STUN server answered this round");
             return false;
         }
+        let family = |v6: bool| -> Vec<(i64, Duration)> {
+            let of = round.latency.iter().filter(|((_, f), _)| *f == v6);
+            of.map(|((r, _), d)| (*r, *d)).collect()
+        };
+        let (latency_v4, latency_v6) = (family(false), family(true));
+        let mut latency: BTreeMap<i64, Duration> = BTreeMap::new();
+        for ((r, _), d) in &round.latency {
+            let best = latency.entry(*r).or_insert(*d);
+            *best = (*best).min(*d);
+        }
         let report = StunReport {
             endpoints: round.endpoints.into_iter().collect(),
-            latency: round.latency.into_iter().collect(),
+            latency: latency.into_iter().collect(),
+            latency_v4,
+            latency_v6,
         };
         let changed = report != self.report;
         if report.endpoints != self.report.endpoints {

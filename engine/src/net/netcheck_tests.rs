@@ -163,3 +163,22 @@ fn ipv4_mapped_answers_and_sources_count_as_ipv4() {
         vec!["198.51.100.7:40000".parse().unwrap()]
     );
 }
+
+#[test]
+fn latencies_are_kept_per_address_family_and_the_region_takes_the_lower() {
+    let t0 = Instant::now();
+    let mut n = Netcheck::default();
+    let (v4, v6) = (server(7, "192.0.2.1:3478"), server(7, "[2001:db8::1]:3478"));
+    n.set_servers(t0, vec![v4, v6]);
+    let sent = tick(&mut n, t0);
+    let public: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    for (to, req) in &sent {
+        let rtt = if to.is_ipv6() { 30 } else { 20 };
+        let resp = stun::binding_response(tx_of(req), public);
+        n.handle_response(t0 + Duration::from_millis(rtt), *to, &resp);
+    }
+    let r = n.report();
+    assert_eq!(r.latency_v4, vec![(7, Duration::from_millis(20))]);
+    assert_eq!(r.latency_v6, vec![(7, Duration::from_millis(30))]);
+    assert_eq!(r.latency, vec![(7, Duration::from_millis(20))]);
+}

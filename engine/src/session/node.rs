@@ -79,6 +79,12 @@ pub fn parse_prefixes(texts: &[String]) -> Result<Vec<IpNet>, NodeError> {
         .collect()
 }
 
+/// A `Node.derp_latency` key: the region id in decimal and the address family the latency
+/// was measured over (`999-v4`, `999-v6`).
+pub fn derp_latency_key(region: i64, v6: bool) -> String {
+    format!("{region}-{}", if v6 { "v6" } else { "v4" })
+}
+
 /// What a node says about itself, for building one.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -86,8 +92,8 @@ pub struct NodeInfo {
     pub key: [u8; 32],
     pub disco: [u8; 32],
     pub preferred_derp: i64,
-    /// Region id → latency in seconds.
-    pub derp_latency: Vec<(i64, f64)>,
+    /// `<region id>-v4` / `-v6` → latency in seconds ([`derp_latency_key`]).
+    pub derp_latency: Vec<(String, f64)>,
     pub addresses: Vec<IpNet>,
     pub endpoints: Vec<std::net::SocketAddr>,
 }
@@ -108,11 +114,7 @@ impl NodeInfo {
             key: encode_node_key(&self.key),
             disco: encode_disco_key(&self.disco),
             preferred_derp: i32::try_from(self.preferred_derp).unwrap_or(0),
-            derp_latency: self
-                .derp_latency
-                .iter()
-                .map(|(r, l)| (format!("{r}-v4"), *l))
-                .collect::<HashMap<_, _>>(),
+            derp_latency: self.derp_latency.iter().cloned().collect::<HashMap<_, _>>(),
             derp_forced_websocket: HashMap::new(),
             addresses: addrs.clone(),
             allowed_ips: addrs,
@@ -178,7 +180,7 @@ mod tests {
             key: [1; 32],
             disco: [2; 32],
             preferred_derp: 999,
-            derp_latency: vec![(999, 0.012)],
+            derp_latency: vec![(derp_latency_key(999, false), 0.012)],
             addresses: vec!["fd60:627a:a42b::1/128".parse().unwrap()],
             endpoints: vec![],
         };

@@ -22,7 +22,7 @@ use codervpn_engine::net::udp::Udp;
 use codervpn_engine::net::wg::{PeerConfig, PeerSet};
 use codervpn_engine::session::join::netinfo::our_endpoints;
 use codervpn_engine::session::node::{
-    NodeInfo, decode_disco_key, decode_node_key, parse_endpoints, parse_prefixes,
+    NodeInfo, decode_disco_key, decode_node_key, derp_latency_key, parse_endpoints, parse_prefixes,
 };
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -185,7 +185,7 @@ async fn start_agent(
         key: *key.public_key().as_bytes(),
         disco: *disco.public_key().as_bytes(),
         preferred_derp: crate::EMBEDDED_REGION_ID,
-        derp_latency: vec![(crate::EMBEDDED_REGION_ID, 0.001)],
+        derp_latency: vec![(derp_latency_key(crate::EMBEDDED_REGION_ID, false), 0.001)],
         addresses,
         endpoints,
     };

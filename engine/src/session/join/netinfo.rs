@@ -2,7 +2,7 @@
 //! probes (from the DERP map), and our endpoints and per-region latencies from the local
 //! interfaces plus the data plane's [`NetReport`] (tailnet.md §13, issue #8).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 use crate::net::endpoints::{local_endpoints, usable};
 use crate::net::netcheck::StunServer;
 use crate::net::runner::NetReport;
+use crate::session::node::derp_latency_key;
 
 /// A node's STUN port when the map says 0.
 pub const DEFAULT_STUN_PORT: u16 = 3478;
@@ -89,32 +90,40 @@ pub fn our_endpoints(net: &NetReport, loopback: bool) -> Option<Vec<SocketAddr>>
 }
 
 /// Per region, the latency we publish: STUN's round-trip where a STUN server of the
-/// region answered, else the DERP connect time measured when joining.
+/// region answered (per address family, as `derp_latency` keys it), else the DERP connect
+/// time measured when joining (published as `-v4`).
 #[derive(Debug, Clone, Default)]
 pub struct RegionLatencies {
     measured: BTreeMap<i64, Duration>,
     stun: BTreeMap<i64, Duration>,
+    /// (region, over IPv6) → STUN round trip.
+    by_family: BTreeMap<(i64, bool), Duration>,
 }
 
 impl RegionLatencies {
     pub fn new(measured: impl IntoIterator<Item = (i64, Duration)>) -> Self {
         Self {
             measured: measured.into_iter().collect(),
-            stun: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
     /// Takes the latest STUN round; returns whether a published value changed.
     pub fn update(&mut self, net: &NetReport) -> bool {
         let stun: BTreeMap<i64, Duration> = net.stun.latency.iter().copied().collect();
-        let changed = stun != self.stun;
+        let v4 = net.stun.latency_v4.iter().map(|(r, d)| ((*r, false), *d));
+        let v6 = net.stun.latency_v6.iter().map(|(r, d)| ((*r, true), *d));
+        let by_family: BTreeMap<(i64, bool), Duration> = v4.chain(v6).collect();
+        let changed = stun != self.stun || by_family != self.by_family;
         if changed {
-            debug!(?stun, "STUN latencies");
+            debug!(?by_family, "STUN latencies");
         }
         self.stun = stun;
+        self.by_family = by_family;
         changed
     }
 
+    /// A region's latency (the lower family's when STUN answered over both).
     pub fn get(&self, region: i64) -> Option<Duration> {
         self.stun
             .get(&region)
@@ -122,18 +131,21 @@ impl RegionLatencies {
             .copied()
     }
 
-    /// `(region, seconds)` for `Node.derp_latency`.
-    pub fn published(&self) -> Vec<(i64, f64)> {
-        let regions: BTreeSet<i64> = self
+    /// `(key, seconds)` for `Node.derp_latency`: every family STUN measured, and the
+    /// join-time figure as `-v4` for regions STUN did not reach.
+    pub fn published(&self) -> Vec<(String, f64)> {
+        let stun = self
+            .by_family
+            .iter()
+            .map(|((r, v6), d)| (derp_latency_key(*r, *v6), d.as_secs_f64()));
+        let measured = self
             .measured
-            .keys()
-            .chain(self.stun.keys())
-            .copied()
-            .collect();
-        regions
-            .into_iter()
-            .filter_map(|r| Some((r, self.get(r)?.as_secs_f64())))
-            .collect()
+            .iter()
+            .filter(|(r, _)| !self.stun.contains_key(r))
+            .map(|(r, d)| (derp_latency_key(*r, false), d.as_secs_f64()));
+        let mut out: Vec<(String, f64)> = stun.chain(measured).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 }
 
@@ -287,25 +299,27 @@ mod tests {
 
     #[test]
     fn stun_latency_replaces_the_measured_one_for_its_region_only() {
-        let mut l = RegionLatencies::new([
-            (1, Duration::from_millis(30)),
-            (2, Duration::from_millis(50)),
-        ]);
+        let mut l = RegionLatencies::new([(1, ms(30)), (2, ms(50))]);
         let net = NetReport {
             port: 1,
             stun: crate::net::netcheck::StunReport {
                 endpoints: vec![],
-                latency: vec![
-                    (1, Duration::from_millis(10)),
-                    (3, Duration::from_millis(70)),
-                ],
+                latency: vec![(1, ms(10)), (3, ms(70))],
+                latency_v4: vec![(1, ms(10))],
+                latency_v6: vec![(1, ms(12)), (3, ms(70))],
             },
         };
         assert!(l.update(&net));
         assert!(!l.update(&net), "same round values: no change");
-        assert_eq!(l.get(1), Some(Duration::from_millis(10)));
-        assert_eq!(l.get(2), Some(Duration::from_millis(50)));
-        assert_eq!(l.published(), vec![(1, 0.01), (2, 0.05), (3, 0.07)]);
+        assert_eq!(l.get(1), Some(ms(10)));
+        assert_eq!(l.get(2), Some(ms(50)));
+        let keys: Vec<(String, f64)> = vec![
+            ("1-v4".into(), 0.01),
+            ("1-v6".into(), 0.012),
+            ("2-v4".into(), 0.05),
+            ("3-v6".into(), 0.07),
+        ];
+        assert_eq!(l.published(), keys);
     }
 
     #[test]
@@ -314,7 +328,7 @@ mod tests {
             port: 4242,
             stun: crate::net::netcheck::StunReport {
                 endpoints: vec!["198.51.100.7:61000".parse().unwrap()],
-                latency: vec![],
+                ..Default::default()
             },
         };
         let eps = our_endpoints(&net, false).unwrap();
