@@ -70,7 +70,7 @@ pub struct codervpn_header {
 /// everything during `codervpn_start`, so the caller may free it afterwards.
 #[repr(C)]
 pub struct codervpn_config {
-    /// The deployment, e.g. "https://coder.example.com". Required.
+    /// The deployment, e.g. `https://coder.example.com`. Required.
     pub coder_url: *const c_char,
     /// A session token. Required.
     pub session_token: *const c_char,

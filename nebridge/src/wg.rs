@@ -29,8 +29,8 @@ pub enum WgCommand {
 
 #[derive(clap::Args)]
 pub struct UpArgs {
-    /// wg-quick style file: [Interface] PrivateKey, Address, ListenPort, MTU; [Peer]
-    /// PublicKey, PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive.
+    /// wg-quick style file: an Interface section (PrivateKey, Address, ListenPort, MTU) and
+    /// Peer sections (PublicKey, PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive).
     config: PathBuf,
     /// TUN interface name.
     #[arg(long, default_value = "codervpn0")]

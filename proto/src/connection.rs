@@ -2,7 +2,7 @@
 //! sans-IO header, frame and RPC pieces.
 //!
 //! Two tasks own the stream: a reader (frames in, replies routed to their callers, requests
-//! and one-way messages handed to [`Connection::incoming`]) and a writer (frames out, one at a
+//! and one-way messages handed to the connection's incoming channel) and a writer (frames out, one at a
 //! time, each prefix and body written together). A [`Handle`] sends through the writer.
 
 use std::collections::HashMap;

@@ -18,7 +18,7 @@ pub mod vpn {
 }
 
 /// Messages of `schemas/tailnet.proto` (package `coder.tailnet.v2`).
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, missing_docs, rustdoc::invalid_html_tags)]
 pub mod tailnet {
     include!(concat!(env!("OUT_DIR"), "/coder.tailnet.v2.rs"));
 }

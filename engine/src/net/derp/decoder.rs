@@ -90,8 +90,7 @@ impl Policy {
     }
 }
 
-/// Cuts a byte stream into frames. Feed it with [`push`](Self::push) (or write into
-/// [`buffer`](Self::buffer)), then call [`next_frame`](Self::next_frame) until it returns
+/// Cuts a byte stream into frames. Feed it with [`push`](Self::push), then call [`next_frame`](Self::next_frame) until it returns
 /// `Ok(None)`. After an error the stream is corrupt and the connection should be closed.
 #[derive(Default, Clone)]
 pub struct FrameDecoder {
