@@ -82,7 +82,7 @@ typedef struct {
 // What a session connects to. Strings are NUL-terminated UTF-8; the library copies
 // everything during `codervpn_start`, so the caller may free it afterwards.
 typedef struct {
-  // The deployment, e.g. "https://coder.example.com". Required.
+  // The deployment, e.g. `https://coder.example.com`. Required.
   const char *coder_url;
   // A session token. Required.
   const char *session_token;
