@@ -2,13 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+mod common;
 
 use bytes::Bytes;
-use codervpn_engine::net::derp::{
-    ClientEvent, ConnectOptions, DerpEvent, DerpTransport, NodePrivateKey, connect_with,
-};
+use codervpn_engine::net::derp::{ConnectOptions, DerpTransport, NodePrivateKey, connect_with};
 use codervpn_testbed::{EMBEDDED_REGION_ID, TOKEN_HEADER, Testbed, TestbedConfig};
+use common::exchange;
 use sha1::Digest;
 
 async fn testbed() -> Testbed {
@@ -144,25 +143,12 @@ async fn bin_serves_files_with_sha1_etag_and_304() {
     assert_eq!(listing, "coder-vpn-linux-amd64.so\n");
 }
 
-async fn next_packet(events: &mut tokio::sync::mpsc::Receiver<DerpEvent>) -> Bytes {
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if let DerpEvent::Relay(ClientEvent::Packet { data, .. }) = e {
-            return data;
-        }
-    }
-}
-
 #[tokio::test]
 async fn derp_relays_between_clients_over_upgrade_and_websocket() {
     let tb = testbed().await;
     let url = tb.url().join("derp").unwrap();
     let headers = vec![(TOKEN_HEADER.to_owned(), tb.token())];
     let (ka, kb) = (NodePrivateKey::generate(), NodePrivateKey::generate());
-    let (pa, pb) = (ka.public_key(), kb.public_key());
     let opts = |transport| ConnectOptions {
         transport,
         ..Default::default()
@@ -173,29 +159,7 @@ async fn derp_relays_between_clients_over_upgrade_and_websocket() {
     let mut b = connect_with(&url, &headers, kb, opts(DerpTransport::WebSocket))
         .await
         .unwrap();
-    // The relay learns b's key at its handshake; retry until it has.
-    let mut got = None;
-    for _ in 0..50 {
-        a.handle
-            .send(pb, Bytes::from_static(b"to b"))
-            .await
-            .unwrap();
-        if let Ok(p) =
-            tokio::time::timeout(Duration::from_millis(100), next_packet(&mut b.events)).await
-        {
-            got = Some(p);
-            break;
-        }
-    }
-    assert_eq!(got.unwrap(), Bytes::from_static(b"to b"));
-    b.handle
-        .send(pa, Bytes::from_static(b"to a"))
-        .await
-        .unwrap();
-    assert_eq!(
-        next_packet(&mut a.events).await,
-        Bytes::from_static(b"to a")
-    );
+    exchange(&mut a, &mut b).await;
 }
 
 #[tokio::test]

@@ -4,19 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use codervpn_engine::net::derp::{
-    ClientEvent, ConnectOptions, DerpConnection, DerpEvent, DerpTransport, NodePrivateKey,
-    connect_with,
-};
+use codervpn_engine::net::derp::{ConnectOptions, DerpTransport, NodePrivateKey, connect_with};
 use codervpn_engine::net::stun::{binding_request, parse_response};
 use codervpn_engine::session::rpc::{DialOptions, TailnetClient};
 use codervpn_testbed::{
     EMBEDDED_REGION_ID, SECOND_REGION_ID, TOKEN_HEADER, Testbed, TestbedConfig,
 };
+use common::{exchange, served_map};
 use tokio::net::UdpSocket;
 
 const T: Duration = Duration::from_secs(10);
@@ -28,27 +27,6 @@ fn two_regions() -> TestbedConfig {
         second_region: true,
         ..Default::default()
     }
-}
-
-/// The DERP map from `/api/v2/workspaceagents/connection` (trusting the testbed's CA).
-async fn served_map(tb: &Testbed) -> serde_json::Value {
-    let mut client = reqwest::Client::builder();
-    if let Some(pem) = tb.ca_pem() {
-        client =
-            client.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
-    }
-    let info: serde_json::Value = client
-        .build()
-        .unwrap()
-        .get(tb.url().join("api/v2/workspaceagents/connection").unwrap())
-        .header(TOKEN_HEADER, tb.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    info["derp_map"].clone()
 }
 
 /// `region`'s nodes in the served JSON map: (STUN-only node's address, relay node).
@@ -228,45 +206,6 @@ async fn futures_join_all<F: std::future::Future<Output = Duration> + Send + 'st
         out.push(h.await.unwrap());
     }
     out
-}
-
-async fn next_packet(events: &mut tokio::sync::mpsc::Receiver<DerpEvent>) -> Bytes {
-    loop {
-        let e = tokio::time::timeout(T, events.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if let DerpEvent::Relay(ClientEvent::Packet { data, .. }) = e {
-            return data;
-        }
-    }
-}
-
-/// `a` sends to `b` until the relay knows `b` (it learns keys at the handshake), then `b`
-/// answers.
-async fn exchange(a: &mut DerpConnection, b: &mut DerpConnection) {
-    let mut got = None;
-    for _ in 0..50 {
-        a.handle
-            .send(b.handle.public_key(), Bytes::from_static(b"to b"))
-            .await
-            .unwrap();
-        if let Ok(p) =
-            tokio::time::timeout(Duration::from_millis(100), next_packet(&mut b.events)).await
-        {
-            got = Some(p);
-            break;
-        }
-    }
-    assert_eq!(got.unwrap(), Bytes::from_static(b"to b"));
-    b.handle
-        .send(a.handle.public_key(), Bytes::from_static(b"to a"))
-        .await
-        .unwrap();
-    assert_eq!(
-        next_packet(&mut a.events).await,
-        Bytes::from_static(b"to a")
-    );
 }
 
 async fn two_clients_exchange_on_the_second_region(tb: &Testbed) {

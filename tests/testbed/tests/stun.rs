@@ -3,25 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use codervpn_engine::net::stun::{binding_request, parse_response};
-use codervpn_testbed::{EMBEDDED_REGION_ID, TOKEN_HEADER, Testbed, TestbedConfig};
+use codervpn_testbed::{EMBEDDED_REGION_ID, Testbed, TestbedConfig};
+use common::served_map;
 use tokio::net::UdpSocket;
 
 /// The embedded region's nodes from the served connection info.
 async fn served_nodes(tb: &Testbed) -> Vec<serde_json::Value> {
-    let info: serde_json::Value = reqwest::Client::new()
-        .get(tb.url().join("api/v2/workspaceagents/connection").unwrap())
-        .header(TOKEN_HEADER, tb.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    info["derp_map"]["Regions"][EMBEDDED_REGION_ID.to_string()]["Nodes"]
+    served_map(tb).await["Regions"][EMBEDDED_REGION_ID.to_string()]["Nodes"]
         .as_array()
         .unwrap()
         .clone()

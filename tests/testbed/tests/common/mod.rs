@@ -1,18 +1,21 @@
-//! What the `join` and `paths` tests share: a manager speaking the CoderVPN protocol to an
-//! in-process tunnel with the real connector, and waits on what it reports.
+//! What the testbed's test files share: a manager speaking the CoderVPN protocol to an
+//! in-process tunnel with the real connector and waits on what it reports; the served DERP
+//! map; a packet exchange between two DERP clients.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use codervpn_engine::net::derp::{ClientEvent, DerpConnection, DerpEvent};
 use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
 use codervpn_engine::tunnel::{TunnelOptions, serve};
 use codervpn_proto::manager::ManagerClient;
 use codervpn_proto::vpn::{self, manager_message, tunnel_message};
 use codervpn_proto::{Connection, Incoming, ManagerSide, TunnelSide, VersionList};
-use codervpn_testbed::Testbed;
 use codervpn_testbed::agent::HTTP_PORT;
+use codervpn_testbed::{TOKEN_HEADER, Testbed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -163,4 +166,66 @@ pub async fn wait_update(
     })
     .await
     .expect("the expected PeerUpdate never came")
+}
+
+/// The DERP map (tailcfg JSON) from `/api/v2/workspaceagents/connection`, trusting the
+/// testbed's CA when it serves TLS.
+pub async fn served_map(tb: &Testbed) -> serde_json::Value {
+    let mut client = reqwest::Client::builder();
+    if let Some(pem) = tb.ca_pem() {
+        client =
+            client.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    let info: serde_json::Value = client
+        .build()
+        .unwrap()
+        .get(tb.url().join("api/v2/workspaceagents/connection").unwrap())
+        .header(TOKEN_HEADER, tb.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    info["derp_map"].clone()
+}
+
+/// The next packet a DERP connection delivers (other events skipped), within 10 s.
+pub async fn next_packet(events: &mut mpsc::Receiver<DerpEvent>) -> Bytes {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let DerpEvent::Relay(ClientEvent::Packet { data, .. }) = e {
+            return data;
+        }
+    }
+}
+
+/// `a` sends to `b` until the relay knows `b` (it learns keys at the handshake), then `b`
+/// answers.
+pub async fn exchange(a: &mut DerpConnection, b: &mut DerpConnection) {
+    let mut got = None;
+    for _ in 0..50 {
+        a.handle
+            .send(b.handle.public_key(), Bytes::from_static(b"to b"))
+            .await
+            .unwrap();
+        if let Ok(p) =
+            tokio::time::timeout(Duration::from_millis(100), next_packet(&mut b.events)).await
+        {
+            got = Some(p);
+            break;
+        }
+    }
+    assert_eq!(got.unwrap(), Bytes::from_static(b"to b"));
+    b.handle
+        .send(a.handle.public_key(), Bytes::from_static(b"to a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_packet(&mut a.events).await,
+        Bytes::from_static(b"to a")
+    );
 }
