@@ -127,6 +127,17 @@ NFT
   router_firewall "$1" "$3"
 }
 
+# lan_link HOST_NS HOST_IF HOST_ADDR ROUTER_NS ROUTER_IF ROUTER_ADDR: a veth between a host
+# and its router on a /24, the host's default route through the router.
+lan_link() {
+  ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
+  ip -n "$1" addr add "$3/24" dev "$2"
+  ip -n "$4" addr add "$6/24" dev "$5"
+  ip -n "$1" link set "$2" up
+  ip -n "$4" link set "$5" up
+  ip -n "$1" route add default via "$6"
+}
+
 setup_routed() {
   local agent_nat=${1:-}
   for ns in "$NS_A" "$NS_R" "$NS_S" "$NS_B"; do
@@ -135,12 +146,7 @@ setup_routed() {
   done
   [ "$agent_nat" = agent-nat ] && { ip netns add "$NS_R2"; ip -n "$NS_R2" link set lo up; }
   # a's LAN.
-  ip link add "$IF_LAN_A" netns "$NS_A" type veth peer name "${NS_PREFIX}lr" netns "$NS_R"
-  ip -n "$NS_A" addr add "$LAN_A/24" dev "$IF_LAN_A"
-  ip -n "$NS_R" addr add "$LAN_R/24" dev "${NS_PREFIX}lr"
-  ip -n "$NS_A" link set "$IF_LAN_A" up
-  ip -n "$NS_R" link set "${NS_PREFIX}lr" up
-  ip -n "$NS_A" route add default via "$LAN_R"
+  lan_link "$NS_A" "$IF_LAN_A" "$LAN_A" "$NS_R" "${NS_PREFIX}lr" "$LAN_R"
   # The public segment: a bridge in r carrying r's public address, s and b on its ports.
   ip -n "$NS_R" link add "${NS_PREFIX}br" type bridge
   ip -n "$NS_R" addr add "$PUB_R/24" dev "${NS_PREFIX}br"
@@ -163,12 +169,7 @@ setup_routed() {
   # r routes the LAN out and masquerades it behind its public address.
   nat_router "$NS_R" "$LAN_A/24" "${NS_PREFIX}br"
   if [ "$agent_nat" = agent-nat ]; then
-    ip link add "${NS_PREFIX}lb" netns "$NS_B" type veth peer name "${NS_PREFIX}lq" netns "$NS_R2"
-    ip -n "$NS_B" addr add "$LAN_B/24" dev "${NS_PREFIX}lb"
-    ip -n "$NS_R2" addr add "$LAN_R2/24" dev "${NS_PREFIX}lq"
-    ip -n "$NS_B" link set "${NS_PREFIX}lb" up
-    ip -n "$NS_R2" link set "${NS_PREFIX}lq" up
-    ip -n "$NS_B" route add default via "$LAN_R2"
+    lan_link "$NS_B" "${NS_PREFIX}lb" "$LAN_B" "$NS_R2" "${NS_PREFIX}lq" "$LAN_R2"
     nat_router "$NS_R2" "$LAN_B/24" "${NS_PREFIX}pq"
     AGENT_PUBLIC=$PUB_R2
   fi

@@ -75,6 +75,12 @@ fn update(id: Uuid, kind: Kind, node: Option<Node>, reason: &str) -> CoordinateR
 }
 
 impl State {
+    /// The clients that have a tunnel to agent `id`.
+    fn clients_with_tunnel(&self, id: Uuid) -> Vec<PeerId> {
+        let with = self.clients.iter().filter(|(_, c)| c.tunnels.contains(&id));
+        with.map(|(k, _)| *k).collect()
+    }
+
     fn send_to_client(&mut self, client: PeerId, msg: CoordinateResponse) {
         if let Some((_, tx)) = self.clients.get(&client).and_then(|c| c.tx.as_ref())
             && tx.send(msg).is_ok()
@@ -94,15 +100,9 @@ impl Coordinator {
     pub fn register_agent(&self, id: Uuid, node: Node) -> mpsc::UnboundedReceiver<AgentEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut st = self.lock();
-        let clients: Vec<(PeerId, Option<Node>)> = st
-            .clients
-            .iter()
-            .filter(|(_, c)| c.tunnels.contains(&id))
-            .map(|(k, c)| (*k, c.node.clone()))
-            .collect();
-        for (client, client_node) in clients {
+        for client in st.clients_with_tunnel(id) {
             st.send_to_client(client, update(id, Kind::Node, Some(node.clone()), ""));
-            if let Some(n) = client_node {
+            if let Some(n) = st.clients.get(&client).and_then(|c| c.node.clone()) {
                 let _ = tx.send(AgentEvent::ClientNode {
                     client,
                     node: Box::new(n),
@@ -119,13 +119,7 @@ impl Coordinator {
         if st.agents.remove(&id).is_none() {
             return;
         }
-        let clients: Vec<PeerId> = st
-            .clients
-            .iter()
-            .filter(|(_, c)| c.tunnels.contains(&id))
-            .map(|(k, _)| *k)
-            .collect();
-        for client in clients {
+        for client in st.clients_with_tunnel(id) {
             st.send_to_client(
                 client,
                 update(id, Kind::Disconnected, None, "agent disconnected"),
@@ -254,13 +248,7 @@ impl Coordinator {
             return;
         };
         agent.node = node.clone();
-        let clients: Vec<PeerId> = st
-            .clients
-            .iter()
-            .filter(|(_, c)| c.tunnels.contains(&id))
-            .map(|(k, _)| *k)
-            .collect();
-        for client in clients {
+        for client in st.clients_with_tunnel(id) {
             st.send_to_client(client, update(id, Kind::Node, Some(node.clone()), ""));
         }
     }
