@@ -15,6 +15,7 @@ use rand_core::{OsRng, RngCore};
 use tracing::{debug, trace};
 
 use super::stun::{self, TxId};
+use super::udp_batch::canonical;
 
 /// How often a round runs while nothing changes (upstream re-STUNs every 20–26 s).
 pub const ROUND_INTERVAL: Duration = Duration::from_secs(23);
@@ -190,8 +191,8 @@ impl Netcheck {
         let rtt = now.saturating_duration_since(sent.sent);
         trace!(server = %sent.server.addr, %mapped, ?rtt, "STUN answer");
         round.answered.insert(sent.server);
-        round.endpoints.insert(unmap(mapped));
-        let v6 = unmap(sent.server.addr).is_ipv6();
+        round.endpoints.insert(canonical(mapped));
+        let v6 = canonical(sent.server.addr).is_ipv6();
         let best = round.latency.entry((sent.server.region, v6)).or_insert(rtt);
         *best = (*best).min(rtt);
         if round.answered.len() == self.servers.len() {
@@ -274,19 +275,8 @@ impl Netcheck {
     }
 }
 
-/// IPv4-mapped IPv6 addresses as plain IPv4 (our socket is dual-stack).
-fn unmap(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
-
 fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
-    unmap(a) == unmap(b)
+    canonical(a) == canonical(b)
 }
 
 #[cfg(test)]

@@ -224,11 +224,7 @@ pub async fn run<D: Device>(
             outbox.fd = udp.raw_fd();
             let gro = udp.enable_gro();
             debug!(gro, "receive coalescing on the new socket");
-            let now = tokio::time::Instant::now().into_std();
-            netcheck.restun(now);
-            if let Some(d) = &mut direct {
-                d.network_changed(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
-            }
+            network_changed(&mut netcheck, &mut direct, &mut peers, &mut outbox, &udp);
             publish(&udp, &netcheck);
             outbox.flush(&device);
         }
@@ -364,11 +360,7 @@ pub async fn run<D: Device>(
                     None => debug!("own endpoints given to a data plane without disco"),
                 },
                 Some(WgCommand::NetworkChanged) => {
-                    let now = tokio::time::Instant::now().into_std();
-                    netcheck.restun(now);
-                    if let Some(d) = &mut direct {
-                        d.network_changed(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
-                    }
+                    network_changed(&mut netcheck, &mut direct, &mut peers, &mut outbox, &udp);
                 }
                 Some(WgCommand::Rebind) => rebind = true,
                 Some(WgCommand::SetStunServers(servers)) => {
@@ -434,6 +426,22 @@ async fn next_relayed(relay: &mut Option<Relay>) -> Option<RelayIn> {
     match relay {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The network changed (new addresses, or a new socket): re-STUN now, and distrust every
+/// direct path until it answers again.
+fn network_changed(
+    netcheck: &mut Netcheck,
+    direct: &mut Option<DirectPaths>,
+    peers: &mut PeerSet,
+    outbox: &mut Outbox,
+    udp: &Udp,
+) {
+    let now = tokio::time::Instant::now().into_std();
+    netcheck.restun(now);
+    if let Some(d) = direct {
+        d.network_changed(now, peers, &mut |s| outbox.send_disco(udp, s));
     }
 }
 

@@ -329,11 +329,6 @@ impl WorkspaceState {
         }
     }
 
-    /// Forgets the ping of `agent` (its path is no longer one we measured).
-    pub fn clear_ping(&mut self, agent: &[u8; 16]) {
-        self.pings.remove(agent);
-    }
-
     /// The DNS zone for the current agents.
     pub fn zone(&self) -> Zone {
         let mut agents = Vec::with_capacity(self.agents.len());

@@ -392,21 +392,23 @@ impl Owner {
             &report.stun.latency,
             usable,
         );
+        let mut changed = false;
         if home != self.home_region {
             self.switch_home(home).await;
+            changed = true;
         }
         if self.latencies.update(&report) {
             self.self_node.derp_latency = self.latencies.published();
-            if !self.refresh_endpoints(false).await {
-                self.publish_self();
-            }
-            return;
+            changed = true;
         }
-        self.refresh_endpoints(false).await;
+        // New endpoints publish the node themselves; otherwise publish it once here.
+        if !self.refresh_endpoints(false).await && changed {
+            self.publish_self();
+        }
     }
 
     /// Moves our home DERP region to `region` (the old one stays connected for the peers
-    /// homed there); peers learn it from `update_self`.
+    /// homed there); the caller publishes it with `update_self`.
     async fn switch_home(&mut self, region: i64) {
         let old = self.home_region;
         info!(
@@ -426,7 +428,6 @@ impl Owner {
         if !self.regions.contains(&old) {
             self.regions.push(old);
         }
-        self.publish_self();
     }
 
     fn publish_self(&self) {
