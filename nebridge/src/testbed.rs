@@ -52,6 +52,26 @@ pub struct ServeArgs {
     /// stay homed in the embedded region.
     #[arg(long)]
     second_region: bool,
+    /// Publish `HomeParams.RegionScore` in the DERP map: `ID=SCORE` (repeatable), a
+    /// multiplier clients apply to the region's latency when choosing their home region.
+    #[arg(long = "region-score", value_name = "ID=SCORE", value_parser = parse_region_score)]
+    region_scores: Vec<(i64, f64)>,
+}
+
+fn parse_region_score(s: &str) -> Result<(i64, f64), String> {
+    let (id, score) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: want ID=SCORE, e.g. 1000=2.5"))?;
+    let id = id
+        .parse()
+        .map_err(|e| format!("{s:?}: region ID {id:?}: {e}"))?;
+    let score: f64 = score
+        .parse()
+        .map_err(|e| format!("{s:?}: score {score:?}: {e}"))?;
+    if !score.is_finite() {
+        return Err(format!("{s:?}: the score must be a finite number"));
+    }
+    Ok((id, score))
 }
 
 pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
@@ -74,6 +94,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             stun: !args.no_stun,
             agent_netns,
             second_region: args.second_region,
+            region_scores: args.region_scores,
             ..TestbedConfig::default()
         })
         .await?;
@@ -97,4 +118,18 @@ fn netns_path(name: &str) -> anyhow::Result<PathBuf> {
         anyhow::bail!("--agent-netns {name:?}: want the name of a namespace in /run/netns");
     }
     Ok(PathBuf::from("/run/netns").join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_region_score;
+
+    #[test]
+    fn region_score_is_id_equals_a_finite_number() {
+        assert_eq!(parse_region_score("1000=2.5"), Ok((1000, 2.5)));
+        for bad in ["1000", "x=1", "1000=fast", "1000=inf", "1000=NaN"] {
+            let e = parse_region_score(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
 }

@@ -56,6 +56,13 @@ pub(crate) fn add_second_region(
     );
 }
 
+/// Sets the map's `HomeParams.RegionScore` (left out when `scores` is empty).
+pub(crate) fn set_region_scores(map: &mut DerpMap, scores: &[(i64, f64)]) {
+    map.home_params = (!scores.is_empty()).then(|| derp_map::HomeParams {
+        region_score: scores.iter().copied().collect(),
+    });
+}
+
 struct RegionSpec {
     id: i64,
     code: &'static str,
@@ -111,7 +118,17 @@ pub(crate) fn to_json(map: &DerpMap) -> Value {
         .iter()
         .map(|(id, r)| (id.to_string(), region_json(r)))
         .collect();
-    json!({ "Regions": regions })
+    let mut v = json!({ "Regions": regions });
+    if let Some(home) = &map.home_params {
+        // tailcfg.DERPHomeParams: `RegionScore map[int]float64`, keys written as strings.
+        let scores: Map<String, Value> = home
+            .region_score
+            .iter()
+            .map(|(id, score)| (id.to_string(), json!(score)))
+            .collect();
+        v["HomeParams"] = json!({ "RegionScore": scores });
+    }
+    v
 }
 
 fn region_json(r: &derp_map::Region) -> Value {
@@ -215,6 +232,18 @@ mod tests {
             region["Nodes"][1],
             json!({"Name": "999a", "RegionID": 999, "HostName": "10.0.0.1",
                    "STUNPort": -1, "DERPPort": 8080, "ForceHTTP": true})
+        );
+    }
+
+    #[test]
+    fn region_scores_are_home_params_with_string_keys_and_absent_when_empty() {
+        let mut map = build("10.0.0.1", 8080, true, None);
+        set_region_scores(&mut map, &[]);
+        assert!(to_json(&map).get("HomeParams").is_none());
+        set_region_scores(&mut map, &[(1000, 2.5)]);
+        assert_eq!(
+            to_json(&map)["HomeParams"],
+            json!({"RegionScore": {"1000": 2.5}})
         );
     }
 

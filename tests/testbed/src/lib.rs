@@ -89,6 +89,9 @@ pub struct TestbedConfig {
     /// own ([`Testbed::second_region_addr`]) and, with [`Self::stun`], a STUN server of
     /// its own. Agents stay homed in the embedded region.
     pub second_region: bool,
+    /// `HomeParams.RegionScore` of the served DERP map (region → latency multiplier that
+    /// clients apply before choosing a home region); none when empty.
+    pub region_scores: Vec<(i64, f64)>,
 }
 
 impl Default for TestbedConfig {
@@ -106,6 +109,7 @@ impl Default for TestbedConfig {
             stun: true,
             agent_netns: None,
             second_region: false,
+            region_scores: Vec::new(),
         }
     }
 }
@@ -247,6 +251,7 @@ impl Testbed {
             }
             false => None,
         };
+        derpmap::set_region_scores(&mut derp_map, &config.region_scores);
         let shared = Arc::new(tailnet::TailnetShared {
             deployment: dep_rx.clone(),
             derp_map,

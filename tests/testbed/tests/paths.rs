@@ -103,6 +103,18 @@ async fn disabled_direct_connections_keep_the_agent_on_derp() {
     assert!(m.client.stop().await.unwrap().success);
 }
 
+/// Join options under which only the latest STUN round counts for the home region
+/// (`home_history` 0); the 5-minute history is unit-tested in `netinfo`.
+fn latest_round_only() -> JoinOptions {
+    JoinOptions {
+        timings: OwnerTimings {
+            home_history: Duration::ZERO,
+            ..OwnerTimings::default()
+        },
+        ..JoinOptions::default()
+    }
+}
+
 /// The home region the client last published (`update_self.preferred_derp`), waited for
 /// until it is `want` (10 s at most).
 async fn wait_home(tb: &Testbed, want: i64) {
@@ -142,14 +154,7 @@ async fn home_region_follows_the_clearly_closer_relay_and_traffic_keeps_flowing(
     .unwrap();
     let slow = Duration::from_millis(100);
     assert!(tb.set_stun_delay(SECOND_REGION_ID, slow));
-    let opts = JoinOptions {
-        timings: OwnerTimings {
-            home_history: Duration::ZERO,
-            ..OwnerTimings::default()
-        },
-        ..JoinOptions::default()
-    };
-    let (m, connector, _) = started_with(&tb, opts).await;
+    let (m, connector, _) = started_with(&tb, latest_round_only()).await;
     let agent = tb.deployment().agent_summaries()[0].clone();
     wait_home(&tb, EMBEDDED_REGION_ID).await;
     fetch_page(&connector, &agent.ip).await;
@@ -169,5 +174,62 @@ async fn home_region_follows_the_clearly_closer_relay_and_traffic_keeps_flowing(
         tb.derp_connections(SECOND_REGION_ID) >= 1,
         "the client dialled region 1000"
     );
+    assert!(m.client.stop().await.unwrap().success);
+}
+
+/// The DERP map scores region 1000 ×1000 (`HomeParams.RegionScore`): its STUN answers at
+/// once and region 999's only after 60 ms, yet the client's home stays 999 — at join (the
+/// relay probe order) and after the STUN rounds — and it never dials region 1000. Without
+/// the score it moves (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_scored_up_by_the_server_is_not_chosen_as_home_though_faster() {
+    use codervpn_testbed::{EMBEDDED_REGION_ID, SECOND_REGION_ID};
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        second_region: true,
+        region_scores: vec![(SECOND_REGION_ID, 1000.0)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(tb.set_stun_delay(EMBEDDED_REGION_ID, Duration::from_millis(60)));
+    let (m, connector, _) = started_with(&tb, latest_round_only()).await;
+    let mut seen = None;
+    for round in 0..2 {
+        // A published node carrying both regions' STUN latencies of a new round, the delayed
+        // one ≥ 60 ms, was sent after the home choice of that round.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let node = loop {
+            let nodes = tb.coordinator().client_nodes();
+            let stunned = nodes.iter().find(|n| {
+                let l = |k: &str| n.derp_latency.get(k).copied();
+                l("999-v4").is_some_and(|s| s >= 0.06 && Some(s) != seen)
+                    && l("1000-v4").is_some_and(|s| s < 0.06)
+            });
+            if let Some(n) = stunned {
+                break n.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: no node with both STUN latencies: {nodes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            i64::from(node.preferred_derp),
+            EMBEDDED_REGION_ID,
+            "{node:?}"
+        );
+        seen = node.derp_latency.get("999-v4").copied();
+        // Wake: another STUN round at once.
+        assert!(m.client.wake().await.unwrap().success);
+    }
+    assert_eq!(
+        tb.derp_connections(SECOND_REGION_ID),
+        0,
+        "region 1000 was dialled"
+    );
+    let agent = tb.deployment().agent_summaries()[0].clone();
+    fetch_page(&connector, &agent.ip).await;
     assert!(m.client.stop().await.unwrap().success);
 }

@@ -2,7 +2,7 @@
 //! probes (from the DERP map), and our endpoints and per-region latencies from the local
 //! interfaces plus the data plane's [`NetReport`] (tailnet.md §13, issue #8).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -154,13 +154,31 @@ pub const HOME_HISTORY: Duration = Duration::from_secs(5 * 60);
 /// A better region must beat the home by at least this much (`preferredDERPAbsoluteDiff`).
 pub const HOME_ABSOLUTE_DIFF: Duration = Duration::from_millis(10);
 
+/// The DERP map's `HomeParams.RegionScore` (region → latency multiplier), if it has one.
+pub fn region_scores(map: &DerpMap) -> Option<&HashMap<i64, f64>> {
+    map.home_params.as_ref().map(|h| &h.region_score)
+}
+
+/// `d` multiplied by `region`'s score when that is a positive finite number (upstream
+/// ignores scores ≤ 0; a non-finite one would make the multiplication panic, and a score
+/// above 10⁶ is taken as 10⁶), otherwise `d` as it is.
+pub fn scored(scores: Option<&HashMap<i64, f64>>, region: i64, d: Duration) -> Duration {
+    match scores.and_then(|s| s.get(&region)) {
+        Some(&score) if score > 0.0 && score.is_finite() => d.mul_f64(score.min(1e6)),
+        _ => d,
+    }
+}
+
 /// Chooses the home DERP region from STUN rounds the way upstream's netcheck does
 /// (`addReportHistoryAndSetPreferredDERP`, tailscale `net/netcheck/netcheck.go`): the
 /// candidate is the region of the latest round with the best latency over the last five
 /// minutes; the current home is kept while it still answers and the candidate is not
 /// clearly better — by less than 10 ms, or by less than a third of the home's latency in
 /// this round. A home that did not answer STUN this round is kept too (it may have no
-/// STUN node; its DERP connection is what carries traffic). Sans-IO.
+/// STUN node; its DERP connection is what carries traffic). Every latency compared is first
+/// multiplied by the region's `HomeParams.RegionScore` from the DERP map when that is
+/// positive (so a server can steer clients away from a region); the history keeps raw
+/// figures, as upstream does, so a changed score applies at once. Sans-IO.
 #[derive(Debug)]
 pub struct HomeChooser {
     history: Duration,
@@ -182,14 +200,17 @@ impl HomeChooser {
         }
     }
 
-    /// Adds a round's latencies (regions `usable` accepts only) and returns the home to use.
+    /// Adds a round's latencies (regions `usable` accepts only) and returns the home to use;
+    /// `scores` is the DERP map's `HomeParams.RegionScore` ([`region_scores`]).
     pub fn choose(
         &mut self,
         now: Instant,
         current: i64,
         latest: &[(i64, Duration)],
         usable: impl Fn(i64) -> bool,
+        scores: Option<&HashMap<i64, f64>>,
     ) -> i64 {
+        let scaled = |r: i64, d: Duration| scored(scores, r, d);
         let latest: BTreeMap<i64, Duration> =
             latest.iter().copied().filter(|(r, _)| usable(*r)).collect();
         while self
@@ -205,6 +226,9 @@ impl HomeChooser {
             let best = best_recent.entry(*r).or_insert(*d);
             *best = (*best).min(*d);
         }
+        for (r, d) in best_recent.iter_mut() {
+            *d = scaled(*r, *d);
+        }
         let Some((candidate, best)) = latest
             .keys()
             .filter_map(|r| Some((*r, *best_recent.get(r)?)))
@@ -215,7 +239,7 @@ impl HomeChooser {
         if candidate == current {
             return current;
         }
-        let Some(old) = latest.get(&current).copied() else {
+        let Some(old) = latest.get(&current).map(|d| scaled(current, *d)) else {
             return current;
         };
         let keep = old.saturating_sub(best) < HOME_ABSOLUTE_DIFF || best > old / 3 * 2;
@@ -348,7 +372,7 @@ mod tests {
     fn home_moves_only_to_a_region_clearly_better_by_10ms_and_a_third() {
         let t0 = Instant::now();
         let once = |home: u64, other: u64| {
-            HomeChooser::default().choose(t0, 1, &[(1, ms(home)), (2, ms(other))], |_| true)
+            HomeChooser::default().choose(t0, 1, &[(1, ms(home)), (2, ms(other))], |_| true, None)
         };
         assert_eq!(once(30, 25), 1, "5 ms better: stay");
         assert_eq!(once(60, 45), 1, "15 ms better but not by a third: stay");
@@ -365,15 +389,21 @@ mod tests {
     fn a_home_that_did_not_answer_or_an_empty_round_keeps_the_home() {
         let t0 = Instant::now();
         let mut c = HomeChooser::default();
-        assert_eq!(c.choose(t0, 1, &[(2, ms(5))], |_| true), 1);
-        assert_eq!(c.choose(t0, 1, &[], |_| true), 1);
+        assert_eq!(c.choose(t0, 1, &[(2, ms(5))], |_| true, None), 1);
+        assert_eq!(c.choose(t0, 1, &[], |_| true, None), 1);
     }
 
     #[test]
     fn regions_not_usable_are_never_chosen() {
         let t0 = Instant::now();
         let mut c = HomeChooser::default();
-        let got = c.choose(t0, 1, &[(1, ms(100)), (2, ms(5)), (3, ms(10))], |r| r != 2);
+        let got = c.choose(
+            t0,
+            1,
+            &[(1, ms(100)), (2, ms(5)), (3, ms(10))],
+            |r| r != 2,
+            None,
+        );
         assert_eq!(got, 3);
     }
 
@@ -382,12 +412,47 @@ mod tests {
         let t0 = Instant::now();
         let mut c = HomeChooser::default();
         // Region 2 was fast a minute ago and is slow now: its best recent figure counts.
-        c.choose(t0, 1, &[(1, ms(80)), (2, ms(10))], |_| true);
+        c.choose(t0, 1, &[(1, ms(80)), (2, ms(10))], |_| true, None);
         let t1 = t0 + Duration::from_secs(60);
-        let got = c.choose(t1, 2, &[(1, ms(80)), (2, ms(90))], |_| true);
+        let got = c.choose(t1, 2, &[(1, ms(80)), (2, ms(90))], |_| true, None);
         assert_eq!(got, 2, "home 2 is kept: its 10 ms best is still the best");
         // Six minutes on, the old round is forgotten and region 1 wins clearly.
         let t2 = t0 + Duration::from_secs(6 * 60);
-        assert_eq!(c.choose(t2, 2, &[(1, ms(20)), (2, ms(90))], |_| true), 1);
+        assert_eq!(
+            c.choose(t2, 2, &[(1, ms(20)), (2, ms(90))], |_| true, None),
+            1
+        );
+    }
+
+    #[test]
+    fn region_scores_scale_latencies_before_comparing() {
+        let t0 = Instant::now();
+        let round = [(1, ms(30)), (2, ms(12))];
+        // Unscored: 18 ms and more than a third better, so region 2 wins.
+        assert_eq!(
+            HomeChooser::default().choose(t0, 1, &round, |_| true, None),
+            2
+        );
+        // Region 2 scored ×3 (36 ms) loses to the home's 30 ms.
+        let penalised = HashMap::from([(2, 3.0)]);
+        assert_eq!(
+            HomeChooser::default().choose(t0, 1, &round, |_| true, Some(&penalised)),
+            1
+        );
+        // Region 1 scored ×0.5 (15 ms) is within 10 ms of region 2's 12 ms: stay.
+        let favoured = HashMap::from([(1, 0.5)]);
+        assert_eq!(
+            HomeChooser::default().choose(t0, 1, &round, |_| true, Some(&favoured)),
+            1
+        );
+        // Zero, negative, NaN and infinite scores are ignored, as upstream ignores ≤ 0.
+        for bad in [0.0, -2.0, f64::NAN, f64::INFINITY] {
+            let scores = HashMap::from([(2, bad)]);
+            assert_eq!(
+                HomeChooser::default().choose(t0, 1, &round, |_| true, Some(&scores)),
+                2,
+                "score {bad}"
+            );
+        }
     }
 }

@@ -391,6 +391,7 @@ impl Owner {
             self.home_region,
             &report.stun.latency,
             usable,
+            netinfo::region_scores(map),
         );
         let mut changed = false;
         if home != self.home_region {

@@ -15,6 +15,8 @@ use crate::net::relay::{self, RelayIn};
 use crate::net::runner::WgCommand;
 use crate::session::api::derp_url;
 
+use super::netinfo;
+
 /// How long one region's latency probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -27,8 +29,9 @@ pub struct RegionLatency {
 }
 
 /// Measures every region that has a DERP node (TCP connect time to its first node, all
-/// regions at once) and returns them fastest first; unreachable regions are left out.
-/// Avoided regions sort last.
+/// regions at once) and returns them fastest first, each latency weighed by the map's
+/// `HomeParams.RegionScore` for the order (the latencies returned are as measured);
+/// unreachable regions are left out. Avoided regions sort last.
 pub async fn measure(map: &DerpMap) -> Vec<RegionLatency> {
     let probes = map.regions.values().filter_map(|r| {
         let node = r.nodes.iter().find(|n| !n.stun_only)?;
@@ -59,12 +62,15 @@ pub async fn measure(map: &DerpMap) -> Vec<RegionLatency> {
             }
         })
     });
-    let mut out: Vec<(bool, RegionLatency)> = futures_util::future::join_all(probes)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.latency.cmp(&b.1.latency)));
+    let measured = futures_util::future::join_all(probes).await;
+    fastest_first(measured.into_iter().flatten().collect(), map)
+}
+
+/// `(avoid, latency)` pairs as [`measure`] returns them: avoided regions last, the rest by
+/// latency weighed with the map's region scores.
+fn fastest_first(mut out: Vec<(bool, RegionLatency)>, map: &DerpMap) -> Vec<RegionLatency> {
+    let scores = netinfo::region_scores(map);
+    out.sort_by_key(|(avoid, r)| (*avoid, netinfo::scored(scores, r.region, r.latency)));
     out.into_iter().map(|(_, r)| r).collect()
 }
 
@@ -145,5 +151,48 @@ impl RegionDialer {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codervpn_proto::tailnet::derp_map::HomeParams;
+
+    fn measured(region: i64, ms: u64, avoid: bool) -> (bool, RegionLatency) {
+        let latency = Duration::from_millis(ms);
+        let name = format!("r{region}");
+        (
+            avoid,
+            RegionLatency {
+                region,
+                name,
+                latency,
+            },
+        )
+    }
+
+    fn order(scores: &[(i64, f64)]) -> Vec<i64> {
+        let map = DerpMap {
+            home_params: Some(HomeParams {
+                region_score: scores.iter().copied().collect(),
+            }),
+            regions: Default::default(),
+        };
+        let out = vec![
+            measured(1, 30, false),
+            measured(2, 10, false),
+            measured(3, 5, true),
+            measured(4, 20, false),
+        ];
+        fastest_first(out, &map).iter().map(|r| r.region).collect()
+    }
+
+    #[test]
+    fn regions_sort_by_latency_weighed_by_score_and_avoided_ones_last() {
+        assert_eq!(order(&[]), [2, 4, 1, 3]);
+        // Region 2 ×4 (40 ms) falls behind 1 and 4; region 1 ×0.1 (3 ms) leads; the
+        // avoided region stays last whatever its score.
+        assert_eq!(order(&[(2, 4.0), (1, 0.1), (3, 0.01)]), [1, 4, 2, 3]);
     }
 }
