@@ -2,7 +2,8 @@
 """Tunnel RSS with 100 agents: `codervpn vpn-daemon run` (a real process, userspace mode)
 joins a testbed with N workspaces, then reaches every agent (a TCP connection through its
 SOCKS5 proxy, so WireGuard has a session with each of the N peers), and the daemon's
-VmRSS / VmHWM are read from /proc. Also prints the time from StartRequest to the first
+VmRSS / VmHWM are read from /proc, and VmRSS split into its anonymous part (heap,
+stacks) and its file part (pages of the binary itself). Also prints the time from StartRequest to the first
 PeerUpdate as the daemon process sees it (one sample per run).
 
     benches/join-rss.py [CODERVPN_BINARY] [N]     (default target/release/codervpn, 100)
@@ -25,7 +26,7 @@ def rss(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[k] = int(v.split()[0]) / 1024
     return out
 
@@ -96,6 +97,9 @@ def main():
         "rss_mib_after_first_update": round(joined["VmRSS"], 1),
         "rss_mib_after_reaching_all": round(busy["VmRSS"], 1),
         "peak_rss_mib": round(busy["VmHWM"], 1),
+        # VmRSS = RssAnon (heap, stacks) + RssFile (the binary's pages read so far, shared).
+        "anon_mib_after_reaching_all": round(busy["RssAnon"], 1),
+        "file_mib_after_reaching_all": round(busy["RssFile"], 1),
     }))
 
 
