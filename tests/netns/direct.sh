@@ -2,7 +2,8 @@
 # Direct paths between namespaces (issue #8): `codervpn up` in host a reaches an agent of
 # the testbed in host b over DERP first, then directly over UDP across the veth; when UDP
 # between the hosts is blocked mid-transfer the path falls back to DERP without breaking
-# the TCP stream, and when it is unblocked the path goes direct again.
+# the TCP stream, and when it is unblocked the path goes direct again. A wake rebinds the
+# socket; an address added to a's link is published at once (network change monitor).
 #
 #   host a (client): codervpn up --url http://10.201.0.2:8080  (TUN ${NS_PREFIX}t)
 #   host b (server): codervpn testbed serve --listen 10.201.0.2:8080 (agents on UDP *:port)
@@ -50,6 +51,20 @@ ip netns exec "$NS_A" ping -6 -c 5 -i 0.2 -W 2 "$AGENT_IP" > "$WORK/ping.txt" \
 echo "after the wake: $(grep -o '[0-9]* received' "$WORK/ping.txt")"
 status_says p2p
 echo "status after the wake: p2p"
+
+# A network change: a second address on a's link. The network change monitor (netlink)
+# sees it and the client publishes it within 2 s, without waiting for its 20-second poll;
+# removed again, it is withdrawn as quickly.
+NEW_ADDR=10.201.0.77
+published() { advertised | grep -q "\"$NEW_ADDR:[0-9]*\""; }
+ip -n "$NS_A" addr add "$NEW_ADDR/24" dev "${NS_PREFIX}va"
+for _ in $(seq 20); do published && break; sleep 0.1; done
+published || fail "the new address $NEW_ADDR was not published within 2 s: $(advertised)"
+echo "network change: $(advertised)"
+ip -n "$NS_A" addr del "$NEW_ADDR/24" dev "${NS_PREFIX}va"
+for _ in $(seq 20); do published || break; sleep 0.1; done
+published && fail "the removed address $NEW_ADDR is still published after 2 s: $(advertised)"
+echo "withdrawn: $(advertised)"
 
 stop_up || fail "up exited with an error"
 echo "direct ok"

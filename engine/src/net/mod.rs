@@ -15,6 +15,7 @@ pub mod dns_intercept;
 pub mod dns_tcp;
 pub mod endpoints;
 pub mod netcheck;
+pub mod netmon;
 pub mod packet_queues;
 pub mod relay;
 pub mod runner;

@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use rand_core::{OsRng, RngCore};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::netinfo::RegionLatencies;
 use super::api::{Api, TOKEN_HEADER};
@@ -206,6 +206,13 @@ async fn join(
     let endpoint_source = (!info.disable_direct_connections).then_some(owner::EndpointSource {
         loopback: opts.loopback_endpoints,
     });
+    // Host network changes re-gather the endpoints at once (the 20 s poll stays).
+    let netmon = match endpoint_source {
+        Some(_) => crate::net::netmon::spawn()
+            .inspect_err(|e| debug!(error = %e, "no network change monitor; polling only"))
+            .ok(),
+        None => None,
+    };
     let _ = wg_tx
         .send(WgCommand::SetOwnEndpoints(endpoints.clone()))
         .await;
@@ -354,6 +361,7 @@ async fn join(
         requests: None,
         peers: Default::default(),
         regions: Vec::new(),
+        netmon,
     };
     let owner_task = tokio::spawn(owner.run(ev_rx, ctl_rx).in_current_span());
     let stop = guard.0.take().ok_or("session state lost")?;

@@ -100,6 +100,9 @@ pub struct Owner {
     pub(super) requests: Option<mpsc::UnboundedSender<CoordinateRequest>>,
     pub(super) peers: HashMap<[u8; 16], AgentPeer>,
     pub(super) regions: Vec<i64>,
+    /// Host network changes ([`crate::net::netmon`]); `None` where there is no monitor
+    /// or direct connections are off.
+    pub netmon: Option<mpsc::Receiver<()>>,
 }
 
 impl Owner {
@@ -137,6 +140,10 @@ impl Owner {
                     Err(_) => net_open = false,
                 },
                 _ = refresh.tick() => { self.refresh_endpoints(false).await; }
+                Some(()) = next_change(&mut self.netmon) => {
+                    debug!("host network changed: gathering endpoints again");
+                    self.refresh_endpoints(false).await;
+                }
                 _ = status.tick() => self.status_update().await,
                 _ = housekeeping.tick() => self.housekeeping().await,
             }
@@ -532,5 +539,19 @@ impl Owner {
         {
             debug!(error = %e, "status update not delivered");
         }
+    }
+}
+
+/// The next change from the monitor; pending for ever without one (or once it has ended).
+async fn next_change(netmon: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match netmon {
+        Some(rx) => match rx.recv().await {
+            Some(()) => Some(()),
+            None => {
+                *netmon = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
