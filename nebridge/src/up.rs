@@ -212,11 +212,21 @@ async fn up(
         headers,
         ..Default::default()
     };
-    let started = tunnel
-        .client
-        .start(req)
-        .await
-        .context("the tunnel stopped answering")?;
+    // Ctrl-C while connecting (a start can take up to a minute against a deployment that
+    // does not answer) gives up at once: the tunnel is dropped, settings removed.
+    tokio::pin!(stop_signal);
+    let started = tokio::select! {
+        r = tunnel.client.start(req) => r.context("the tunnel stopped answering")?,
+        () = &mut stop_signal => {
+            publisher.set_state(
+                TunnelState::Failed("interrupted while connecting".into()),
+                SystemTime::now(),
+            );
+            cleanup(&net).await;
+            eprintln!("▸ interrupted while connecting; nothing left configured");
+            return Ok(());
+        }
+    };
     if !started.success {
         publisher.set_state(
             TunnelState::Failed(started.error_message.clone()),
@@ -233,7 +243,6 @@ async fn up(
             args.socks5
         );
     }
-    tokio::pin!(stop_signal);
     let mut wakes = WakeWatch::new().context("watching for wake-ups (SIGUSR1)")?;
     loop {
         tokio::select! {

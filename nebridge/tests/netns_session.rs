@@ -4,9 +4,10 @@
 //! dig/kdig, curl, a 10 MiB echo, `codervpn status` and a clean SIGINT
 //! (`tests/netns/daemon-session.sh`, `tests/netns/up.sh`), and direct paths that fall back
 //! to DERP and return (`tests/netns/direct.sh`, needs nftables too), the same through a
-//! NAT router with the agents on a host of their own (`tests/netns/nat.sh`). Needs root,
-//! iproute2, wireguard-tools, dnsutils, knot-dnsutils, curl and python3 with protobuf;
-//! `.ci/run` installs them.
+//! NAT router with the agents on a host of their own (`tests/netns/nat.sh`), and a
+//! deployment reachable only through an HTTP proxy (`tests/netns/proxy.sh`, tinyproxy).
+//! Needs root, iproute2, wireguard-tools, dnsutils, knot-dnsutils, curl, tinyproxy and
+//! python3 with protobuf; `.ci/run` installs them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,4 +86,13 @@ fn up_goes_direct_through_a_nat_to_agents_on_their_own_host() {
 #[test]
 fn up_punches_through_two_nats_with_stun_and_stays_on_derp_without() {
     script("nat-both.sh", &[], "nat-both ok");
+}
+
+/// The deployment is reachable only through an HTTP proxy (tinyproxy, between the hosts):
+/// with `HTTP_PROXY` set, REST, the tailnet websocket and DERP go through it and an agent
+/// answers by name; a proxy refusing CONNECT is reported by name, and Ctrl-C while still
+/// connecting stops `up` at once with nothing left behind.
+#[test]
+fn up_reaches_a_deployment_only_through_an_http_proxy() {
+    script("proxy.sh", &[], "proxy ok");
 }

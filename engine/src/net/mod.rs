@@ -17,6 +17,7 @@ pub mod endpoints;
 pub mod netcheck;
 pub mod netmon;
 pub mod packet_queues;
+pub mod proxy;
 pub mod relay;
 pub mod runner;
 pub mod stun;

@@ -4,7 +4,6 @@
 //! §13.3 "Connection setup").
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use url::Url;
@@ -78,7 +77,8 @@ async fn connect(url: &Url, options: &ConnectOptions) -> Result<Stream, ConnectE
     } else {
         format!("{host}:{port}")
     };
-    let tcp = TcpStream::connect((host, port))
+    // Directly, or through the environment's HTTP proxy.
+    let tcp = crate::net::proxy::connect(url.scheme(), host, port)
         .await
         .map_err(|source| ConnectError::Dial {
             addr: addr.clone(),

@@ -3,13 +3,13 @@
 //! [`crate::net::tls`], or a caller-supplied `rustls::ClientConfig`), then a yamux client session as an [`RpcClient`]. An HTTP error
 //! answer to the upgrade is a [`DialError::Http`] with its status and body.
 //!
-//! Not here: HTTP proxies; the connect proof (a `403` with `Coder-Connect-Auth-Required` is
+//! The TCP connection goes through `HTTPS_PROXY` / `HTTP_PROXY` as Go's would
+//! ([`crate::net::proxy`]). Not here: the connect proof (a `403` with `Coder-Connect-Auth-Required` is
 //! reported like any other `403`).
 
 use std::io;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -19,6 +19,7 @@ use super::client::RpcClient;
 use super::keepalive::KeepAliveConfig;
 use super::mux::MuxClient;
 use super::ws::{WsByteStream, websocket_config};
+use crate::net::proxy;
 
 /// The tailnet API version this client speaks (tailnet.md §4.3).
 pub const TAILNET_VERSION: &str = "2.3";
@@ -215,22 +216,20 @@ pub async fn dial(base: &Url, opts: &DialOptions) -> Result<RpcClient, DialError
         request.headers_mut().append(header, value);
     }
     let port = url.port_or_known_default().unwrap_or(80);
-    let tcp = match url.host() {
-        Some(url::Host::Domain(d)) => TcpStream::connect((d, port)).await,
-        Some(url::Host::Ipv4(ip)) => TcpStream::connect((ip, port)).await,
-        Some(url::Host::Ipv6(ip)) => TcpStream::connect((ip, port)).await,
-        None => {
-            return Err(DialError::InvalidUrl {
-                url: shown,
-                reason: "no host".into(),
-            });
-        }
-    }
-    .map_err(|source| DialError::Connect {
-        addr: format!("{}:{port}", url.host_str().unwrap_or_default()),
-        url: shown.clone(),
-        source,
-    })?;
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return Err(DialError::InvalidUrl {
+            url: shown,
+            reason: "no host".into(),
+        });
+    };
+    // Directly, or through the environment's HTTP proxy ([`proxy`]).
+    let tcp = proxy::connect(url.scheme(), host, port)
+        .await
+        .map_err(|source| DialError::Connect {
+            addr: format!("{}:{port}", url.host_str().unwrap_or_default()),
+            url: shown.clone(),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
     tracing::debug!(url = %shown, "dialing the tailnet websocket");
     let config = Some(websocket_config());
