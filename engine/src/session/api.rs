@@ -137,16 +137,26 @@ impl Api {
     async fn get_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, ApiError> {
         let url = self.url(path);
         let shown = url.to_string();
-        let resp = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| ApiError::Unreachable {
-                host: host_of(&url),
-                url: shown.clone(),
-                reason: chain(&e),
-            })?;
+        // A GET that failed after the request went out on a kept-alive connection (the
+        // server or a proxy closed it meanwhile) is sent once more, as Go's transport does
+        // for idempotent requests; a failure to connect or a timeout is not retried.
+        let mut retried = false;
+        let resp = loop {
+            match self.http.get(url.clone()).send().await {
+                Ok(resp) => break resp,
+                Err(e) if !retried && !e.is_connect() && !e.is_timeout() && e.is_request() => {
+                    tracing::debug!(url = %shown, error = %chain(&e), "GET failed on a used connection; once more");
+                    retried = true;
+                }
+                Err(e) => {
+                    return Err(ApiError::Unreachable {
+                        host: host_of(&url),
+                        url: shown.clone(),
+                        reason: chain(&e),
+                    });
+                }
+            }
+        };
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| ApiError::Unreachable {
             host: host_of(&url),
@@ -437,5 +447,50 @@ mod tests {
             "Invalid session token. nope"
         );
         assert_eq!(error_text(b"  plain text \n"), "plain text");
+    }
+
+    /// A server that answers its first request with keep-alive, then reads the second on
+    /// the same connection and closes it unanswered (as a proxy that drops idle clients
+    /// does); every later connection is answered. The second `me()` must still succeed.
+    #[tokio::test]
+    async fn a_get_lost_on_a_kept_alive_connection_is_sent_once_more() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let body = r#"{"id":"9f6b6e0e-3c8e-4a9e-8c1d-2b3c4d5e6f70","username":"testy"}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    // Every request fits one read here (a GET without a body).
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        if !first {
+                            let _ = s.write_all(answer.as_bytes()).await;
+                            continue;
+                        }
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        // Second request on the first connection: read, drop the connection.
+                        let _ = s.read(&mut buf).await;
+                        return;
+                    }
+                });
+            }
+        });
+        let tls = crate::net::tls::default_client_config().unwrap();
+        let api = Api::new(&base, "token", &[], &tls).unwrap();
+        assert_eq!(api.me().await.unwrap().username, "testy");
+        assert_eq!(api.me().await.unwrap().username, "testy", "sent once more");
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }
