@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codervpn_proto::tailnet::DerpMap;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -28,8 +27,8 @@ pub struct RegionLatency {
     pub latency: Duration,
 }
 
-/// Measures every region that has a DERP node (TCP connect time to its first node, all
-/// regions at once) and returns them fastest first, each latency weighed by the map's
+/// Measures every region that has a DERP node (TCP connect time to its first node, through
+/// the environment's HTTP proxy if it names one, all regions at once) and returns them fastest first, each latency weighed by the map's
 /// `HomeParams.RegionScore` for the order (the latencies returned are as measured);
 /// unreachable regions are left out. Avoided regions sort last.
 pub async fn measure(map: &DerpMap) -> Vec<RegionLatency> {
@@ -43,8 +42,10 @@ pub async fn measure(map: &DerpMap) -> Vec<RegionLatency> {
         let avoid = r.avoid;
         Some(async move {
             let start = Instant::now();
-            let r = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-                .await;
+            // Through the HTTP proxy when the environment names one for this relay: the
+            // path the relay connection will take (proxy and CONNECT included).
+            let connect = crate::net::proxy::connect(url.scheme(), &host, port);
+            let r = tokio::time::timeout(PROBE_TIMEOUT, connect).await;
             match r {
                 Ok(Ok(_)) => Some((
                     avoid,
