@@ -64,6 +64,8 @@ start_up
 CONNECTS=$(grep -c "CONNECT $B_IP:8080" "$WORK/tinyproxy.log" || true)
 echo "connected through the proxy ($CONNECTS CONNECT tunnels so far)"
 grep -q "joined the tailnet" "$WORK/up.log" || fail "no tailnet join in up.log"
+grep -q "connecting to http://$B_IP:8080/ through proxy http://$P_A:3128" "$WORK/up.log" \
+  || fail "up did not say it goes through the proxy"
 # The relay's latency was measured through the proxy too (no direct route to it).
 sed 's/\x1b\[[0-9;]*m//g' "$WORK/up.log" | grep "DERP home region" | grep -q "latencies=\[(999," \
   || fail "the relay was not measured through the proxy"
