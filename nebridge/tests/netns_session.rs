@@ -5,7 +5,8 @@
 //! (`tests/netns/daemon-session.sh`, `tests/netns/up.sh`), and direct paths that fall back
 //! to DERP and return (`tests/netns/direct.sh`, needs nftables too), the same through a
 //! NAT router with the agents on a host of their own (`tests/netns/nat.sh`), and a
-//! deployment reachable only through an HTTP proxy (`tests/netns/proxy.sh`, tinyproxy).
+//! deployment reachable only through an HTTP proxy (`tests/netns/proxy.sh`, tinyproxy), and
+//! hosts that share only IPv6 (`tests/netns/direct6.sh`).
 //! Needs root, iproute2, wireguard-tools, dnsutils, knot-dnsutils, curl, tinyproxy and
 //! python3 with protobuf; `.ci/run` installs them.
 
@@ -95,4 +96,11 @@ fn up_punches_through_two_nats_with_stun_and_stays_on_derp_without() {
 #[test]
 fn up_reaches_a_deployment_only_through_an_http_proxy() {
     script("proxy.sh", &[], "proxy ok");
+}
+
+/// IPv6 only between the hosts: REST, websocket and DERP over bracketed IPv6
+/// literals, the client advertises its IPv6 endpoint and the path goes direct over IPv6.
+#[test]
+fn up_goes_direct_over_ipv6_when_the_hosts_share_only_ipv6() {
+    script("direct6.sh", &[], "direct6 ok");
 }

@@ -323,8 +323,9 @@ stop_testbed() {
   rm -f "$WORK/testbed.json"
 }
 
-# advertised: the endpoints the client last published (the coordinator logs each node).
-advertised() { testbed_log | grep "client node" | tail -1 | grep -o 'endpoints=\[[^]]*\]' || true; }
+# advertised: the endpoints the client last published (the coordinator logs each node; the
+# list runs to the last `]`, IPv6 literals have brackets of their own).
+advertised() { testbed_log | grep "client node" | tail -1 | grep -o 'endpoints=\[.*\]' || true; }
 
 # testbed_log: the testbed's log without colour codes.
 testbed_log() { sed 's/\x1b\[[0-9;]*m//g' "$WORK/testbed.log"; }
