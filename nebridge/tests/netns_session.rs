@@ -98,7 +98,7 @@ fn up_reaches_a_deployment_only_through_an_http_proxy() {
     script("proxy.sh", &[], "proxy ok");
 }
 
-/// IPv6 only between the hosts: REST, websocket and DERP over bracketed IPv6
+/// IPv6 only between the hosts: REST, websocket, DERP and STUN over bracketed IPv6
 /// literals, the client advertises its IPv6 endpoint and the path goes direct over IPv6.
 #[test]
 fn up_goes_direct_over_ipv6_when_the_hosts_share_only_ipv6() {

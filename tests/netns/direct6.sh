@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Direct paths over IPv6 only: the hosts share nothing but IPv6 on their veth (no IPv4
-# address at all). The testbed listens on its IPv6 address, so REST, the tailnet websocket
-# and DERP run over IPv6 with bracketed literals in every URL and map entry; the
-# client advertises its IPv6 endpoint and the path to the agent goes direct over IPv6.
+# address at all). The testbed listens on its IPv6 address, so REST, the tailnet websocket,
+# DERP and STUN run over IPv6 with bracketed literals in every URL and map entry; the
+# client advertises its IPv6 endpoint and STUN latency, and the path to the agent goes
+# direct over IPv6.
 #
 #   host a (client): fd00:201::1    host b (server): codervpn testbed serve --listen [fd00:201::2]:8080
 #
@@ -31,6 +32,10 @@ echo "direct: $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/up.log" | grep -o "is direct vi
 for _ in $(seq 20); do advertised | grep -q "\"\[$A6\]:[0-9]*\"" && break; sleep 0.1; done
 advertised | grep -q "\"\[$A6\]:[0-9]*\"" || fail "the client did not advertise [$A6]: $(advertised)"
 echo "client advertised $(advertised)"
+# STUN ran over IPv6 to the testbed's STUN node: the published latency is keyed 999-v6.
+testbed_log | grep "client node" | grep -q '"999-v6"' \
+  || fail "no IPv6 STUN latency published: $(testbed_log | grep 'client node' | tail -1)"
+echo "STUN over IPv6: $(testbed_log | grep 'client node' | tail -1 | grep -o 'latency_keys={[^}]*}')"
 
 PAGE=$(ip netns exec "$NS_A" curl -s -m 10 -g "http://[$AGENT_IP]/") || fail "no page over the tunnel"
 echo "$PAGE" | grep -q "Hello from agent" || fail "unexpected page: $PAGE"

@@ -336,7 +336,7 @@ json() { python3 -c "import json; d=json.load(open('$WORK/testbed.json')); print
 # socket $WORK/status.sock, log $WORK/up.log); returns once it is connected. Sets UP_PID.
 start_up() {
   : > "$WORK/up.log"  # a second `up` must not be taken as connected by the first's log
-  ip netns exec "$NS_A" env CODERVPN_LOG=info "$CODERVPN" up --url "$(json 'd["url"]')" \
+  ip netns exec "$NS_A" env CODERVPN_LOG=${CODERVPN_LOG:-info} "$CODERVPN" up --url "$(json 'd["url"]')" \
     --token "$(json 'd["token"]')" --allow-http --interface "${NS_PREFIX}t" \
     --status-socket "$WORK/status.sock" "$@" > "$WORK/up.out" 2> "$WORK/up.log" &
   UP_PID=$!

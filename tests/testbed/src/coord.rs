@@ -163,8 +163,11 @@ impl Coordinator {
     pub fn handle(&self, client: PeerId, req: CoordinateRequest) -> bool {
         let mut st = self.lock();
         if let Some(node) = req.update_self.and_then(|u| u.node) {
-            // What the client advertises, for tests that check its STUN-learned endpoint.
-            info!(endpoints = ?node.endpoints, %client, "client node");
+            // What the client advertises, for tests that check its STUN-learned endpoint
+            // and the regions it measured (`<id>-v4` / `<id>-v6` keys).
+            let measured: std::collections::BTreeSet<&str> =
+                node.derp_latency.keys().map(String::as_str).collect();
+            info!(%client, latency_keys = ?measured, endpoints = ?node.endpoints, "client node");
             let tunnels: Vec<Uuid> = match st.clients.get_mut(&client) {
                 Some(c) => {
                     c.node = Some(node.clone());
