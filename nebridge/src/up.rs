@@ -439,6 +439,22 @@ fn describe(s: &vpn::NetworkSettingsRequest) {
     }
 }
 
+/// " through proxy …" when the environment sends connections to `url` through an HTTP
+/// proxy (and a warning when its proxy setting cannot be used), else nothing.
+fn proxy_note(url: &url::Url) -> String {
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return String::new();
+    };
+    match codervpn_engine::net::proxy::Proxies::from_env().select(url.scheme(), host, port) {
+        Ok(Some(p)) => format!(" through proxy {}", p.shown),
+        Ok(None) => String::new(),
+        Err(e) => {
+            warn!("{e}; connections to {host} will fail");
+            String::new()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,21 +477,5 @@ mod tests {
         let h = parse_headers(&["X-A=1=2".into()]).unwrap();
         assert_eq!((h[0].name.as_str(), h[0].value.as_str()), ("X-A", "1=2"));
         assert!(parse_headers(&["nope".into()]).is_err());
-    }
-}
-
-/// " through proxy …" when the environment sends connections to `url` through an HTTP
-/// proxy (and a warning when its proxy setting cannot be used), else nothing.
-fn proxy_note(url: &url::Url) -> String {
-    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-        return String::new();
-    };
-    match codervpn_engine::net::proxy::Proxies::from_env().select(url.scheme(), host, port) {
-        Ok(Some(p)) => format!(" through proxy {}", p.shown),
-        Ok(None) => String::new(),
-        Err(e) => {
-            warn!("{e}; connections to {host} will fail");
-            String::new()
-        }
     }
 }
