@@ -404,13 +404,15 @@ derp_fallback_and_back() {
   local agent=$1 ns=$2 saddr=$3 direct=$4 from
   start_echo_stream "$agent"
   sleep 2
-  block_udp "$ns" "$saddr"
+  # The log position is taken before each change: a path can change within milliseconds
+  # of it (a pong already on its way), before the line count would be read after.
   from=$(log_lines)
+  block_udp "$ns" "$saddr"
   wait_log "is DERP" 20 "$from" || fail "no fallback to DERP with UDP blocked"
   echo "fallback to DERP with UDP blocked"
   sleep 3
-  unblock_udp "$ns"
   from=$(log_lines)
+  unblock_udp "$ns"
   wait_log "is direct via $direct:" 30 "$from" || fail "the path did not go direct again"
   echo "direct again after unblocking"
   wait "$STREAM_PID" || fail "the stream broke: $(cat "$WORK/stream.out")"
