@@ -4,20 +4,17 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use codervpn_engine::embedded;
 use codervpn_engine::net::derp::{ClientEvent, DerpConnection, DerpEvent};
 use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
-use codervpn_engine::tunnel::{TunnelOptions, serve};
 use codervpn_proto::manager::ManagerClient;
-use codervpn_proto::vpn::{self, manager_message, tunnel_message};
-use codervpn_proto::{Connection, Incoming, ManagerSide, TunnelSide, VersionList};
+use codervpn_proto::vpn;
 use codervpn_testbed::agent::HTTP_PORT;
 use codervpn_testbed::{TOKEN_HEADER, Testbed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 pub const T: Duration = Duration::from_secs(20);
@@ -29,59 +26,18 @@ pub struct Manager {
 }
 
 /// A tunnel with the real connector, and a manager that accepts every network settings
-/// request and collects what it was sent.
+/// request and collects what it was sent (the embedded engine's own manager side).
 pub async fn tunnel(connector: TailnetConnector) -> Manager {
-    let (a, b) = UnixStream::pair().unwrap();
-    let (ar, aw) = a.into_split();
-    let (br, bw) = b.into_split();
-    tokio::spawn(async move {
-        let conn = Connection::<TunnelSide>::handshake(br, bw, VersionList::current())
-            .await
-            .unwrap();
-        serve(
-            conn,
-            TunnelOptions::new(Arc::new(connector)),
-            std::future::pending(),
-        )
-        .await
-    });
-    let conn = Connection::<ManagerSide>::handshake(ar, aw, VersionList::current())
-        .await
-        .unwrap();
-    let (handle, mut incoming) = conn.into_parts();
     let (set_tx, settings) = mpsc::unbounded_channel();
-    let (up_tx, updates) = mpsc::unbounded_channel();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        while let Some(m) = incoming.recv().await {
-            match m {
-                Incoming::Request { id, msg } => {
-                    if let Some(tunnel_message::Msg::NetworkSettings(s)) = msg.msg {
-                        let _ = set_tx.send(s);
-                        let reply = vpn::ManagerMessage {
-                            rpc: None,
-                            msg: Some(manager_message::Msg::NetworkSettings(
-                                vpn::NetworkSettingsResponse {
-                                    success: true,
-                                    error_message: String::new(),
-                                },
-                            )),
-                        };
-                        let _ = h.reply(id, reply).await;
-                    }
-                }
-                Incoming::OneWay(msg) => {
-                    if let Some(tunnel_message::Msg::PeerUpdate(u)) = msg.msg {
-                        let _ = up_tx.send(u);
-                    }
-                }
-            }
-        }
+    let on_settings: embedded::SettingsHandler = Box::new(move |s| {
+        let _ = set_tx.send(s.clone());
+        Box::pin(async { Ok(()) })
     });
+    let m = embedded::start(connector, on_settings).await.unwrap();
     Manager {
-        client: ManagerClient::new(handle),
+        client: m.client,
         settings,
-        updates,
+        updates: m.updates,
     }
 }
 
