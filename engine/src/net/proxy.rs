@@ -187,7 +187,11 @@ fn parse_proxy(value: &str) -> Result<Proxy, String> {
         .to_owned();
     let port = url.port().unwrap_or(80);
     let authorization = (!url.username().is_empty()).then(|| {
-        let decode = |s: &str| percent_decode(s);
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         let creds = format!(
             "{}:{}",
             decode(url.username()),
@@ -205,26 +209,6 @@ fn parse_proxy(value: &str) -> Result<Proxy, String> {
         authorization,
         shown: shown.as_str().trim_end_matches('/').to_owned(),
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The `CONNECT` request for `host:port` through `proxy`.
