@@ -95,7 +95,6 @@ pub fn our_endpoints(net: &NetReport, loopback: bool) -> Option<Vec<SocketAddr>>
 #[derive(Debug, Clone, Default)]
 pub struct RegionLatencies {
     measured: BTreeMap<i64, Duration>,
-    stun: BTreeMap<i64, Duration>,
     /// (region, over IPv6) → STUN round trip.
     by_family: BTreeMap<(i64, bool), Duration>,
 }
@@ -110,25 +109,30 @@ impl RegionLatencies {
 
     /// Takes the latest STUN round; returns whether a published value changed.
     pub fn update(&mut self, net: &NetReport) -> bool {
-        let stun: BTreeMap<i64, Duration> = net.stun.latency.iter().copied().collect();
         let v4 = net.stun.latency_v4.iter().map(|(r, d)| ((*r, false), *d));
         let v6 = net.stun.latency_v6.iter().map(|(r, d)| ((*r, true), *d));
         let by_family: BTreeMap<(i64, bool), Duration> = v4.chain(v6).collect();
-        let changed = stun != self.stun || by_family != self.by_family;
+        let changed = by_family != self.by_family;
         if changed {
             debug!(?by_family, "STUN latencies");
         }
-        self.stun = stun;
         self.by_family = by_family;
         changed
     }
 
+    /// A region's STUN latency, the lower family's when STUN answered over both.
+    fn stun(&self, region: i64) -> Option<Duration> {
+        let family = |v6| self.by_family.get(&(region, v6)).copied();
+        match (family(false), family(true)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// A region's latency (the lower family's when STUN answered over both).
     pub fn get(&self, region: i64) -> Option<Duration> {
-        self.stun
-            .get(&region)
-            .or_else(|| self.measured.get(&region))
-            .copied()
+        self.stun(region)
+            .or_else(|| self.measured.get(&region).copied())
     }
 
     /// `(key, seconds)` for `Node.derp_latency`: every family STUN measured, and the
@@ -141,7 +145,7 @@ impl RegionLatencies {
         let measured = self
             .measured
             .iter()
-            .filter(|(r, _)| !self.stun.contains_key(r))
+            .filter(|(r, _)| self.stun(**r).is_none())
             .map(|(r, d)| (derp_latency_key(*r, false), d.as_secs_f64()));
         let mut out: Vec<(String, f64)> = stun.chain(measured).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
