@@ -28,9 +28,10 @@ pub struct RegionLatency {
 }
 
 /// Measures every region that has a DERP node (TCP connect time to its first node, through
-/// the environment's HTTP proxy if it names one, all regions at once) and returns them fastest first, each latency weighed by the map's
-/// `HomeParams.RegionScore` for the order (the latencies returned are as measured);
-/// unreachable regions are left out. Avoided regions sort last.
+/// the environment's HTTP proxy if it names one, all regions at once) and returns them
+/// fastest first, each latency weighed by the map's `HomeParams.RegionScore` for the order
+/// (the latencies returned are as measured); unreachable regions are left out. Avoided
+/// regions sort last.
 pub async fn measure(map: &DerpMap) -> Vec<RegionLatency> {
     let probes = map.regions.values().filter_map(|r| {
         let node = r.nodes.iter().find(|n| !n.stun_only)?;

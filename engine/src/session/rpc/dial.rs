@@ -226,7 +226,7 @@ pub async fn dial(base: &Url, opts: &DialOptions) -> Result<RpcClient, DialError
     let tcp = proxy::connect(url.scheme(), host, port)
         .await
         .map_err(|source| DialError::Connect {
-            addr: format!("{}:{port}", url.host_str().unwrap_or_default()),
+            addr: format!("{host}:{port}"),
             url: shown.clone(),
             source,
         })?;
