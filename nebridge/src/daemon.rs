@@ -15,20 +15,15 @@ use tracing_subscriber::prelude::*;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Descriptor the manager writes to (manager → tunnel).
-    #[arg(
-        long,
-        env = "CODER_VPN_DAEMON_RPC_READ_FD",
-        allow_negative_numbers = true
-    )]
-    rpc_read_fd: i32,
-    /// Descriptor the manager reads from (tunnel → manager).
-    #[arg(
-        long,
-        env = "CODER_VPN_DAEMON_RPC_WRITE_FD",
-        allow_negative_numbers = true
-    )]
-    rpc_write_fd: i32,
+    /// Descriptor the manager writes to (manager → tunnel). `--rpc-read-handle` is the
+    /// name Coder's Linux and Windows daemons take (macOS's takes `--rpc-read-fd`); env
+    /// `CODER_VPN_DAEMON_RPC_READ_FD` or `CODER_VPN_DAEMON_RPC_READ_HANDLE`.
+    #[arg(long, alias = "rpc-read-handle", allow_negative_numbers = true)]
+    rpc_read_fd: Option<i32>,
+    /// Descriptor the manager reads from (tunnel → manager); `--rpc-write-handle`, env
+    /// `CODER_VPN_DAEMON_RPC_WRITE_FD` or `CODER_VPN_DAEMON_RPC_WRITE_HANDLE`.
+    #[arg(long, alias = "rpc-write-handle", allow_negative_numbers = true)]
+    rpc_write_fd: Option<i32>,
     /// In userspace mode (`tunnel_file_descriptor = -1`), serve a SOCKS5 proxy into the
     /// tunnel on this address; workspace names resolve (e.g. `curl --socks5-hostname`).
     #[arg(long, env = "CODERVPN_SOCKS5")]
@@ -36,22 +31,17 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.rpc_read_fd < 0 || args.rpc_write_fd < 0 {
-        bail!(
-            "--rpc-read-fd ({}) and --rpc-write-fd ({}) must both be >= 0",
-            args.rpc_read_fd,
-            args.rpc_write_fd
-        );
+    let read_fd = descriptor(args.rpc_read_fd, "READ")?;
+    let write_fd = descriptor(args.rpc_write_fd, "WRITE")?;
+    if read_fd < 0 || write_fd < 0 {
+        bail!("--rpc-read-fd ({read_fd}) and --rpc-write-fd ({write_fd}) must both be >= 0");
     }
-    if args.rpc_read_fd == args.rpc_write_fd {
-        bail!(
-            "--rpc-read-fd and --rpc-write-fd must differ (both are {})",
-            args.rpc_read_fd
-        );
+    if read_fd == write_fd {
+        bail!("--rpc-read-fd and --rpc-write-fd must differ (both are {read_fd})");
     }
     init_logging();
-    let read = inherited_fd(args.rpc_read_fd).context("--rpc-read-fd")?;
-    let write = inherited_fd(args.rpc_write_fd).context("--rpc-write-fd")?;
+    let read = inherited_fd(read_fd).context("--rpc-read-fd")?;
+    let write = inherited_fd(write_fd).context("--rpc-write-fd")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,6 +67,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         TunnelExit::Shutdown => info!("tunnel ended on signal"),
     }
     Ok(())
+}
+
+/// The descriptor from its flag, else `CODER_VPN_DAEMON_RPC_<DIR>_FD`, else
+/// `CODER_VPN_DAEMON_RPC_<DIR>_HANDLE` (the Linux desktop app's name).
+fn descriptor(flag: Option<i32>, dir: &str) -> anyhow::Result<i32> {
+    if let Some(fd) = flag {
+        return Ok(fd);
+    }
+    let lower = dir.to_ascii_lowercase();
+    for suffix in ["FD", "HANDLE"] {
+        let name = format!("CODER_VPN_DAEMON_RPC_{dir}_{suffix}");
+        if let Ok(v) = std::env::var(&name) {
+            return v
+                .trim()
+                .parse()
+                .with_context(|| format!("{name}={v:?} is not a descriptor number"));
+        }
+    }
+    bail!(
+        "--rpc-{lower}-fd (or --rpc-{lower}-handle, or env CODER_VPN_DAEMON_RPC_{dir}_FD) is required"
+    )
 }
 
 /// Registers SIGTERM and SIGINT handlers now (so that a signal arriving at any later point

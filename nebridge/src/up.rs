@@ -274,6 +274,8 @@ async fn up(
     }
     cleanup(&net).await;
     drop(tun);
+    // Hang up before waiting for a compat daemon (ours exits on end of file).
+    drop(tunnel);
     if let Some(h) = host {
         tokio::task::spawn_blocking(move || h.finish(Duration::from_secs(5)))
             .await

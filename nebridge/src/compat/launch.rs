@@ -20,20 +20,38 @@ pub enum CompatHost {
 }
 
 impl CompatHost {
-    /// Waits (bounded) for a daemon to exit after `stop`, killing it otherwise.
+    /// After `stop` and hang-up: waits (bounded) for a daemon to exit, then asks it to
+    /// with SIGTERM and waits as long again — Coder's daemon runs until signalled, and
+    /// only then takes down the interface and DNS it configured — and kills it last.
     pub fn finish(self, wait: Duration) {
-        if let CompatHost::Daemon(mut child) = self {
-            let deadline = std::time::Instant::now() + wait;
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        let CompatHost::Daemon(mut child) = self else {
+            return;
+        };
+        if wait_exit(&mut child, wait) {
+            return;
         }
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        if wait_exit(&mut child, wait) {
+            return;
+        }
+        tracing::warn!("the compat daemon did not exit on SIGTERM; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
     }
+}
+
+fn wait_exit(child: &mut Child, wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Why a verified artifact could not be started.
@@ -74,7 +92,19 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Runs the verified binary as `vpn-daemon run --rpc-read-fd R --rpc-write-fd W`;
+/// The pipe flags of Coder's `vpn-daemon run`: `--rpc-read-fd` on macOS
+/// (`cli/vpndaemon_darwin.go`), `--rpc-read-handle` on Linux and Windows
+/// (`cli/vpndaemon_windows_linux_shared.go`, coder v2.36.1). Ours takes both.
+#[cfg(target_os = "macos")]
+const DAEMON_READ_FLAG: &str = "--rpc-read-fd";
+#[cfg(target_os = "macos")]
+const DAEMON_WRITE_FLAG: &str = "--rpc-write-fd";
+#[cfg(not(target_os = "macos"))]
+const DAEMON_READ_FLAG: &str = "--rpc-read-handle";
+#[cfg(not(target_os = "macos"))]
+const DAEMON_WRITE_FLAG: &str = "--rpc-write-handle";
+
+/// Runs the verified binary as `vpn-daemon run` with the two pipe descriptors;
 /// `inherit` lists further descriptors the child must keep (the TUN).
 pub async fn spawn_daemon(
     artifact: &VerifiedArtifact,
@@ -100,9 +130,9 @@ pub async fn spawn_daemon(
         .chain(inherit.iter().copied())
         .collect();
     let mut cmd = Command::new(&path);
-    cmd.args(["vpn-daemon", "run", "--rpc-read-fd"])
+    cmd.args(["vpn-daemon", "run", DAEMON_READ_FLAG])
         .arg(m2t_r.as_raw_fd().to_string())
-        .arg("--rpc-write-fd")
+        .arg(DAEMON_WRITE_FLAG)
         .arg(t2m_w.as_raw_fd().to_string())
         .stdin(Stdio::null())
         .envs(envs.iter().map(|(k, v)| (k, v)));

@@ -25,7 +25,9 @@ pub(crate) fn build(host: &str, port: u16, force_http: bool, stun: Option<Socket
         embedded_relay: true,
     };
     DerpMap {
-        home_params: None,
+        // coderd's DERPMapToProto always sets HomeParams, and Coder's Go client
+        // (tailnet.DERPMapFromProto, v2.36.1) dereferences it: a map without one panics it.
+        home_params: Some(derp_map::HomeParams::default()),
         regions: [(
             EMBEDDED_REGION_ID,
             embedded.region(host, port, force_http, stun),
@@ -56,9 +58,10 @@ pub(crate) fn add_second_region(
     );
 }
 
-/// Sets the map's `HomeParams.RegionScore` (left out when `scores` is empty).
+/// Sets the map's `HomeParams.RegionScore` (left out of the JSON form when empty; the
+/// protobuf form always carries `HomeParams`, as coderd's does).
 pub(crate) fn set_region_scores(map: &mut DerpMap, scores: &[(i64, f64)]) {
-    map.home_params = (!scores.is_empty()).then(|| derp_map::HomeParams {
+    map.home_params = Some(derp_map::HomeParams {
         region_score: scores.iter().copied().collect(),
     });
 }
@@ -119,7 +122,11 @@ pub(crate) fn to_json(map: &DerpMap) -> Value {
         .map(|(id, r)| (id.to_string(), region_json(r)))
         .collect();
     let mut v = json!({ "Regions": regions });
-    if let Some(home) = &map.home_params {
+    if let Some(home) = map
+        .home_params
+        .as_ref()
+        .filter(|h| !h.region_score.is_empty())
+    {
         // tailcfg.DERPHomeParams: `RegionScore map[int]float64`, keys written as strings.
         let scores: Map<String, Value> = home
             .region_score
@@ -233,6 +240,14 @@ mod tests {
             json!({"Name": "999a", "RegionID": 999, "HostName": "10.0.0.1",
                    "STUNPort": -1, "DERPPort": 8080, "ForceHTTP": true})
         );
+    }
+
+    #[test]
+    fn the_protobuf_map_always_carries_home_params_as_coderds_does() {
+        let mut map = build("10.0.0.1", 8080, true, None);
+        assert!(map.home_params.is_some());
+        set_region_scores(&mut map, &[]);
+        assert!(map.home_params.is_some());
     }
 
     #[test]

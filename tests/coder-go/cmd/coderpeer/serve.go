@@ -27,7 +27,6 @@ import (
 
 	"cdr.dev/slog/v3"
 	"cdr.dev/slog/v3/sloggers/sloghuman"
-	"github.com/coder/coder/v2/buildinfo"
 	"github.com/coder/coder/v2/codersdk"
 	"github.com/coder/coder/v2/codersdk/workspacesdk"
 	"github.com/coder/coder/v2/tailnet"
@@ -201,7 +200,7 @@ func startServer(ctx context.Context, logger slog.Logger, o serveOptions) (*serv
 		}
 	}
 	logger.Info(ctx, "serving", slog.F("url", s.accessURL.String()), slog.F("stun", s.stunAddr),
-		slog.F("coder_version", buildinfo.Version()))
+		slog.F("coder_version", coderModuleVersion()))
 	return s, nil
 }
 
