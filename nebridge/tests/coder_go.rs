@@ -1,0 +1,199 @@
+//! Against Coder's own Go code, built from the release pinned in `tests/coder-go` by
+//! `tests/coder-go/build.sh` (`.ci/run` runs it; a missing binary fails these tests):
+//! the real `coder` CLI (`vpn-daemon run`) and `coderpeer` (a Coder tailnet deployment from
+//! coder's packages with Go agents, and a Go CoderVPN manager on coder's `vpn` types).
+//!
+//! - A Go manager drives our `vpn-daemon run` against the Go deployment (loopback,
+//!   userspace, SOCKS5) and in namespaces (`tests/netns/coder-go.sh go-manager`).
+//! - `codervpn up` against the Go deployment in namespaces: DNS, ping, page, 10 MB, direct
+//!   with the real magicsock, DERP when UDP is blocked, direct again (`go-server`).
+//! - `codervpn up --mode compat-daemon` runs the real `coder vpn-daemon run` against our
+//!   testbed (`compat-coder`): coder0, resolv.conf, curl by name, restored on exit.
+//! - The handshake rules agree: each bad manager header is refused by Coder's daemon and by
+//!   ours alike.
+//!
+//! Needs root for the namespace cases, and what `.ci/run` installs (iptables for Coder's
+//! Linux router, minisign, dig, curl, nftables).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn coder_go(bin: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/coder-go")
+        .join(bin);
+    assert!(
+        p.exists(),
+        "{} is missing: run tests/coder-go/build.sh (Coder's Go peers; .ci/run does)",
+        p.display()
+    );
+    p
+}
+
+fn script(mode: &str, want: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/netns/coder-go.sh");
+    coder_go("coder");
+    let out = Command::new("bash")
+        .arg(path)
+        .arg(mode)
+        .env("CODERVPN", env!("CARGO_BIN_EXE_codervpn"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(want),
+        "coder-go.sh {mode} failed:\n{stdout}\n{stderr}"
+    );
+}
+
+/// `codervpn up` against coder's tailnet service, coordinator, DERP and Go agents.
+#[test]
+fn up_against_coders_go_deployment_goes_direct_falls_back_to_derp_and_returns() {
+    script("go-server", "coder-go ok (go-server)");
+}
+
+/// A Go manager (coder's `vpn` message types) drives our daemon in a namespace.
+#[test]
+fn a_go_manager_drives_our_daemon_against_coders_go_deployment() {
+    script("go-manager", "coder-go ok (go-manager)");
+}
+
+/// Our manager runs the real `coder vpn-daemon run`, downloaded from our testbed and
+/// verified; the Go tunnel joins our testbed and carries ping, HTTP and 10 MB by name.
+#[test]
+fn compat_daemon_runs_coders_real_daemon_against_our_testbed() {
+    script("compat-coder", "coder-go ok (compat-coder)");
+}
+
+/// `coderpeer serve` on loopback; returns the child and its JSON line.
+fn go_server(args: &[&str]) -> (std::process::Child, serde_json::Value) {
+    let mut child = Command::new(coder_go("coderpeer"))
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, serde_json::from_str(&line).unwrap())
+}
+
+/// Loopback, no root: the Go manager starts our daemon in userspace mode, sees both agents
+/// with the names Coder's tunnel gives them, fetches a page through our SOCKS5 proxy by
+/// name, asks for a peer update, stops, and our daemon exits on hang-up.
+#[test]
+fn a_go_manager_drives_our_userspace_daemon_on_loopback() {
+    let (mut server, v) = go_server(&["--workspaces", "2"]);
+    let socks = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let url = v["url"].as_str().unwrap();
+    let token = v["token"].as_str().unwrap();
+    let name = v["agents"][1]["fqdn"][0].as_str().unwrap();
+    let out = Command::new(coder_go("coderpeer"))
+        .args(["manager", "--url", url, "--token", token, "--agents", "2"])
+        .args(["--fetch", &format!("http://{name}/"), "--socks5", &socks])
+        .args(["--", env!("CARGO_BIN_EXE_codervpn"), "vpn-daemon", "run"])
+        .args(["--rpc-read-fd", "3", "--rpc-write-fd", "4"])
+        .env("CODERVPN_SOCKS5", &socks)
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for a in v["agents"].as_array().unwrap() {
+        // Coder's tunnel sends the names sorted, with the trailing dot.
+        let mut names: Vec<String> = a["fqdn"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| format!("{}.", n.as_str().unwrap()))
+            .collect();
+        names.sort();
+        let want = format!("fqdn={} ip={}", names.join(","), a["ip"].as_str().unwrap());
+        assert!(stdout.contains(&want), "want {want:?} in:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("fetched") && stdout.contains("Hello from agent main of workspace dev2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("get_peer_update: 2 workspaces, 2 agents"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tunnel exited on hang-up: status 0"),
+        "{stdout}"
+    );
+}
+
+/// Sends `header` as the manager's header line to `tunnel` (a command taking fds 3 and 4)
+/// and returns the Go manager's report.
+fn bad_header(header: &str, tunnel: &[&str]) -> String {
+    let out = Command::new(coder_go("coderpeer"))
+        .args(["manager", "--timeout", "20s", "--header", header, "--"])
+        .args(tunnel)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("bad header refused"),
+        "header {header:?} to {tunnel:?}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Each header Coder's speaker refuses (wrong role, no common major version, the old
+/// `codervpn <version> <role>` order, not codervpn at all, an unparsable version list,
+/// over the 256-byte cap) is refused by Coder's daemon and by ours: both close the pipe
+/// and exit.
+#[test]
+fn bad_manager_headers_are_refused_by_coders_daemon_and_ours_alike() {
+    let coder = coder_go("coder");
+    let coder = coder.to_str().unwrap();
+    let ours = env!("CARGO_BIN_EXE_codervpn");
+    let long = format!("codervpn manager 1.0{}", " ".repeat(300));
+    for header in [
+        "codervpn tunnel 1.0",
+        "codervpn manager 9.0",
+        "codervpn 1.0 manager",
+        "openvpn manager 1.0",
+        "codervpn manager one",
+        long.as_str(),
+    ] {
+        for tunnel in [
+            [
+                coder,
+                "vpn-daemon",
+                "run",
+                "--rpc-read-handle",
+                "3",
+                "--rpc-write-handle",
+                "4",
+            ],
+            [
+                ours,
+                "vpn-daemon",
+                "run",
+                "--rpc-read-handle",
+                "3",
+                "--rpc-write-handle",
+                "4",
+            ],
+        ] {
+            bad_header(header, &tunnel);
+        }
+    }
+}
