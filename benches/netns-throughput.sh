@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Side-by-side data-plane benchmark in one run: the same two-namespace topology (veth,
-# 10.201.0.0/24) carrying, in turn, the bare veth, our `codervpn wg up`, wireguard-go and
+# 10.201.0.0/24) carrying, in turn, the bare veth, our `codervpn wg up`, wireguard-go
+# (Debian's, and current from source: `wggo-current`, built by tests/coder-go/build.sh) and
 # boringtun-cli. For each: iperf3 single-stream TCP both ways, UDP at a fixed rate (loss),
 # and ping RTT p50/p99. Prints a Markdown table.
 #
 #   cargo build --release -p codervpn-nebridge
 #   sudo CODERVPN=target/release/codervpn benches/netns-throughput.sh [SECONDS] [IMPL…]
 #
-# IMPL defaults to: bare ours wggo boringtun. Needs root, iproute2, wireguard-tools,
+# IMPL defaults to: bare ours wggo wggo-current boringtun. Needs root, iproute2, wireguard-tools,
 # iperf3, iputils-ping, wireguard-go, boringtun-cli.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SECS=${1:-10}
 shift || true
 IMPLS=("$@")
-[ ${#IMPLS[@]} -eq 0 ] && IMPLS=(bare ours wggo boringtun)
+[ ${#IMPLS[@]} -eq 0 ] && IMPLS=(bare ours wggo wggo-current boringtun)
+WGGO_CURRENT=${WGGO_CURRENT:-$HERE/../target/coder-go/wireguard-go}
 export CODERVPN=${CODERVPN:-$HERE/../target/release/codervpn}
 UDP_RATE=${UDP_RATE:-200M}
 PINGS=${PINGS:-500}
@@ -29,6 +31,7 @@ one() { # one IMPL -> "| impl | a->b | b->a | udp | loss | p50 | p99 |"
       bare) dst=$VETH_B ;;
       ours) start_ours a; start_ours b ;;
       wggo) start_wggo a; start_wggo b ;;
+      wggo-current) start_wggo a "$WGGO_CURRENT"; start_wggo b "$WGGO_CURRENT" ;;
       boringtun) start_boringtun a; start_boringtun b ;;
     esac
     ip netns exec "$NS_A" ping -c 2 -W 5 "$dst" >/dev/null

@@ -5,6 +5,8 @@
 #              release, as coder's release builds do (CGO_ENABLED=0, tags slim,ts_omit_aws)
 #   coderpeer  a Coder tailnet deployment, a CoderVPN manager and DERP clients, all wiring
 #              coder's packages (cmd/coderpeer)
+#   wireguard-go  current wireguard-go from source (golang.zx2c4.com/wireguard, pinned in
+#              ../wggo/go.mod), the benches' `wggo-current` column
 # Downloads come from the Go module proxy only, checked against go.sum. Fails loudly.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,5 +19,7 @@ go build -trimpath -tags slim,ts_omit_aws \
   -ldflags "-X github.com/coder/coder/v2/buildinfo.tag=${version#v}" \
   -o "$out/coder" github.com/coder/coder/v2/cmd/coder
 go build -trimpath -o "$out/coderpeer" ./cmd/coderpeer
+(cd ../wggo && go build -trimpath -o "$out/wireguard-go" golang.zx2c4.com/wireguard)
 "$out/coder" version | head -1
+"$out/wireguard-go" --version | head -1
 echo "coder-go: built coder and coderpeer from github.com/coder/coder/v2 $version in $(( $(date +%s) - start )) s -> $out"

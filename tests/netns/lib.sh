@@ -259,10 +259,11 @@ start_ours_userspace() {
   return 1
 }
 
-# start_wggo SIDE: wireguard-go (Debian) configured with wg(8) on host SIDE.
+# start_wggo SIDE [BINARY]: wireguard-go (Debian's, or BINARY) configured with wg(8) on
+# host SIDE.
 start_wggo() {
-  local side=$1 ns; ns=$(ns_of "$side")
-  WG_PROCESS_FOREGROUND=1 ip netns exec "$ns" wireguard-go "$(if_of "$side")" > "$WORK/$side-wggo.log" 2>&1 &
+  local side=$1 bin=${2:-wireguard-go} ns; ns=$(ns_of "$side")
+  WG_PROCESS_FOREGROUND=1 ip netns exec "$ns" "$bin" "$(if_of "$side")" > "$WORK/$side-wggo.log" 2>&1 &
   PIDS+=($!)
   wait_for_link "$ns" "$(if_of "$side")" "$WORK/$side-wggo.log"
   configure_uapi "$side"

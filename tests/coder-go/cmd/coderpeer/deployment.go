@@ -156,8 +156,8 @@ func (s *subscription) Close() error {
 }
 
 // goAgent is a workspace agent's tailnet side: a real tailnet.Conn coordinated as an agent
-// (AgentCoordinateeAuth) through the in-memory coordinator client, with TCP echo on 7 and
-// HTTP on 80 on its tailnet addresses. ICMP echo is answered by its netstack.
+// (AgentCoordinateeAuth) through the in-memory coordinator client, with TCP echo on 7,
+// discard on 9 (for throughput) and HTTP on 80 on its tailnet addresses. ICMP echo is answered by its netstack.
 type goAgent struct {
 	conn  *tailnet.Conn
 	coord tailnet.CloserWaiter
@@ -198,8 +198,16 @@ func startAgent(logger slog.Logger, coord tailnet.Coordinator, derpMap *tailcfg.
 		ga.Close()
 		return nil, xerrors.Errorf("agent %s: listen :80: %w", a.name, err)
 	}
-	ga.lns = []net.Listener{echo, web}
+	sink, err := conn.Listen("tcp", ":9")
+	if err != nil {
+		_ = echo.Close()
+		_ = web.Close()
+		ga.Close()
+		return nil, xerrors.Errorf("agent %s: listen :9: %w", a.name, err)
+	}
+	ga.lns = []net.Listener{echo, web, sink}
 	go serveEcho(echo)
+	go serveDiscard(sink)
 	page := agentPage(ws.name, a.name)
 	go func() {
 		_ = http.Serve(web, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -237,6 +245,22 @@ func serveEcho(l net.Listener) {
 		go func() {
 			defer c.Close()
 			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+// serveDiscard reads and drops everything (RFC 863), then reports the byte count as a
+// decimal line when the client half-closes: a single-stream TCP throughput sink.
+func serveDiscard(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			n, _ := io.Copy(io.Discard, c)
+			_, _ = fmt.Fprintf(c, "%d\n", n)
 		}()
 	}
 }

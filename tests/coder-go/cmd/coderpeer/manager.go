@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"sort"
 	"strings"
 	"sync"
@@ -33,8 +34,8 @@ type managerOptions struct {
 	fetch      string
 	socks5     string
 	wantP2P    bool
+	hold       bool
 	header     string
-	stopAfter  bool
 	deviceOS   string
 	timeout    time.Duration
 }
@@ -53,6 +54,7 @@ func runManager(args []string) error {
 	fs.StringVar(&o.fetch, "fetch", "", "after the agents: GET this URL (through --socks5 if set) and print the body")
 	fs.StringVar(&o.socks5, "socks5", "", "SOCKS5 proxy address for --fetch")
 	fs.BoolVar(&o.wantP2P, "want-p2p", false, "wait for an agent whose last_ping says did_p2p")
+	fs.BoolVar(&o.hold, "hold", false, "after the agents (and --fetch): print \"holding\" and keep the tunnel up until SIGINT/SIGTERM, then stop")
 	fs.StringVar(&o.header, "header", "", "send this header line instead of ours (handshake tests); then expect the tunnel to close")
 	fs.StringVar(&o.deviceOS, "device-os", "Linux", "device_os telemetry field")
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "overall deadline")
@@ -135,6 +137,15 @@ func runManager(args []string) error {
 			return xerrors.Errorf("fetch %s: %w", o.fetch, err)
 		}
 		fmt.Printf("fetched %s: %s\n", o.fetch, firstLine(body, "Hello from"))
+	}
+
+	if o.hold {
+		fmt.Println("holding; SIGINT or SIGTERM stops")
+		sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		<-sig.Done()
+		stop()
+		ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
 	}
 
 	resp, err = m.rpc(ctx, &vpn.ManagerMessage{Msg: &vpn.ManagerMessage_GetPeerUpdate{GetPeerUpdate: &vpn.GetPeerUpdate{}}})
