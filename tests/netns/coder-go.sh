@@ -6,10 +6,11 @@
 #   usage: coder-go.sh go-server | go-manager | compat-coder
 #
 # go-server     host b: `coderpeer serve` — coder's tailnet.ClientService, Coordinator, DERP
-#               server (with websockets) and Go agents (tailnet.Conn). host a: `codervpn up`:
-#               names resolve (dig), ping and the page by name over the TUN, 10 MB echoed
-#               intact, the path goes direct (the agents' real magicsock answers disco),
-#               falls back to DERP when UDP is blocked mid-transfer and returns.
+#               server (with websockets) and Go agents (tailnet.Conn). host a: `codervpn up`
+#               with UDP between the hosts blocked: names resolve (dig), ping, the page by
+#               name and 10 MB echoed intact, all over coder's DERP; UDP let through: the
+#               path goes direct (the agents' real magicsock answers disco), 10 MB again;
+#               blocked mid-transfer: DERP; let through: direct again.
 # go-manager    host a: `coderpeer manager` (a Go manager on coder's vpn types) drives our
 #               `vpn-daemon run` (userspace, SOCKS5) against the Go server in b.
 # compat-coder  host b: our testbed publishes the real `coder` CLI, signed with minisign.
@@ -50,6 +51,8 @@ go-server)
   start_go_server --workspaces 2
   AGENT_IP=$(json 'd["agents"][0]["ip"]')
   NAME=$(json 'd["agents"][0]["fqdn"][0]')      # main.dev1.me.coder
+  # First over DERP only: host b drops UDP from a, so disco (and STUN) cannot get through.
+  block_udp "$NS_B" "$VETH_A"
   start_up
   IFACE="${NS_PREFIX}t"
   ip -n "$NS_A" -6 addr show dev "$IFACE" | grep -q "inet6 fd60:627a:a42b:.*/128" || fail "no tunnel address"
@@ -59,24 +62,36 @@ go-server)
     [ "$($D "$n")" = "$AGENT_IP" ] || fail "dig AAAA $n gave '$($D "$n")', want $AGENT_IP"
   done
   echo "dig ok: $(json '", ".join(d["agents"][0]["fqdn"])') -> $AGENT_IP"
-  ip netns exec "$NS_A" ping -6 -c 3 -W 3 "$AGENT_IP" > "$WORK/ping.txt" || fail "ping: $(cat "$WORK/ping.txt")"
-  echo "ping ok: $(grep -o '[0-9]* received' "$WORK/ping.txt")"
+  ip netns exec "$NS_A" ping -6 -c 3 -W 3 "$AGENT_IP" > "$WORK/ping.txt" || fail "ping over DERP: $(cat "$WORK/ping.txt")"
+  echo "ping over DERP ok: $(grep -o '[0-9]* received' "$WORK/ping.txt")"
   PAGE=$(ip netns exec "$NS_A" curl -s --max-time 10 --resolve "$NAME:80:[$AGENT_IP]" "http://$NAME/")
   echo "$PAGE" | grep -q "Hello from agent main of workspace dev1" || fail "page: $PAGE"
   echo "$PAGE" | grep -q "Coder's Go tailnet" || fail "the page is not the Go agent's: $PAGE"
-  echo "curl ok: $(echo "$PAGE" | grep -o '<h1>.*</h1>')"
-  ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) || fail "10 MB echo"
-  # The path goes direct over the veth (often within milliseconds of joining): the Go
-  # agent's magicsock answered our disco pings. DERP carries it when UDP is blocked below.
-  wait_log "is direct via $VETH_B:" 20 0 || fail "the path to the Go agent never went direct"
+  echo "curl over DERP ok: $(echo "$PAGE" | grep -o '<h1>.*</h1>')"
+  ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) || fail "10 MB echo over DERP"
+  grep -q "is direct via" "$WORK/up.log" && fail "a path went direct with UDP blocked"
+  # The path shows once a disco ping crossed DERP (every 5 s while relayed).
+  for _ in $(seq 30); do
+    ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
+    grep -q "dev1 .*DERP" "$WORK/status.txt" && break
+    sleep 0.5
+  done
+  grep -q "dev1 .*DERP" "$WORK/status.txt" || fail "status does not say DERP: $(cat "$WORK/status.txt")"
+  echo "status: $(grep -o 'DERP[^|]*' "$WORK/status.txt" | head -1)"
+  # Then direct: UDP let through, the Go agent's magicsock answers our disco pings.
+  FROM=$(log_lines)
+  unblock_udp "$NS_B"
+  wait_log "is direct via $VETH_B:" 30 "$FROM" || fail "the path to the Go agent never went direct"
   echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
   for _ in $(seq 30); do
     ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
-    grep -q p2p "$WORK/status.txt" && break
+    grep -q "dev1 .*p2p" "$WORK/status.txt" && break
     sleep 0.5
   done
-  grep -q p2p "$WORK/status.txt" || fail "status does not say p2p: $(cat "$WORK/status.txt")"
+  grep -q "dev1 .*p2p" "$WORK/status.txt" || fail "status does not say p2p: $(cat "$WORK/status.txt")"
   echo "status: p2p"
+  ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) || fail "10 MB echo direct"
+  # DERP again when UDP is blocked mid-transfer, direct once it is let through.
   derp_fallback_and_back "$AGENT_IP" "$NS_B" "$VETH_A" "$VETH_B"
   stop_up || fail "up exited with an error"
   echo "coder-go ok (go-server)"
