@@ -197,3 +197,98 @@ fn bad_manager_headers_are_refused_by_coders_daemon_and_ours_alike() {
         }
     }
 }
+
+/// Runs the Go manager with `--dump` against `tunnel` and returns the dump.
+fn dump_of(v: &serde_json::Value, tunnel: &[&str], envs: &[(&str, &str)]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dump.json");
+    let out = Command::new(coder_go("coderpeer"))
+        .args(["manager", "--agents", "2", "--dump", path.to_str().unwrap()])
+        .args(["--url", v["url"].as_str().unwrap()])
+        .args(["--token", v["token"].as_str().unwrap(), "--"])
+        .args(tunnel)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tunnel:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// The manager's view after every NetworkSettings request: each request replaces the parts
+/// it carries (a non-zero MTU, the IPv6 settings, the DNS settings).
+fn merged(dump: &serde_json::Value) -> (u64, serde_json::Value, serde_json::Value) {
+    let (mut mtu, mut v6, mut dns) = (0, serde_json::Value::Null, serde_json::Value::Null);
+    for s in dump["network_settings"].as_array().unwrap() {
+        if let Some(m) = s["mtu"].as_u64() {
+            mtu = m;
+        }
+        if !s["ipv6Settings"].is_null() {
+            v6 = s["ipv6Settings"].clone();
+        }
+        if !s["dnsSettings"].is_null() {
+            dns = s["dnsSettings"].clone();
+        }
+    }
+    (mtu, v6, dns)
+}
+
+/// The same Go manager drives Coder's Go tunnel (`coderpeer tunnel`: vpn.NewTunnel with the
+/// tunnel's own router and DNS configurator, as on macOS) and ours against the same Go
+/// deployment: the workspaces and agents (names, FQDN lists in order, addresses, a
+/// handshake) are identical, and so are the address, routes and DNS they ask for, but for
+/// two deliberate differences: we ask for MTU 1280 where Coder's tunnel sends 0
+/// ("unchanged"), and we add the match domain `coderlan` (an alias we serve).
+#[test]
+fn our_daemon_says_what_coders_tunnel_says_to_a_manager() {
+    let (mut server, v) = go_server(&["--workspaces", "2"]);
+    let go = dump_of(
+        &v,
+        &[coder_go("coderpeer").to_str().unwrap(), "tunnel"],
+        &[],
+    );
+    let socks = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let ours = dump_of(
+        &v,
+        &[env!("CARGO_BIN_EXE_codervpn"), "vpn-daemon", "run"]
+            .into_iter()
+            .chain(["--rpc-read-fd", "3", "--rpc-write-fd", "4"])
+            .collect::<Vec<_>>(),
+        &[("CODERVPN_SOCKS5", &socks)],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+
+    assert_eq!(ours["workspaces"], go["workspaces"]);
+    assert_eq!(ours["agents"], go["agents"]);
+    assert_eq!(go["agents"].as_array().unwrap().len(), 2);
+
+    let (go_mtu, go_v6, go_dns) = merged(&go);
+    let (our_mtu, our_v6, our_dns) = merged(&ours);
+    assert_eq!(go_mtu, 0, "Coder's tunnel now sends an MTU: {go:#}");
+    assert_eq!(our_mtu, 1280);
+    for v6 in [&go_v6, &our_v6] {
+        let addrs = v6["addrs"].as_array().unwrap();
+        assert_eq!(addrs.len(), 1);
+        assert!(addrs[0].as_str().unwrap().starts_with("fd60:627a:a42b:"));
+    }
+    assert_eq!(our_v6["prefixLengths"], go_v6["prefixLengths"]);
+    assert_eq!(our_v6["includedRoutes"], go_v6["includedRoutes"]);
+    assert_eq!(our_v6["excludedRoutes"], go_v6["excludedRoutes"]);
+    assert_eq!(our_dns["servers"], go_dns["servers"]);
+    assert_eq!(our_dns["domainName"], go_dns["domainName"]);
+    assert_eq!(our_dns["searchDomains"], go_dns["searchDomains"]);
+    assert_eq!(go_dns["matchDomains"], serde_json::json!(["coder"]));
+    assert_eq!(
+        our_dns["matchDomains"],
+        serde_json::json!(["coder", "coderlan"])
+    );
+}

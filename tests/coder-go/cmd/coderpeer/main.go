@@ -10,6 +10,8 @@
 //	coderpeer manager  a CoderVPN manager (handshake and framing written here from the spec,
 //	                   messages are coder's exported vpn types) driving a tunnel child.
 //	coderpeer derp     Go DERP clients (derphttp) exchanging packets through a DERP server.
+//	coderpeer tunnel   Coder's Go tunnel (vpn.NewTunnel) in userspace on fds 3 and 4, sending
+//	                   NetworkSettings to its manager as the macOS tunnel does.
 //
 // Nothing here copies Coder's code: it imports and wires Coder's packages.
 package main
@@ -31,6 +33,8 @@ func main() {
 		err = runManager(os.Args[2:])
 	case "derp":
 		err = runDERP(os.Args[2:])
+	case "tunnel":
+		err = runTunnel(os.Args[2:])
 	default:
 		usage()
 	}
@@ -41,6 +45,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: coderpeer serve|manager|derp [flags] (-h for each)")
+	fmt.Fprintln(os.Stderr, "usage: coderpeer serve|manager|derp|tunnel [flags] (-h for each)")
 	os.Exit(2)
 }

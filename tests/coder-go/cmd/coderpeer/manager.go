@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 
 	"golang.org/x/net/proxy"
 	"golang.org/x/xerrors"
+	"google.golang.org/protobuf/encoding/protojson"
 	protobuf "google.golang.org/protobuf/proto"
 
 	"github.com/coder/coder/v2/vpn"
@@ -35,6 +37,7 @@ type managerOptions struct {
 	socks5     string
 	wantP2P    bool
 	hold       bool
+	dump       string
 	header     string
 	deviceOS   string
 	timeout    time.Duration
@@ -55,6 +58,7 @@ func runManager(args []string) error {
 	fs.StringVar(&o.socks5, "socks5", "", "SOCKS5 proxy address for --fetch")
 	fs.BoolVar(&o.wantP2P, "want-p2p", false, "wait for an agent whose last_ping says did_p2p")
 	fs.BoolVar(&o.hold, "hold", false, "after the agents (and --fetch): print \"holding\" and keep the tunnel up until SIGINT/SIGTERM, then stop")
+	fs.StringVar(&o.dump, "dump", "", "write what the tunnel said (every NetworkSettings request, the final agents and workspaces) to this JSON file")
 	fs.StringVar(&o.header, "header", "", "send this header line instead of ours (handshake tests); then expect the tunnel to close")
 	fs.StringVar(&o.deviceOS, "device-os", "Linux", "device_os telemetry field")
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "overall deadline")
@@ -139,6 +143,11 @@ func runManager(args []string) error {
 		fmt.Printf("fetched %s: %s\n", o.fetch, firstLine(body, "Hello from"))
 	}
 
+	if o.dump != "" {
+		// Settings can follow the agents (Coder's tunnel sends DNS once its hosts are set):
+		// wait until none has come for 2 s (at most 15 s).
+		m.settleSettings(2*time.Second, 15*time.Second)
+	}
 	if o.hold {
 		fmt.Println("holding; SIGINT or SIGTERM stops")
 		sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -151,6 +160,11 @@ func runManager(args []string) error {
 	resp, err = m.rpc(ctx, &vpn.ManagerMessage{Msg: &vpn.ManagerMessage_GetPeerUpdate{GetPeerUpdate: &vpn.GetPeerUpdate{}}})
 	if err != nil {
 		return xerrors.Errorf("get_peer_update: %w", err)
+	}
+	if o.dump != "" {
+		if err := m.writeDump(o.dump, resp.GetPeerUpdate()); err != nil {
+			return xerrors.Errorf("--dump: %w", err)
+		}
 	}
 	fmt.Printf("get_peer_update: %d workspaces, %d agents\n", len(resp.GetPeerUpdate().GetUpsertedWorkspaces()), len(resp.GetPeerUpdate().GetUpsertedAgents()))
 
@@ -183,15 +197,17 @@ func runManager(args []string) error {
 }
 
 type manager struct {
-	w       io.Writer
-	r       *bufio.Reader
-	wmu     sync.Mutex
-	mu      sync.Mutex
-	nextID  uint64
-	pending map[uint64]chan *vpn.TunnelMessage
-	agents  map[string]*vpn.Agent
-	changed chan struct{}
-	readErr error
+	w            io.Writer
+	r            *bufio.Reader
+	wmu          sync.Mutex
+	mu           sync.Mutex
+	nextID       uint64
+	pending      map[uint64]chan *vpn.TunnelMessage
+	agents       map[string]*vpn.Agent
+	changed      chan struct{}
+	settings     []*vpn.NetworkSettingsRequest
+	lastSettings time.Time
+	readErr      error
 }
 
 // handshake: our header "codervpn manager <versions>\n", then theirs read byte by byte up
@@ -349,6 +365,10 @@ func (m *manager) handle(msg *vpn.TunnelMessage) {
 		m.applyPeerUpdate(msg.GetPeerUpdate())
 	case msg.GetNetworkSettings() != nil:
 		ns := msg.GetNetworkSettings()
+		m.mu.Lock()
+		m.settings = append(m.settings, ns)
+		m.lastSettings = time.Now()
+		m.mu.Unlock()
 		fmt.Printf("network settings: mtu=%d ipv6=%v dns=%v\n", ns.Mtu, ns.GetIpv6Settings().GetAddrs(), ns.GetDnsSettings().GetServers())
 		reply := &vpn.ManagerMessage{
 			Rpc: &vpn.RPC{ResponseTo: msg.GetRpc().GetMsgId()},
@@ -451,4 +471,57 @@ func errString(err error) string {
 		return "status 0"
 	}
 	return err.Error()
+}
+
+// writeDump: every NetworkSettings request as protojson, and the get_peer_update reply's
+// workspaces and agents (names, fqdns, addresses; the random IDs left out).
+func (m *manager) writeDump(path string, pu *vpn.PeerUpdate) error {
+	m.mu.Lock()
+	var settings []json.RawMessage
+	for _, s := range m.settings {
+		b, err := protojson.Marshal(s)
+		if err != nil {
+			m.mu.Unlock()
+			return err
+		}
+		settings = append(settings, b)
+	}
+	m.mu.Unlock()
+	type agent struct {
+		Name      string   `json:"name"`
+		Workspace string   `json:"workspace"`
+		FQDN      []string `json:"fqdn"`
+		IPAddrs   []string `json:"ip_addrs"`
+		Handshake bool     `json:"has_last_handshake"`
+	}
+	wsName := map[string]string{}
+	var workspaces []map[string]string
+	for _, w := range pu.GetUpsertedWorkspaces() {
+		wsName[string(w.Id)] = w.Name
+		workspaces = append(workspaces, map[string]string{"name": w.Name, "status": w.Status.String()})
+	}
+	var agents []agent
+	for _, a := range pu.GetUpsertedAgents() {
+		agents = append(agents, agent{Name: a.Name, Workspace: wsName[string(a.WorkspaceId)], FQDN: a.Fqdn, IPAddrs: a.IpAddrs, Handshake: a.LastHandshake != nil})
+	}
+	sort.Slice(agents, func(i, j int) bool { return agents[i].Workspace < agents[j].Workspace })
+	sort.Slice(workspaces, func(i, j int) bool { return workspaces[i]["name"] < workspaces[j]["name"] })
+	b, err := json.MarshalIndent(map[string]any{"network_settings": settings, "workspaces": workspaces, "agents": agents}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+func (m *manager) settleSettings(quiet, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		m.mu.Lock()
+		last := m.lastSettings
+		m.mu.Unlock()
+		if time.Since(last) >= quiet {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
