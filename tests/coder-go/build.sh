@@ -20,6 +20,10 @@ go build -trimpath -tags slim,ts_omit_aws \
   -o "$out/coder" github.com/coder/coder/v2/cmd/coder
 go build -trimpath -o "$out/coderpeer" ./cmd/coderpeer
 (cd ../wggo && go build -trimpath -o "$out/wireguard-go" golang.zx2c4.com/wireguard)
+# Our own Go code is held to gofmt and go vet.
+unformatted=$(gofmt -l cmd tools.go)
+[ -z "$unformatted" ] || { echo "coder-go: not gofmt-formatted: $unformatted"; exit 1; }
+go vet ./cmd/...
 "$out/coder" version | head -1
 "$out/wireguard-go" --version | head -1
 echo "coder-go: built coder and coderpeer from github.com/coder/coder/v2 $version in $(( $(date +%s) - start )) s -> $out"
