@@ -35,6 +35,19 @@ cleanup_all() { cleanup; rm -rf "$RESOLV_DIR"; }
 trap cleanup_all EXIT
 setup_hosts
 
+# Coder's agents treat the link-local IPv6 address that appears when DAD completes (a second
+# or two after the veth comes up) as a major link change: magicsock rebinds and redials
+# DERP. A 10 MB stream over DERP crossing that moment was reset once in about 20 runs (see
+# docs/coder-go-peers.md); wait for DAD before anything starts, so no link changes mid-test.
+settle_ipv6() {
+  for _ in $(seq 50); do
+    [ -z "$(ip -n "$NS_A" -6 addr show tentative)$(ip -n "$NS_B" -6 addr show tentative)" ] && return 0
+    sleep 0.1
+  done
+  echo "IPv6 DAD did not settle in 5 s"
+}
+settle_ipv6
+
 # start_go_server ARGS...: `coderpeer serve` in host b on $VETH_B:8080; its JSON line (the
 # shape of `codervpn testbed serve`'s) lands in $WORK/testbed.json.
 start_go_server() {

@@ -49,6 +49,12 @@ func runDERP(args []string) error {
 		if err := c.Connect(cctx); err != nil {
 			return nil, xerrors.Errorf("connect to %s: %w", *url, err)
 		}
+		// Connect returns once the client has sent its key, before the server has taken
+		// it: until the ServerInfo frame arrives, packets sent to this client may be
+		// dropped as addressed to nobody (a DERP server owes no delivery).
+		if err := waitServerInfo(c, 10*time.Second); err != nil {
+			return nil, xerrors.Errorf("%s: %w", *url, err)
+		}
 		return c, nil
 	}
 	switch *mode {
@@ -143,5 +149,28 @@ func recvPacket(c *derphttp.Client, timeout time.Duration) ([]byte, error) {
 		return r.b, r.err
 	case <-time.After(timeout):
 		return nil, xerrors.New("no packet within the timeout")
+	}
+}
+
+func waitServerInfo(c *derphttp.Client, timeout time.Duration) error {
+	done := make(chan error, 1)
+	go func() {
+		for {
+			m, err := c.Recv()
+			if err != nil {
+				done <- err
+				return
+			}
+			if _, ok := m.(derp.ServerInfoMessage); ok {
+				done <- nil
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		return xerrors.New("no ServerInfo from the server within the timeout")
 	}
 }
