@@ -187,18 +187,16 @@ impl Tunnel {
         }
     }
 
+    /// Answered in every case, as upstream does (its `WakeResponse` has no fields).
     fn wake(&mut self) -> WakeResponse {
         let Some(session) = self.session.as_mut() else {
             debug!("wake before start: nothing to rebind");
-            return WakeResponse { success: true };
+            return WakeResponse {};
         };
-        match session.wake() {
-            Ok(()) => WakeResponse { success: true },
-            Err(e) => {
-                warn!(error = %e, "wake: rebind could not be started");
-                WakeResponse { success: false }
-            }
+        if let Err(e) = session.wake() {
+            warn!(error = %e, "wake: rebind could not be started");
         }
+        WakeResponse {}
     }
 
     async fn stop(&mut self, id: u64) -> TunnelExit {

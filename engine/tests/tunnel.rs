@@ -596,18 +596,14 @@ async fn wake_is_answered_before_and_after_start() {
     let reply = h.manager.handle().request(wake()).await.unwrap();
     assert_eq!(
         reply.msg,
-        Some(tunnel_message::Msg::Wake(vpn::WakeResponse {
-            success: true
-        }))
+        Some(tunnel_message::Msg::Wake(vpn::WakeResponse {}))
     );
     assert_eq!(reply.rpc.unwrap().response_to, 1);
     h.manager.handle().request(start()).await.unwrap();
     let reply = h.manager.handle().request(wake()).await.unwrap();
     assert_eq!(
         reply.msg,
-        Some(tunnel_message::Msg::Wake(vpn::WakeResponse {
-            success: true
-        }))
+        Some(tunnel_message::Msg::Wake(vpn::WakeResponse {}))
     );
     assert_eq!(connector.shared.lock().unwrap().wakes, 1);
 }

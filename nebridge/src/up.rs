@@ -299,8 +299,9 @@ async fn wake(client: &codervpn_proto::manager::ManagerClient, why: WakeReason) 
         WakeReason::Signal => info!("SIGUSR1: waking the tunnel"),
     }
     match tokio::time::timeout(Duration::from_secs(5), client.wake()).await {
-        Ok(Ok(r)) if r.success => info!("tunnel woke: UDP rebound, direct paths re-probed"),
-        Ok(Ok(_)) => warn!("the tunnel could not handle the wake"),
+        Ok(Ok(vpn::WakeResponse {})) => {
+            info!("tunnel woke: UDP rebound, direct paths re-probed")
+        }
         Ok(Err(e)) => warn!(error = %e, "wake not delivered"),
         Err(_) => warn!("the tunnel did not answer the wake within 5 s"),
     }

@@ -476,7 +476,7 @@ async fn every_message_type_round_trips() {
             success: false,
             error_message: "e".into(),
         }),
-        tunnel_message::Msg::Wake(vpn::WakeResponse { success: true }),
+        tunnel_message::Msg::Wake(vpn::WakeResponse {}),
     ];
     for m in tunnel_msgs {
         let sent = TunnelMessage {
@@ -840,13 +840,11 @@ async fn manager_sends_wake_only_when_the_tunnel_negotiated_1_3() {
             id,
             TunnelMessage {
                 rpc: None,
-                msg: Some(tunnel_message::Msg::Wake(vpn::WakeResponse {
-                    success: true,
-                })),
+                msg: Some(tunnel_message::Msg::Wake(vpn::WakeResponse {})),
             },
         )
         .await
         .unwrap();
     });
-    assert!(client.wake().await.unwrap().success);
+    assert_eq!(client.wake().await.unwrap(), vpn::WakeResponse {});
 }

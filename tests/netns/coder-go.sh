@@ -152,6 +152,11 @@ compat-coder)
   ip netns exec "$NS_A" ping -6 -c 3 -W 3 "$FQDN" > "$WORK/ping.txt" || fail "ping by name: $(cat "$WORK/ping.txt")"
   echo "ping by name ok: $(grep -o '[0-9]* received' "$WORK/ping.txt")"
   ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) || fail "10 MB echo"
+  # A wake (1.3) to Coder's daemon: its WakeResponse is empty, and that is a success.
+  FROM=$(log_lines)
+  kill -USR1 "$UP_PID"
+  wait_log "tunnel woke" 10 "$FROM" || fail "Coder's daemon did not answer the wake as a success"
+  echo "wake answered by Coder's daemon"
   stop_up || fail "up exited with an error"
   ip -n "$NS_A" link show coder0 >/dev/null 2>&1 && fail "coder0 left behind"
   cmp "$RESOLV_DIR/resolv.conf" "$WORK/resolv.before" || fail "resolv.conf not restored: $(cat "$RESOLV_DIR/resolv.conf")"

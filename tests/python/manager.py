@@ -160,8 +160,8 @@ def exchange(binary):
         fail(f"expected an empty PeerUpdate, got {r}")
 
     r = request(3, wake=pb.WakeRequest())
-    if r.WhichOneof("msg") != "wake" or not r.wake.success:
-        fail(f"expected WakeResponse(success), got {r}")
+    if r.WhichOneof("msg") != "wake":
+        fail(f"expected a WakeResponse, got {r}")
 
     # A request with no payload gets a reply with only response_to set.
     r = request(4)
@@ -258,7 +258,7 @@ def fixtures(out):
         ),
         "tunnel_start": pb.TunnelMessage(rpc=pb.RPC(response_to=1), start=pb.StartResponse(success=False, error_message="missing api token")),
         "tunnel_stop": pb.TunnelMessage(rpc=pb.RPC(response_to=2), stop=pb.StopResponse(success=True)),
-        "tunnel_wake": pb.TunnelMessage(rpc=pb.RPC(response_to=3), wake=pb.WakeResponse(success=True)),
+        "tunnel_wake": pb.TunnelMessage(rpc=pb.RPC(response_to=3), wake=pb.WakeResponse()),
         "manager_start": pb.ManagerMessage(
             rpc=pb.RPC(msg_id=1),
             start=pb.StartRequest(

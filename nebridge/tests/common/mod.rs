@@ -184,9 +184,7 @@ pub async fn full_exchange(conn: &mut Connection<ManagerSide>) {
     let reply = conn.handle().request(wake()).await.unwrap();
     assert_eq!(
         reply.msg,
-        Some(tunnel_message::Msg::Wake(vpn::WakeResponse {
-            success: true
-        }))
+        Some(tunnel_message::Msg::Wake(vpn::WakeResponse {}))
     );
 
     let reply = conn.handle().request(stop()).await.unwrap();

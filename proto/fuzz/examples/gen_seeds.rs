@@ -184,7 +184,7 @@ fn tunnel_messages() -> Vec<vpn::TunnelMessage> {
         },
         vpn::TunnelMessage {
             rpc: rpc(0, 3),
-            msg: Some(Msg::Wake(vpn::WakeResponse { success: true })),
+            msg: Some(Msg::Wake(vpn::WakeResponse {})),
         },
         vpn::TunnelMessage {
             rpc: rpc(0, 4),
