@@ -15,6 +15,10 @@ use url::Url;
 pub const TOKEN_HEADER: &str = "Coder-Session-Token";
 /// Most bytes of an error body quoted in messages.
 const MAX_BODY: usize = 512;
+/// Most bytes of a REST answer read (a DERP map of many regions is far below this).
+pub const MAX_RESPONSE: usize = 8 << 20;
+/// Most redirects followed (within the origin).
+const MAX_REDIRECTS: usize = 5;
 
 /// A REST call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +39,62 @@ pub enum ApiError {
     },
     #[error("{url} sent a response that is not what a Coder server sends: {reason}")]
     BadResponse { url: String, reason: String },
+    #[error(
+        "{url} redirected to {location}, another origin; not followed, so that the session token stays with {origin}"
+    )]
+    CrossOriginRedirect {
+        url: String,
+        location: String,
+        origin: String,
+    },
+    #[error("{url} sent more than {limit} bytes; refusing the answer")]
+    TooLarge { url: String, limit: usize },
     #[error("invalid header {name:?}: {reason}")]
     InvalidHeader { name: String, reason: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
+}
+
+/// Redirects are followed only within the origin of the first URL (at most 5): the
+/// session token and the user's headers, sent with every request, never reach another
+/// host, scheme or port — https → http included. (Go's client forwards custom headers such
+/// as `Coder-Session-Token` across origins; ours stops instead, and says so.)
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !same_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("more than 5 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// The body, or an error once it passes [`MAX_RESPONSE`] bytes.
+async fn read_capped(mut resp: reqwest::Response, url: &Url) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| ApiError::Unreachable {
+            host: host_of(url),
+            url: url.to_string(),
+            reason: chain(&e),
+        })?;
+        let Some(chunk) = chunk else {
+            return Ok(body);
+        };
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(ApiError::TooLarge {
+                url: url.to_string(),
+                limit: MAX_RESPONSE,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
 }
 
 /// `GET /api/v2/users/me`.
@@ -119,6 +175,7 @@ impl Api {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("codervpn/", env!("CARGO_PKG_VERSION")))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| ApiError::Client(chain(&e)))?;
         Ok(Self {
@@ -158,11 +215,21 @@ impl Api {
             }
         };
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| ApiError::Unreachable {
-            host: host_of(&url),
-            url: shown.clone(),
-            reason: chain(&e),
-        })?;
+        if resp.status().is_redirection() {
+            // Only a redirect to another origin is left unfollowed (the policy above).
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            return Err(ApiError::CrossOriginRedirect {
+                url: shown,
+                location,
+                origin: url.origin().ascii_serialization(),
+            });
+        }
+        let body = read_capped(resp, &url).await?;
         if status != 200 {
             let text = error_text(&body);
             return Err(match status {
@@ -407,90 +474,5 @@ pub fn derp_url(node: &derp_map::region::Node) -> Option<Url> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn embedded_relay_is_rewritten_to_the_access_url_and_others_are_not() {
-        let raw: RawDerpMap = serde_json::from_value(serde_json::json!({
-            "Regions": {
-                "999": {"EmbeddedRelay": true, "RegionID": 999, "RegionName": "Coder",
-                         "Nodes": [{"Name": "999a", "RegionID": 999, "HostName": "old"},
-                                   {"Name": "stun", "RegionID": 999, "HostName": "stun.example", "STUNOnly": true}]},
-                "1": {"EmbeddedRelay": false, "RegionID": 1, "Nodes": [{"Name": "1a", "RegionID": 1, "HostName": "derp1.example"}]}
-            }
-        }))
-        .unwrap();
-        let mut map = raw.into_proto();
-        rewrite_embedded_relay(&mut map, &Url::parse("http://127.0.0.1:3000/").unwrap());
-        let n = &map.regions[&999].nodes[0];
-        assert_eq!(
-            (n.host_name.as_str(), n.derp_port, n.force_http),
-            ("127.0.0.1", 3000, true)
-        );
-        assert_eq!(map.regions[&999].nodes[1].host_name, "stun.example");
-        assert_eq!(map.regions[&1].nodes[0].host_name, "derp1.example");
-        assert_eq!(derp_url(n).unwrap().as_str(), "http://127.0.0.1:3000/derp");
-        assert_eq!(
-            derp_url(&map.regions[&1].nodes[0]).unwrap().as_str(),
-            "https://derp1.example/derp"
-        );
-        rewrite_embedded_relay(&mut map, &Url::parse("https://coder.example.com/").unwrap());
-        let n = &map.regions[&999].nodes[0];
-        assert_eq!((n.derp_port, n.force_http), (443, false));
-    }
-
-    #[test]
-    fn coder_error_bodies_become_one_line() {
-        assert_eq!(
-            error_text(br#"{"message":"Invalid session token.","detail":"nope"}"#),
-            "Invalid session token. nope"
-        );
-        assert_eq!(error_text(b"  plain text \n"), "plain text");
-    }
-
-    /// A server that answers its first request with keep-alive, then reads the second on
-    /// the same connection and closes it unanswered (as a proxy that drops idle clients
-    /// does); every later connection is answered. The second `me()` must still succeed.
-    #[tokio::test]
-    async fn a_get_lost_on_a_kept_alive_connection_is_sent_once_more() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-        let body = r#"{"id":"9f6b6e0e-3c8e-4a9e-8c1d-2b3c4d5e6f70","username":"testy"}"#;
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = connections.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-                let answer = answer.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    // Every request fits one read here (a GET without a body).
-                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                        if !first {
-                            let _ = s.write_all(answer.as_bytes()).await;
-                            continue;
-                        }
-                        if s.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        // Second request on the first connection: read, drop the connection.
-                        let _ = s.read(&mut buf).await;
-                        return;
-                    }
-                });
-            }
-        });
-        let tls = crate::net::tls::default_client_config().unwrap();
-        let api = Api::new(&base, "token", &[], &tls).unwrap();
-        assert_eq!(api.me().await.unwrap().username, "testy");
-        assert_eq!(api.me().await.unwrap().username, "testy", "sent once more");
-        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
-    }
-}
+#[path = "api_tests.rs"]
+mod tests;

@@ -157,25 +157,12 @@ pub fn client(
         value.set_sensitive(true);
         map.append(name, value);
     }
-    let policy = reqwest::redirect::Policy::custom(|attempt| {
-        let same_origin = attempt
-            .previous()
-            .first()
-            .is_some_and(|first| first.origin() == attempt.url().origin());
-        if !same_origin {
-            attempt.stop()
-        } else if attempt.previous().len() > 5 {
-            attempt.error("more than 5 redirects")
-        } else {
-            attempt.follow()
-        }
-    });
     // The tunnel's trust (system roots plus SSL_CERT_FILE), as for REST, tailnet and DERP.
     let tls = codervpn_engine::net::tls::default_client_config().map_err(|e| e.to_string())?;
     reqwest::Client::builder()
         .use_preconfigured_tls((*tls).clone())
         .default_headers(map)
-        .redirect(policy)
+        .redirect(codervpn_engine::session::api::same_origin_redirects())
         .connect_timeout(connect_timeout)
         .build()
         .map_err(|e| error_chain(&e))
