@@ -46,6 +46,12 @@ kill -USR1 "$UP_PID"
 wait_log "tunnel woke" 10 "$FROM" || fail "no wake on SIGUSR1"
 wait_log "UDP socket rebound" 10 "$FROM" || fail "the wake did not rebind the UDP socket"
 echo "wake: $(tail -n +"$((FROM + 1))" "$WORK/up.log" | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'UDP socket rebound.*')"
+# A second wake right after: answered, but no second rebind within 5 s (upstream's debounce).
+FROM=$(log_lines)
+kill -USR1 "$UP_PID"
+wait_log "not rebinding again" 5 "$FROM" || fail "a second wake within 5 s was not debounced"
+tail -n +"$((FROM + 1))" "$WORK/up.log" | grep -q "UDP socket rebound" && fail "a second wake within 5 s rebound the socket again"
+echo "second wake within 5 s: answered, not rebound"
 ip netns exec "$NS_A" ping -6 -c 5 -i 0.2 -W 2 "$AGENT_IP" > "$WORK/ping.txt" \
   || fail "no pings after the wake: $(cat "$WORK/ping.txt")"
 echo "after the wake: $(grep -o '[0-9]* received' "$WORK/ping.txt")"

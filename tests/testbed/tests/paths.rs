@@ -104,11 +104,13 @@ async fn disabled_direct_connections_keep_the_agent_on_derp() {
 }
 
 /// Join options under which only the latest STUN round counts for the home region
-/// (`home_history` 0); the 5-minute history is unit-tested in `netinfo`.
+/// (`home_history` 0; the 5-minute history is unit-tested in `netinfo`), and every wake
+/// starts a round at once (no 5 s rebind debounce; unit-tested in `rebind`).
 fn latest_round_only() -> JoinOptions {
     JoinOptions {
         timings: OwnerTimings {
             home_history: Duration::ZERO,
+            rebind_debounce: Duration::ZERO,
             ..OwnerTimings::default()
         },
         ..JoinOptions::default()

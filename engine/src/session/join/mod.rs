@@ -10,6 +10,7 @@
 pub mod controller;
 pub mod netinfo;
 pub mod owner;
+mod rebind;
 pub mod relays;
 pub mod settings;
 
@@ -344,6 +345,7 @@ async fn join(
     let (snap_tx, snap_rx) = watch::channel(PeerUpdate::default());
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let owner = owner::Owner {
+        rebind: rebind::RebindGate::default(),
         link,
         state: WorkspaceState::new(&me.username, zone_cfg),
         zone: zone.clone(),

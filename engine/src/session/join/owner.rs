@@ -39,6 +39,8 @@ pub struct OwnerTimings {
     pub lost_timeout: Duration,
     /// How long STUN rounds count when choosing the home DERP region (5 min).
     pub home_history: Duration,
+    /// The least time between two wake-triggered rebinds (5 s, as upstream).
+    pub rebind_debounce: Duration,
 }
 
 impl Default for OwnerTimings {
@@ -48,6 +50,7 @@ impl Default for OwnerTimings {
             ready_timeout: Duration::from_secs(5),
             lost_timeout: Duration::from_secs(15 * 60),
             home_history: super::netinfo::HOME_HISTORY,
+            rebind_debounce: super::rebind::REBIND_DEBOUNCE,
         }
     }
 }
@@ -100,6 +103,7 @@ pub struct Owner {
     pub(super) requests: Option<mpsc::UnboundedSender<CoordinateRequest>>,
     pub(super) peers: HashMap<[u8; 16], AgentPeer>,
     pub(super) regions: Vec<i64>,
+    pub(super) rebind: super::rebind::RebindGate,
     /// Host network changes ([`crate::net::netmon`]); `None` where there is no monitor
     /// or direct connections are off.
     pub netmon: Option<mpsc::Receiver<()>>,
@@ -132,7 +136,13 @@ impl Owner {
                         let _ = done.send(());
                         return;
                     }
-                    Some(Control::Wake) => { self.refresh_endpoints(true).await; }
+                    Some(Control::Wake) => {
+                        if self.rebind.allow(Instant::now(), self.timings.rebind_debounce) {
+                            self.refresh_endpoints(true).await;
+                        } else {
+                            info!(debounce = ?self.timings.rebind_debounce, "wake soon after the last rebind: not rebinding again");
+                        }
+                    }
                     None => return,
                 },
                 r = self.net.changed(), if net_open => match r {
