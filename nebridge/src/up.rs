@@ -143,8 +143,12 @@ async fn up(
 ) -> anyhow::Result<()> {
     let stop_signal = crate::daemon::terminate_signal()?;
     let tun = if use_tun {
-        let (fd, name, _) = codervpn_engine::device::linux_tun::create_tun(&args.interface, false)
-            .with_context(|| format!("creating TUN interface {}", args.interface))?;
+        // Our engine reads the descriptor's flags and takes TCP super packets (TSO) from
+        // it; a compat tunnel gets the bare packets every CoderVPN tunnel expects.
+        let offload = args.mode == Mode::Embedded;
+        let (fd, name, _) =
+            codervpn_engine::device::linux_tun::create_tun(&args.interface, offload)
+                .with_context(|| format!("creating TUN interface {}", args.interface))?;
         eprintln!("▸ created TUN interface {name}");
         Some((fd, name))
     } else {

@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use super::Framing;
 
@@ -15,6 +15,9 @@ struct IfReq {
     flags: libc::c_short,
     _pad: [u8; 22],
 }
+
+/// `TUNGETIFF` = `_IOR('T', 210, unsigned int)`.
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 
 /// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
@@ -39,6 +42,35 @@ pub fn create_tun(name: &str, offload: bool) -> io::Result<(OwnedFd, String, Fra
     }
     let (fd, actual) = open_tun(name, 0)?;
     Ok((fd, actual, Framing::Raw))
+}
+
+/// The framing of a TUN descriptor someone else opened (a manager's
+/// `tunnel_file_descriptor`): [`Framing::Vnet`] when it was opened with `IFF_VNET_HDR`
+/// (every packet then carries a `virtio_net_hdr`, whatever the offloads granted), else
+/// [`Framing::Raw`]. A descriptor that is not a TUN is an error.
+pub fn framing_of(fd: BorrowedFd<'_>) -> io::Result<Framing> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF fills an `ifreq` we own, laid out as the kernel expects.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut req) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("TUNGETIFF: {e}")));
+    }
+    let flags = libc::c_int::from(req.flags);
+    if flags & libc::IFF_NO_PI == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the TUN was opened without IFF_NO_PI (packet information headers are not supported)",
+        ));
+    }
+    Ok(if flags & libc::IFF_VNET_HDR != 0 {
+        Framing::Vnet
+    } else {
+        Framing::Raw
+    })
 }
 
 fn open_tun(name: &str, extra_flags: libc::c_int) -> io::Result<(OwnedFd, String)> {
@@ -76,6 +108,23 @@ fn open_tun(name: &str, extra_flags: libc::c_int) -> io::Result<(OwnedFd, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Needs root (creates TUNs); the namespace tests run as root.
+    #[test]
+    fn the_framing_of_a_handed_over_tun_is_read_from_the_descriptor() {
+        use std::os::fd::AsFd;
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: not root, cannot create TUN interfaces");
+            return;
+        }
+        let (raw, _, _) = create_tun("cvpnfrm0", false).unwrap();
+        assert_eq!(framing_of(raw.as_fd()).unwrap(), Framing::Raw);
+        let (vnet, _, framing) = create_tun("cvpnfrm1", true).unwrap();
+        assert_eq!(framing, Framing::Vnet);
+        assert_eq!(framing_of(vnet.as_fd()).unwrap(), Framing::Vnet);
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(framing_of(file.as_fd()).is_err());
+    }
 
     #[test]
     fn rejects_names_the_kernel_cannot_take() {
