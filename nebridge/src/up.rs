@@ -227,6 +227,8 @@ async fn up(
                 SystemTime::now(),
             );
             cleanup(&net).await;
+            drop(tunnel);
+            finish_host(host).await;
             eprintln!("▸ interrupted while connecting; nothing left configured");
             return Ok(());
         }
@@ -237,6 +239,10 @@ async fn up(
             SystemTime::now(),
         );
         cleanup(&net).await;
+        // A compat daemon whose start failed is stopped too (Coder's keeps running until
+        // it is signalled, even after we hang up).
+        drop(tunnel);
+        finish_host(host).await;
         bail!("{}", started.error_message);
     }
     publisher.set_state(TunnelState::Started, SystemTime::now());
@@ -280,17 +286,22 @@ async fn up(
     drop(tun);
     // Hang up before waiting for a compat daemon (ours exits on end of file).
     drop(tunnel);
-    if let Some(h) = host {
-        tokio::task::spawn_blocking(move || h.finish(Duration::from_secs(5)))
-            .await
-            .ok();
-    }
+    finish_host(host).await;
     if let Some(s) = status {
         s.abort();
     }
     publisher.set_state(TunnelState::Stopped, SystemTime::now());
     eprintln!("▸ disconnected; interface, addresses, routes and DNS removed");
     Ok(())
+}
+
+/// Waits for a compat daemon to exit, SIGTERMs and at last kills it ([`CompatHost::finish`]).
+async fn finish_host(host: Option<CompatHost>) {
+    if let Some(h) = host {
+        tokio::task::spawn_blocking(move || h.finish(Duration::from_secs(5)))
+            .await
+            .ok();
+    }
 }
 
 /// Tells the tunnel the system woke (rebind, re-STUN, re-probe direct paths).

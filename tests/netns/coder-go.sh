@@ -135,7 +135,18 @@ compat-coder)
   mkdir -p "$RESOLV_DIR"
   printf '# host a resolver\nnameserver 192.0.2.53\noptions timeout:1\n' > "$RESOLV_DIR/resolv.conf"
   cp "$RESOLV_DIR/resolv.conf" "$WORK/resolv.before"
-  start_up --mode compat-daemon --compat-key "$WORK/mini.pub" --cache-dir "$WORK/cache" --compat-max-mib 1024
+  COMPAT=(--mode compat-daemon --compat-key "$WORK/mini.pub" --cache-dir "$WORK/cache" --compat-max-mib 1024)
+  # A start that fails (a wrong token): up exits with the server's answer and leaves no
+  # process behind — Coder's daemon would otherwise run on after the hang-up.
+  if ip netns exec "$NS_A" timeout 60 "$CODERVPN" up --url "$(json 'd["url"]')" --token wrong \
+      --allow-http --interface "${NS_PREFIX}t" --status-socket none "${COMPAT[@]}" > "$WORK/bad.log" 2>&1; then
+    fail "up with a wrong token succeeded"
+  fi
+  grep -q "401" "$WORK/bad.log" || { cat "$WORK/bad.log"; fail "up with a wrong token did not say 401"; }
+  [ -z "$(ip netns pids "$NS_A")" ] || fail "processes left in host a after a failed start: $(ip netns pids "$NS_A" | xargs -r ps -o pid=,args= -p)"
+  cmp -s "$RESOLV_DIR/resolv.conf" "$WORK/resolv.before" || fail "a failed start left resolv.conf changed"
+  echo "failed start: 401 reported, Coder's daemon stopped, nothing left"
+  start_up "${COMPAT[@]}"
   grep -q "verified $NAME" "$WORK/up.log" || fail "no verified download"
   for _ in $(seq 50); do ip -n "$NS_A" link show coder0 >/dev/null 2>&1 && break; sleep 0.1; done
   ip -n "$NS_A" -6 addr show dev coder0 | grep -q "inet6 fd60:627a:a42b:" || fail "Coder's daemon made no coder0 with a Coder address"

@@ -147,26 +147,82 @@ pub async fn spawn_daemon(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(spawn_err)?;
+    let mut child = cmd.spawn().map_err(spawn_err)?;
     drop(m2t_r);
     drop(t2m_w);
-    let reader = FdReader::new(t2m_r).map_err(spawn_err)?;
-    let writer = FdWriter::new(m2t_w).map_err(spawn_err)?;
+    // A child that cannot be talked to is killed and reaped, never left running.
+    let mut fail = |e: LaunchError| {
+        let _ = child.kill();
+        let _ = child.wait();
+        e
+    };
+    let reader = FdReader::new(t2m_r).map_err(|e| fail(spawn_err(e)))?;
+    let writer = FdWriter::new(m2t_w).map_err(|e| fail(spawn_err(e)))?;
     let handshake = Connection::<ManagerSide>::handshake(reader, writer, VersionList::current());
     let conn = match tokio::time::timeout(handshake_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            return Err(LaunchError::Handshake {
+            return Err(fail(LaunchError::Handshake {
                 what: shown,
                 reason: e.to_string(),
-            });
+            }));
         }
         Err(_) => {
-            return Err(LaunchError::Handshake {
+            return Err(fail(LaunchError::Handshake {
                 what: shown,
                 reason: format!("no answer within {handshake_timeout:?}"),
-            });
+            }));
         }
     };
     Ok((conn, CompatHost::Daemon(child)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compat::{ArtifactKind, SemVer, ServerVersion};
+
+    /// A daemon artifact that records its pid and hangs without a handshake.
+    fn hanging_daemon(dir: &std::path::Path) -> VerifiedArtifact {
+        let script = format!(
+            "#!/bin/sh\necho $$ > {}/pid\nexec sleep 60\n",
+            dir.display()
+        );
+        VerifiedArtifact {
+            kind: ArtifactKind::Daemon,
+            file: "coder-linux-amd64".into(),
+            url: url::Url::parse("http://127.0.0.1/bin/coder-linux-amd64").unwrap(),
+            server_version: ServerVersion {
+                raw: "v2.36.1".into(),
+                semver: SemVer {
+                    major: 2,
+                    minor: 36,
+                    patch: 1,
+                },
+            },
+            sha1: String::new(),
+            signature_checked: false,
+            from_cache: false,
+            bytes: script.into_bytes(),
+            staging_dir: dir.to_path_buf(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_does_not_handshake_is_killed_not_left_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = hanging_daemon(dir.path());
+        let Err(err) = spawn_daemon(&artifact, &[], &[], Duration::from_millis(500)).await else {
+            panic!("a daemon that never answers was taken as started");
+        };
+        assert!(matches!(err, LaunchError::Handshake { .. }), "{err}");
+        let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "the daemon {pid} is still running");
+    }
 }
