@@ -144,9 +144,10 @@ func runManager(args []string) error {
 	}
 
 	if o.dump != "" {
-		// Settings can follow the agents (Coder's tunnel sends DNS once its hosts are set):
-		// wait until none has come for 2 s (at most 15 s).
-		m.settleSettings(2*time.Second, 15*time.Second)
+		// Settings can follow the agents (Coder's tunnel sends DNS servers only once its
+		// hosts are set): wait for DNS settings with servers, then until none has come for
+		// 2 s (30 s at most in all).
+		m.settleSettings(2*time.Second, 30*time.Second)
 	}
 	if o.hold {
 		fmt.Println("holding; SIGINT or SIGTERM stops")
@@ -518,8 +519,14 @@ func (m *manager) settleSettings(quiet, limit time.Duration) {
 	for time.Now().Before(deadline) {
 		m.mu.Lock()
 		last := m.lastSettings
+		haveDNS := false
+		for _, s := range m.settings {
+			if s.GetDnsSettings() != nil {
+				haveDNS = len(s.GetDnsSettings().GetServers()) > 0
+			}
+		}
 		m.mu.Unlock()
-		if time.Since(last) >= quiet {
+		if haveDNS && time.Since(last) >= quiet {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
