@@ -17,6 +17,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,20 +36,8 @@ fn coder_go(bin: &str) -> PathBuf {
 }
 
 fn script(mode: &str, want: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/netns/coder-go.sh");
     coder_go("coder");
-    let out = Command::new("bash")
-        .arg(path)
-        .arg(mode)
-        .env("CODERVPN", env!("CARGO_BIN_EXE_codervpn"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains(want),
-        "coder-go.sh {mode} failed:\n{stdout}\n{stderr}"
-    );
+    common::netns_script("coder-go.sh", &[mode], want);
 }
 
 /// `codervpn up` against coder's tailnet service, coordinator, DERP and Go agents.
@@ -67,6 +57,12 @@ fn a_go_manager_drives_our_daemon_against_coders_go_deployment() {
 #[test]
 fn compat_daemon_runs_coders_real_daemon_against_our_testbed() {
     script("compat-coder", "coder-go ok (compat-coder)");
+}
+
+/// A loopback address with a port nobody listens on (for the daemon's SOCKS5 proxy).
+fn free_loopback_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
 }
 
 /// `coderpeer serve` on loopback; returns the child and its JSON line.
@@ -91,11 +87,7 @@ fn go_server(args: &[&str]) -> (std::process::Child, serde_json::Value) {
 #[test]
 fn a_go_manager_drives_our_userspace_daemon_on_loopback() {
     let (mut server, v) = go_server(&["--workspaces", "2"]);
-    let socks = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let socks = free_loopback_addr();
     let url = v["url"].as_str().unwrap();
     let token = v["token"].as_str().unwrap();
     let name = v["agents"][1]["fqdn"][0].as_str().unwrap();
@@ -251,11 +243,7 @@ fn our_daemon_says_what_coders_tunnel_says_to_a_manager() {
         &[coder_go("coderpeer").to_str().unwrap(), "tunnel"],
         &[],
     );
-    let socks = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let socks = free_loopback_addr();
     let ours = dump_of(
         &v,
         &[env!("CARGO_BIN_EXE_codervpn"), "vpn-daemon", "run"]

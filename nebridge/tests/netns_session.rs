@@ -12,26 +12,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
 fn script(name: &str, args: &[&str], want: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/netns")
-        .join(name);
-    let out = Command::new("bash")
-        .arg(path)
-        .args(args)
-        .env("CODERVPN", env!("CARGO_BIN_EXE_codervpn"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(want), "{stdout}\n{stderr}");
+    common::netns_script(name, args, want);
 }
 
 #[test]

@@ -48,6 +48,16 @@ settle_ipv6() {
 }
 settle_ipv6
 
+# status_says PATTERN: `codervpn status` in host a matches PATTERN within 15 s.
+status_says() {
+  for _ in $(seq 30); do
+    ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
+    grep -q "$1" "$WORK/status.txt" && return 0
+    sleep 0.5
+  done
+  fail "status does not match $1: $(cat "$WORK/status.txt")"
+}
+
 # start_go_server ARGS...: `coderpeer serve` in host b on $VETH_B:8080; its JSON line (the
 # shape of `codervpn testbed serve`'s) lands in $WORK/testbed.json.
 start_go_server() {
@@ -84,24 +94,14 @@ go-server)
   ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) || fail "10 MB echo over DERP"
   grep -q "is direct via" "$WORK/up.log" && fail "a path went direct with UDP blocked"
   # The path shows once a disco ping crossed DERP (every 5 s while relayed).
-  for _ in $(seq 30); do
-    ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
-    grep -q "dev1 .*DERP" "$WORK/status.txt" && break
-    sleep 0.5
-  done
-  grep -q "dev1 .*DERP" "$WORK/status.txt" || fail "status does not say DERP: $(cat "$WORK/status.txt")"
+  status_says "dev1 .*DERP"
   echo "status: $(grep -o 'DERP[^|]*' "$WORK/status.txt" | head -1)"
   # Then direct: UDP let through, the Go agent's magicsock answers our disco pings.
   FROM=$(log_lines)
   unblock_udp "$NS_B"
   wait_log "is direct via $VETH_B:" 30 "$FROM" || fail "the path to the Go agent never went direct"
   echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
-  for _ in $(seq 30); do
-    ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
-    grep -q "dev1 .*p2p" "$WORK/status.txt" && break
-    sleep 0.5
-  done
-  grep -q "dev1 .*p2p" "$WORK/status.txt" || fail "status does not say p2p: $(cat "$WORK/status.txt")"
+  status_says "dev1 .*p2p"
   echo "status: p2p"
   ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) || fail "10 MB echo direct"
   # DERP again when UDP is blocked mid-transfer, direct once it is let through.
@@ -148,8 +148,12 @@ compat-coder)
   echo "failed start: 401 reported, Coder's daemon stopped, nothing left"
   start_up "${COMPAT[@]}"
   grep -q "verified $NAME" "$WORK/up.log" || fail "no verified download"
-  for _ in $(seq 50); do ip -n "$NS_A" link show coder0 >/dev/null 2>&1 && break; sleep 0.1; done
-  ip -n "$NS_A" -6 addr show dev coder0 | grep -q "inet6 fd60:627a:a42b:" || fail "Coder's daemon made no coder0 with a Coder address"
+  # Coder's router sets the address once the tailnet is up, a moment after `start`.
+  for _ in $(seq 150); do
+    ip -n "$NS_A" -6 addr show dev coder0 2>/dev/null | grep -q "inet6 fd60:627a:a42b:" && break
+    sleep 0.1
+  done
+  ip -n "$NS_A" -6 addr show dev coder0 | grep -q "inet6 fd60:627a:a42b:" || fail "Coder's daemon made no coder0 with a Coder address: $(ip -n "$NS_A" addr)"
   echo "coder0: $(ip -n "$NS_A" -6 addr show dev coder0 | grep -o 'fd60[^ ]*' | head -1)"
   cmp -s "$RESOLV_DIR/resolv.conf" "$WORK/resolv.before" && fail "Coder's daemon left resolv.conf alone"
   echo "resolv.conf while up: $(grep -v '^#' "$RESOLV_DIR/resolv.conf" | tr '\n' ' ')"

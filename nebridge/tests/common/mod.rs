@@ -227,3 +227,24 @@ pub async fn drain(conn: &mut Connection<ManagerSide>) -> Vec<vpn::Log> {
     }
     logs
 }
+
+/// Runs `tests/netns/<name> args…` with `CODERVPN` set to this build's binary; fails the
+/// test unless it exits 0 and its stdout contains `want`. Returns its stdout.
+pub fn netns_script(name: &str, args: &[&str], want: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/netns")
+        .join(name);
+    let out = Command::new("bash")
+        .arg(path)
+        .args(args)
+        .env("CODERVPN", env!("CARGO_BIN_EXE_codervpn"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(want),
+        "{name} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}

@@ -236,7 +236,8 @@ func agentPage(ws, agent string) string {
 		agent, ws, agent, ws, coderModuleVersion())
 }
 
-func serveEcho(l net.Listener) {
+// serveConns runs handle on each accepted connection (and closes it) until l closes.
+func serveConns(l net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -244,25 +245,22 @@ func serveEcho(l net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			_, _ = io.Copy(c, c)
+			handle(c)
 		}()
 	}
+}
+
+func serveEcho(l net.Listener) {
+	serveConns(l, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 // serveDiscard reads and drops everything (RFC 863), then reports the byte count as a
 // decimal line when the client half-closes: a single-stream TCP throughput sink.
 func serveDiscard(l net.Listener) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			n, _ := io.Copy(io.Discard, c)
-			_, _ = fmt.Fprintf(c, "%d\n", n)
-		}()
-	}
+	serveConns(l, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		_, _ = fmt.Fprintf(c, "%d\n", n)
+	})
 }
 
 // coderModuleVersion: the version of github.com/coder/coder/v2 this binary was built from.
