@@ -48,16 +48,6 @@ settle_ipv6() {
 }
 settle_ipv6
 
-# status_says PATTERN: `codervpn status` in host a matches PATTERN within 15 s.
-status_says() {
-  for _ in $(seq 30); do
-    ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
-    grep -q "$1" "$WORK/status.txt" && return 0
-    sleep 0.5
-  done
-  fail "status does not match $1: $(cat "$WORK/status.txt")"
-}
-
 # start_go_server ARGS...: `coderpeer serve` in host b on $VETH_B:8080; its JSON line (the
 # shape of `codervpn testbed serve`'s) lands in $WORK/testbed.json.
 start_go_server() {

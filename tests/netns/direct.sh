@@ -23,16 +23,6 @@ ip netns exec "$NS_A" ping -6 -c 3 -W 2 "$AGENT_IP" > /dev/null || true
 wait_log "is direct via $VETH_B:" 20 || fail "the path never went direct"
 echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
 
-# status_says WORD: `codervpn status` says WORD within 15 s (the 5-second status update
-# carries the path).
-status_says() {
-  for _ in $(seq 30); do
-    ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
-    grep -q "$1" "$WORK/status.txt" && return 0
-    sleep 0.5
-  done
-  fail "status does not say $1: $(cat "$WORK/status.txt")"
-}
 status_says p2p
 echo "status: p2p"
 

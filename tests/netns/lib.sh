@@ -375,6 +375,16 @@ wait_log() {
 }
 log_lines() { wc -l < "$WORK/up.log"; }
 
+# status_says PATTERN: `codervpn status` (in host a, socket $WORK/status.sock) matches
+# PATTERN within 15 s (the 5-second status update carries the path).
+status_says() {
+  for _ in $(seq 30); do
+    ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" 2>&1 || true
+    grep -q "$1" "$WORK/status.txt" && return 0
+    sleep 0.5
+  done
+  fail "status does not say $1: $(cat "$WORK/status.txt")"
+}
 # block_udp NS SADDR / unblock_udp NS: host NS drops (stops dropping) UDP from SADDR.
 block_udp() {
   ip netns exec "$1" nft -f - <<NFT
