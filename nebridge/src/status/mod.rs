@@ -221,6 +221,10 @@ impl PeerModel {
     }
 
     fn upsert_agent(&mut self, agent: vpn::Agent) {
+        // An upsert replaces what was known of the agent, set aside or not: the tunnel
+        // re-sends every agent with each status update, so appending would grow the list
+        // every 5 s for an agent that stays invalid.
+        self.invalid_agents.retain(|a| a.id != agent.id);
         let ids = <[u8; 16]>::try_from(agent.id.as_slice())
             .ok()
             .zip(<[u8; 16]>::try_from(agent.workspace_id.as_slice()).ok());

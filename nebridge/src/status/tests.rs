@@ -86,6 +86,26 @@ fn agent_without_fqdn_is_invalid() {
     assert!(snap(&m).workspaces[0].agents.is_empty());
 }
 
+/// The tunnel re-sends every agent with its 5-second status update: an agent that stays
+/// invalid is counted once, not once per update.
+#[test]
+fn an_invalid_agent_sent_again_is_counted_once() {
+    let mut m = PeerModel::default();
+    let mut a = agent(A1, "main", WS);
+    a.fqdn.clear();
+    for _ in 0..3 {
+        m.apply(&upsert(vec![workspace(WS, "w1")], vec![a.clone()]));
+    }
+    assert_eq!(snap(&m).invalid_agents, 1);
+    m.apply(&upsert(vec![], vec![agent(A1, "main", WS)]));
+    let s = snap(&m);
+    assert_eq!(
+        s.invalid_agents, 0,
+        "an agent that became valid is no longer set aside"
+    );
+    assert_eq!(s.workspaces[0].agents.len(), 1);
+}
+
 #[test]
 fn agent_with_bad_uuid_is_invalid() {
     let mut m = PeerModel::default();
