@@ -68,7 +68,8 @@ go-server)
   block_udp "$NS_B" "$VETH_A"
   start_up
   IFACE="${NS_PREFIX}t"
-  ip -n "$NS_A" -6 addr show dev "$IFACE" | grep -q "inet6 fd60:627a:a42b:.*/128" || fail "no tunnel address"
+  ADDRS=$(ip -n "$NS_A" -6 addr show dev "$IFACE")
+  grep -q "inet6 fd60:627a:a42b:.*/128" <<< "$ADDRS" || fail "no tunnel address: $ADDRS"
   D="ip netns exec $NS_A dig @fd60:627a:a42b::53 +time=2 +tries=3 +short AAAA"
   for _ in $(seq 50); do [ "$($D "$NAME")" = "$AGENT_IP" ] && break; sleep 0.1; done
   for n in $(json '" ".join(d["agents"][0]["fqdn"])'); do
@@ -138,13 +139,21 @@ compat-coder)
   echo "failed start: 401 reported, Coder's daemon stopped, nothing left"
   start_up "${COMPAT[@]}"
   grep -q "verified $NAME" "$WORK/up.log" || fail "no verified download"
-  # Coder's router sets the address once the tailnet is up, a moment after `start`.
+  # Coder's router sets the address once the tailnet is up, a moment after `start` (and
+  # may take it off and put it back as it reconfigures): seen once is enough.
+  ADDR=
   for _ in $(seq 150); do
-    ip -n "$NS_A" -6 addr show dev coder0 2>/dev/null | grep -q "inet6 fd60:627a:a42b:" && break
+    ADDR=$(ip -n "$NS_A" -6 addr show dev coder0 2>/dev/null | grep -o 'fd60:627a:a42b:[^ ]*' | head -1 || true)
+    [ -n "$ADDR" ] && break
     sleep 0.1
   done
-  ip -n "$NS_A" -6 addr show dev coder0 | grep -q "inet6 fd60:627a:a42b:" || fail "Coder's daemon made no coder0 with a Coder address: $(ip -n "$NS_A" addr)"
-  echo "coder0: $(ip -n "$NS_A" -6 addr show dev coder0 | grep -o 'fd60[^ ]*' | head -1)"
+  [ -n "$ADDR" ] || fail "Coder's daemon made no coder0 with a Coder address: $(ip -n "$NS_A" addr)"
+  echo "coder0: $ADDR"
+  # Its DNS configurator writes resolv.conf once the workspace names are known.
+  for _ in $(seq 100); do
+    cmp -s "$RESOLV_DIR/resolv.conf" "$WORK/resolv.before" || break
+    sleep 0.1
+  done
   cmp -s "$RESOLV_DIR/resolv.conf" "$WORK/resolv.before" && fail "Coder's daemon left resolv.conf alone"
   echo "resolv.conf while up: $(grep -v '^#' "$RESOLV_DIR/resolv.conf" | tr '\n' ' ')"
   OK=
