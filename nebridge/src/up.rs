@@ -227,8 +227,7 @@ async fn up(
                 SystemTime::now(),
             );
             cleanup(&net).await;
-            drop(tunnel);
-            finish_host(host).await;
+            hang_up(tunnel, host).await;
             eprintln!("▸ interrupted while connecting; nothing left configured");
             return Ok(());
         }
@@ -241,8 +240,7 @@ async fn up(
         cleanup(&net).await;
         // A compat daemon whose start failed is stopped too (Coder's keeps running until
         // it is signalled, even after we hang up).
-        drop(tunnel);
-        finish_host(host).await;
+        hang_up(tunnel, host).await;
         bail!("{}", started.error_message);
     }
     publisher.set_state(TunnelState::Started, SystemTime::now());
@@ -284,9 +282,7 @@ async fn up(
     }
     cleanup(&net).await;
     drop(tun);
-    // Hang up before waiting for a compat daemon (ours exits on end of file).
-    drop(tunnel);
-    finish_host(host).await;
+    hang_up(tunnel, host).await;
     if let Some(s) = status {
         s.abort();
     }
@@ -295,8 +291,10 @@ async fn up(
     Ok(())
 }
 
-/// Waits for a compat daemon to exit, SIGTERMs and at last kills it ([`CompatHost::finish`]).
-async fn finish_host(host: Option<CompatHost>) {
+/// Hangs up on the tunnel, then waits for a compat daemon to exit, SIGTERMs and at last
+/// kills it ([`CompatHost::finish`]); ours exits on the hang-up, Coder's on the signal.
+async fn hang_up(tunnel: embedded::Managed, host: Option<CompatHost>) {
+    drop(tunnel);
     if let Some(h) = host {
         tokio::task::spawn_blocking(move || h.finish(Duration::from_secs(5)))
             .await
