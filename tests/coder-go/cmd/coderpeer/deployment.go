@@ -275,10 +275,12 @@ func coderModuleVersion() string {
 	return "unknown"
 }
 
+// stunAnswer is the binding response to req from `from` (IPv4 senders unmapped), or false
+// when req is not a binding request.
 func stunAnswer(req []byte, from netip.AddrPort) ([]byte, bool) {
 	tx, err := stun.ParseBindingRequest(req)
 	if err != nil {
 		return nil, false
 	}
-	return stun.Response(tx, from), true
+	return stun.Response(tx, netip.AddrPortFrom(from.Addr().Unmap(), from.Port())), true
 }

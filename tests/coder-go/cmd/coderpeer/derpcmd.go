@@ -126,51 +126,45 @@ func echoAll(c *derphttp.Client) {
 }
 
 func recvPacket(c *derphttp.Client, timeout time.Duration) ([]byte, error) {
+	m, err := recvUntil(c, timeout, func(m derp.ReceivedMessage) bool {
+		_, ok := m.(derp.ReceivedPacket)
+		return ok
+	})
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), m.(derp.ReceivedPacket).Data...), nil
+}
+
+func waitServerInfo(c *derphttp.Client, timeout time.Duration) error {
+	_, err := recvUntil(c, timeout, func(m derp.ReceivedMessage) bool {
+		_, ok := m.(derp.ServerInfoMessage)
+		return ok
+	})
+	return err
+}
+
+// recvUntil receives until a message satisfies want, or fails after timeout (the
+// receiving goroutine then runs on until the client closes: these are one-shot tools).
+func recvUntil(c *derphttp.Client, timeout time.Duration, want func(derp.ReceivedMessage) bool) (derp.ReceivedMessage, error) {
 	type result struct {
-		b   []byte
+		m   derp.ReceivedMessage
 		err error
 	}
 	ch := make(chan result, 1)
 	go func() {
 		for {
 			m, err := c.Recv()
-			if err != nil {
-				ch <- result{err: err}
-				return
-			}
-			if p, ok := m.(derp.ReceivedPacket); ok {
-				ch <- result{b: append([]byte(nil), p.Data...)}
+			if err != nil || want(m) {
+				ch <- result{m, err}
 				return
 			}
 		}
 	}()
 	select {
 	case r := <-ch:
-		return r.b, r.err
+		return r.m, r.err
 	case <-time.After(timeout):
-		return nil, xerrors.New("no packet within the timeout")
-	}
-}
-
-func waitServerInfo(c *derphttp.Client, timeout time.Duration) error {
-	done := make(chan error, 1)
-	go func() {
-		for {
-			m, err := c.Recv()
-			if err != nil {
-				done <- err
-				return
-			}
-			if _, ok := m.(derp.ServerInfoMessage); ok {
-				done <- nil
-				return
-			}
-		}
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(timeout):
-		return xerrors.New("no ServerInfo from the server within the timeout")
+		return nil, xerrors.Errorf("nothing awaited from the server within %s", timeout)
 	}
 }

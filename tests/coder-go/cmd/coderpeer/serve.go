@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -410,15 +409,11 @@ func serveSTUN(pc net.PacketConn, logger slog.Logger) {
 		if !ok {
 			continue
 		}
-		resp, ok := stunResponse(buf[:n], ua.AddrPort())
+		resp, ok := stunAnswer(buf[:n], ua.AddrPort())
 		if !ok {
 			logger.Debug(context.Background(), "not a STUN binding request", slog.F("from", addr.String()))
 			continue
 		}
 		_, _ = pc.WriteTo(resp, addr)
 	}
-}
-
-func stunResponse(req []byte, from netip.AddrPort) ([]byte, bool) {
-	return stunAnswer(req, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()))
 }
