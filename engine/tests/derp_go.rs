@@ -161,6 +161,19 @@ async fn round_trips(c: &mut Ours, to: NodePublicKey) {
     }
 }
 
+/// Through the DERP server at `url`, over upgrade and then WebSocket: a Go client echoes and
+/// ours sends it 100 packets, each of which must come back intact.
+async fn with_a_go_echo(url: &Url) {
+    for (transport, ws) in [
+        (DerpTransport::Upgrade, false),
+        (DerpTransport::WebSocket, true),
+    ] {
+        let (_go, go_key) = go_echo(url, ws);
+        let mut c = our_client(url, transport).await;
+        round_trips(&mut c, go_key).await;
+    }
+}
+
 fn go_pair(url: &Url, websockets: bool) {
     let mut cmd = Command::new(coderpeer());
     cmd.args([
@@ -199,14 +212,7 @@ async fn go_derp_clients_relay_through_our_server_over_upgrade_and_websocket() {
 #[tokio::test(flavor = "multi_thread")]
 async fn our_client_and_a_go_client_exchange_packets_through_our_server() {
     let (_server, url) = our_server().await;
-    for (transport, ws) in [
-        (DerpTransport::Upgrade, false),
-        (DerpTransport::WebSocket, true),
-    ] {
-        let (_go, go_key) = go_echo(&url, ws);
-        let mut c = our_client(&url, transport).await;
-        round_trips(&mut c, go_key).await;
-    }
+    with_a_go_echo(&url).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,12 +235,5 @@ async fn our_clients_relay_through_coders_derp_server_over_upgrade_and_websocket
 #[tokio::test(flavor = "multi_thread")]
 async fn our_client_and_a_go_client_exchange_packets_through_coders_server() {
     let (_go, url) = go_server();
-    for (transport, ws) in [
-        (DerpTransport::Upgrade, false),
-        (DerpTransport::WebSocket, true),
-    ] {
-        let (_echo, go_key) = go_echo(&url, ws);
-        let mut c = our_client(&url, transport).await;
-        round_trips(&mut c, go_key).await;
-    }
+    with_a_go_echo(&url).await;
 }

@@ -19,9 +19,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn coder_go(bin: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -67,18 +66,7 @@ fn free_loopback_addr() -> String {
 
 /// `coderpeer serve` on loopback; returns the child and its JSON line.
 fn go_server(args: &[&str]) -> (std::process::Child, serde_json::Value) {
-    let mut child = Command::new(coder_go("coderpeer"))
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, serde_json::from_str(&line).unwrap())
+    common::spawn_json_line(Command::new(coder_go("coderpeer")).arg("serve").args(args))
 }
 
 /// Loopback, no root: the Go manager starts our daemon in userspace mode, sees both agents
@@ -165,27 +153,9 @@ fn bad_manager_headers_are_refused_by_coders_daemon_and_ours_alike() {
         "codervpn manager one",
         long.as_str(),
     ] {
-        for tunnel in [
-            [
-                coder,
-                "vpn-daemon",
-                "run",
-                "--rpc-read-handle",
-                "3",
-                "--rpc-write-handle",
-                "4",
-            ],
-            [
-                ours,
-                "vpn-daemon",
-                "run",
-                "--rpc-read-handle",
-                "3",
-                "--rpc-write-handle",
-                "4",
-            ],
-        ] {
-            bad_header(header, &tunnel);
+        for bin in [coder, ours] {
+            let fds = ["--rpc-read-handle", "3", "--rpc-write-handle", "4"];
+            bad_header(header, &[&[bin, "vpn-daemon", "run"][..], &fds].concat());
         }
     }
 }

@@ -2,23 +2,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Child, Command};
 
 /// Starts `codervpn testbed serve ARGS…` and returns it with the JSON line it printed.
 fn serve(args: &[&str]) -> (Child, serde_json::Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codervpn"))
-        .args(["testbed", "serve"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, serde_json::from_str(&line).unwrap())
+    common::spawn_json_line(
+        Command::new(env!("CARGO_BIN_EXE_codervpn"))
+            .args(["testbed", "serve"])
+            .args(args),
+    )
 }
 
 #[test]

@@ -49,7 +49,7 @@ async fn a_get_lost_on_a_kept_alive_connection_is_sent_once_more() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-    let body = r#"{"id":"9f6b6e0e-3c8e-4a9e-8c1d-2b3c4d5e6f70","username":"testy"}"#;
+    let body = ME;
     let answer = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()

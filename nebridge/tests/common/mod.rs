@@ -248,3 +248,19 @@ pub fn netns_script(name: &str, args: &[&str], want: &str) -> String {
     );
     stdout
 }
+
+/// Spawns `cmd` (stdout piped, stderr dropped) and returns it with the JSON line it prints
+/// first, as `codervpn testbed serve` and `coderpeer serve` do.
+pub fn spawn_json_line(cmd: &mut Command) -> (Child, serde_json::Value) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, serde_json::from_str(&line).unwrap())
+}
