@@ -3,6 +3,7 @@
 //! and the status surface. The `codervpn` binary builds on it.
 
 pub mod compat;
+pub mod diag;
 pub mod embedded;
 pub mod netlink;
 pub mod settings;

@@ -8,7 +8,7 @@ mod wg;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use codervpn_nebridge::status;
+use codervpn_nebridge::{diag, status};
 
 #[derive(Parser)]
 #[command(
@@ -50,10 +50,26 @@ enum Command {
         /// The status socket.
         #[arg(long, default_value = status::DEFAULT_SOCKET)]
         socket: std::path::PathBuf,
-        /// Print the raw JSON status line instead of a table.
+        /// Print the status document (JSON, schema in docs/status-json.md) instead of a
+        /// table.
         #[arg(long)]
         json: bool,
     },
+    /// Ping an agent through the running tunnel: latency and the path taken (direct or
+    /// DERP), with hints when it stays relayed.
+    Ping(diag::cli::PingArgs),
+    /// Check the network towards a Coder deployment (UDP, NAT, DERP latency); needs no
+    /// running tunnel.
+    Netcheck(diag::cli::NetcheckArgs),
+    /// Print the running tunnel's metrics (Prometheus text).
+    Metrics {
+        /// The status socket.
+        #[arg(long, default_value = status::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+    },
+    /// Write a bug report archive: version, OS, status, network, logs and settings, with
+    /// secrets redacted.
+    Bugreport(diag::cli::BugreportArgs),
     /// Print the version (`--output=json` prints the Coder release this build matches).
     Version {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
@@ -81,9 +97,23 @@ fn main() -> anyhow::Result<()> {
             command: DaemonCommand::Run(args),
         } => daemon::run(args),
         Command::Up(args) => {
-            init_up_logging();
-            up::run(args)
+            let logs = init_up_logging();
+            up::run(args, Some(logs))
         }
+        Command::Ping(args) => {
+            init_cli_logging_default("warn");
+            diag::cli::ping(args)
+        }
+        Command::Netcheck(args) => {
+            init_cli_logging_default("warn");
+            diag::cli::netcheck_cmd(args)
+        }
+        Command::Metrics { socket } => diag::cli::metrics(&socket),
+        Command::Bugreport(args) => {
+            init_cli_logging_default("warn");
+            diag::cli::bugreport(args)
+        }
+        Command::Status { socket, json: true } => diag::cli::status_json(&socket),
         Command::Demo(args) => {
             init_cli_logging_default("warn");
             demo::run(args)
@@ -96,7 +126,7 @@ fn main() -> anyhow::Result<()> {
             init_cli_logging();
             testbed::run(command)
         }
-        Command::Status { socket, json } => {
+        Command::Status { socket, .. } => {
             let snapshot = status::fetch_status(&socket).with_context(|| {
                 format!(
                     "cannot read the status of codervpn from {} (is it running, and may you \
@@ -104,11 +134,7 @@ fn main() -> anyhow::Result<()> {
                     socket.display()
                 )
             })?;
-            if json {
-                println!("{}", serde_json::to_string(&snapshot)?);
-            } else {
-                print!("{}", status::format_table(&snapshot));
-            }
+            print!("{}", status::format_table(&snapshot));
             Ok(())
         }
         Command::Version { output } => {
@@ -135,8 +161,10 @@ fn init_cli_logging() {
 }
 
 /// `codervpn up` logs to stderr and, where systemd's journal is running, to journald too
-/// (the tunnel's own Log frames included; secrets are never logged).
-fn init_up_logging() {
+/// (the tunnel's own Log frames included; secrets are never logged); the last lines are
+/// kept in memory for `codervpn bugreport` (at DEBUG for our own code unless
+/// `CODERVPN_LOG` says otherwise).
+fn init_up_logging() -> diag::logring::LogRing {
     use tracing_subscriber::prelude::*;
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_env("CODERVPN_LOG")
@@ -153,10 +181,23 @@ fn init_up_logging() {
             l.with_syslog_identifier("codervpn".into())
                 .with_filter(filter())
         });
+    let ring = diag::logring::LogRing::new(diag::logring::DEFAULT_LINES);
+    let ring_filter =
+        tracing_subscriber::EnvFilter::try_from_env("CODERVPN_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,codervpn=debug,codervpn_engine=debug,codervpn_nebridge=debug",
+            )
+        });
+    let kept = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(ring.clone())
+        .with_filter(ring_filter);
     tracing_subscriber::registry()
         .with(stderr)
         .with(journald)
+        .with(kept)
         .init();
+    ring
 }
 
 /// [`init_cli_logging`] with another default filter.

@@ -13,6 +13,9 @@ use anyhow::{Context, bail};
 use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
 use codervpn_nebridge::compat::launch::CompatHost;
 use codervpn_nebridge::compat::{self, ArtifactKind, CompatConfig};
+use codervpn_nebridge::diag::UpDiag;
+use codervpn_nebridge::diag::http as diag_http;
+use codervpn_nebridge::diag::logring::LogRing;
 use codervpn_nebridge::embedded;
 use codervpn_nebridge::settings::{LinuxNetworkConfig, NetworkSettings};
 use codervpn_nebridge::status::{StatusPublisher, StatusServer, TunnelState};
@@ -67,6 +70,10 @@ pub struct UpArgs {
     /// Compat modes, development only: load an artifact without a signature check.
     #[arg(long)]
     insecure_skip_verify: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; they name
+    /// your workspaces, so keep it on loopback).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,7 +121,7 @@ fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<vpn::start_request::Heade
         .collect()
 }
 
-pub fn run(args: UpArgs) -> anyhow::Result<()> {
+pub fn run(args: UpArgs, logs: Option<LogRing>) -> anyhow::Result<()> {
     check_url(&args.url, args.allow_http)?;
     if args.mode != Mode::Embedded && args.compat_keys.is_empty() && !args.insecure_skip_verify {
         bail!(
@@ -133,13 +140,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(up(args, headers, use_tun))
+    rt.block_on(up(args, headers, use_tun, logs))
 }
 
 async fn up(
     args: UpArgs,
     headers: Vec<vpn::start_request::Header>,
     use_tun: bool,
+    logs: Option<LogRing>,
 ) -> anyhow::Result<()> {
     let stop_signal = crate::daemon::terminate_signal()?;
     let tun = if use_tun {
@@ -162,6 +170,39 @@ async fn up(
         None => None,
     };
     let mut publisher = StatusPublisher::new();
+    let connector = TailnetConnector::new(JoinOptions {
+        socks5: (!use_tun).then_some(args.socks5),
+        ..Default::default()
+    });
+    let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut secrets = vec![args.token.clone()];
+    secrets.extend(headers.iter().map(|h| h.value.clone()));
+    let diag = Arc::new(UpDiag {
+        engine: (args.mode == Mode::Embedded).then(|| connector.diagnostics()),
+        status: publisher.subscribe(),
+        logs,
+        settings: applied.clone(),
+        secrets,
+        mode: match args.mode {
+            Mode::Embedded => "embedded",
+            Mode::CompatDaemon => "compat-daemon",
+            Mode::CompatDylib => "compat-dylib",
+        }
+        .to_owned(),
+    });
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?;
+            if !addr.ip().is_loopback() {
+                warn!(%addr, "metrics are served beyond loopback; they name your workspaces");
+            }
+            eprintln!("▸ metrics at http://{addr}/metrics");
+            Some(tokio::spawn(diag_http::serve(listener, diag.clone())))
+        }
+        None => None,
+    };
     let status = match args.status_socket.as_str() {
         "none" => None,
         path => {
@@ -170,7 +211,9 @@ async fn up(
                 let _ = std::fs::create_dir_all(dir);
             }
             match StatusServer::bind(&path, None) {
-                Ok(s) => Some(tokio::spawn(s.serve(publisher.subscribe()))),
+                Ok(s) => Some(tokio::spawn(
+                    s.serve(publisher.subscribe(), Some(diag.clone().handler())),
+                )),
                 Err(e) => {
                     warn!(error = %e, "status socket not published");
                     None
@@ -180,15 +223,15 @@ async fn up(
     };
     publisher.set_state(TunnelState::Starting, SystemTime::now());
 
-    let connector = TailnetConnector::new(JoinOptions {
-        socks5: (!use_tun).then_some(args.socks5),
-        ..Default::default()
-    });
     // Settings arrive while `start` is pending; each is merged into the current settings
     // and applied as a diff (manager-behaviour.md §5).
     let applier = net.clone();
     let on_settings: embedded::SettingsHandler = Box::new(move |s| {
         describe(s);
+        applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(codervpn_nebridge::settings::describe(s));
         let req = s.clone();
         let applier = applier.clone();
         Box::pin(async move {
@@ -285,6 +328,9 @@ async fn up(
     hang_up(tunnel, host).await;
     if let Some(s) = status {
         s.abort();
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     publisher.set_state(TunnelState::Stopped, SystemTime::now());
     eprintln!("▸ disconnected; interface, addresses, routes and DNS removed");

@@ -482,7 +482,7 @@ where
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let publisher = StatusPublisher::new();
         let server = StatusServer::bind(&path, group).unwrap();
-        tokio::spawn(server.serve(publisher.subscribe()));
+        tokio::spawn(server.serve(publisher.subscribe(), None));
         body(path.clone(), publisher).await;
     });
     let _ = std::fs::remove_dir_all(dir);

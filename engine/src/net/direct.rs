@@ -8,7 +8,7 @@
 //!
 //! Sans-IO: the runner passes the time in and sends what [`DirectPaths`] emits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -58,8 +58,35 @@ pub struct DirectPaths {
     by_disco: HashMap<DiscoPublicKey, [u8; 32]>,
     /// Pings in flight through DERP: whose, and when sent.
     relay_pings: HashMap<TxId, ([u8; 32], Instant)>,
+    /// Pings asked for by a user (`codervpn ping`), in flight: whose, and when sent.
+    user_pings: HashMap<TxId, ([u8; 32], Instant)>,
+    /// Answers to user pings, for the runner to pass on.
+    user_pongs: VecDeque<UserPong>,
     dropped: DiscoDropped,
 }
+
+/// The answer to a user's ping ([`DirectPaths::user_ping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserPong {
+    pub tx_id: TxId,
+    /// From sending the ping to its pong.
+    pub latency: Duration,
+    /// The way the pong came back: directly from this address, or through DERP (the
+    /// peer's magic endpoint).
+    pub via: Via,
+}
+
+/// Why a user's ping was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PingRefused {
+    #[error("the peer has no disco key yet (its node was not seen)")]
+    NoDisco,
+    #[error("the peer has neither a direct path nor a DERP route")]
+    NoPath,
+}
+
+/// How long a user's ping waits for its pong before it is forgotten.
+pub const USER_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct DiscoPeer {
@@ -84,6 +111,8 @@ impl DirectPaths {
             peers: HashMap::new(),
             by_disco: HashMap::new(),
             relay_pings: HashMap::new(),
+            user_pings: HashMap::new(),
+            user_pongs: VecDeque::new(),
             dropped: DiscoDropped::default(),
         }
     }
@@ -165,6 +194,43 @@ impl DirectPaths {
             self.by_disco.remove(&old.disco);
         }
         self.relay_pings.retain(|_, (k, _)| k != key);
+        self.user_pings.retain(|_, (k, _)| k != key);
+    }
+
+    /// Sends a disco ping to `key`'s peer the way its WireGuard packets go now (its direct
+    /// address, else through DERP); the pong comes out of [`Self::poll_user_pong`] with the
+    /// returned transaction id. Unlike path discovery pings, its pong moves no path.
+    pub fn user_ping(
+        &mut self,
+        now: Instant,
+        key: [u8; 32],
+        out: &mut impl FnMut(DiscoSend),
+    ) -> Result<TxId, PingRefused> {
+        let peer = self.peers.get(&key).ok_or(PingRefused::NoDisco)?;
+        let to = match (peer.path, peer.magic) {
+            (Path::Direct { addr, .. }, _) => Via::Udp(addr),
+            (Path::Derp, Some(magic)) => Via::Derp(magic),
+            (Path::Derp, None) => return Err(PingRefused::NoPath),
+        };
+        let mut tx_id = TxId::default();
+        OsRng.fill_bytes(&mut tx_id);
+        let ping = Message::Ping(Ping {
+            tx_id,
+            node_key: Some(self.node_key),
+        });
+        let packet = disco::seal(&self.key, &peer.disco, &ping);
+        self.user_pings.insert(tx_id, (key, now));
+        trace!(peer = %key_prefix(&key), ?to, "user ping");
+        match to {
+            Via::Udp(to) => out(DiscoSend::Udp { to, packet }),
+            Via::Derp(magic) => out(DiscoSend::Relay { magic, packet }),
+        }
+        Ok(tx_id)
+    }
+
+    /// The next answer to a user's ping.
+    pub fn poll_user_pong(&mut self) -> Option<UserPong> {
+        self.user_pongs.pop_front()
     }
 
     /// A disco packet from the UDP socket.
@@ -237,6 +303,22 @@ impl DirectPaths {
                     peer.relay_latency = Some(rtt);
                 }
             }
+            (Message::Pong(pong), _)
+                if self
+                    .user_pings
+                    .get(&pong.tx_id)
+                    .is_some_and(|(k, _)| *k == key) =>
+            {
+                if let Some((_, sent)) = self.user_pings.remove(&pong.tx_id) {
+                    let latency = now.saturating_duration_since(sent);
+                    self.user_pongs.push_back(UserPong {
+                        tx_id: pong.tx_id,
+                        latency,
+                        via,
+                    });
+                }
+                return;
+            }
             (Message::Pong(pong), _) => {
                 peer.paths.handle_pong(now, via, &pong);
             }
@@ -273,6 +355,8 @@ impl DirectPaths {
         }
         self.relay_pings
             .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < RELAY_PING_INTERVAL);
+        self.user_pings
+            .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < USER_PING_TIMEOUT);
         for (key, peer) in &mut self.peers {
             let Some(magic) = peer.magic.filter(|_| peer.path == Path::Derp) else {
                 continue;

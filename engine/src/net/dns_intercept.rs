@@ -32,6 +32,23 @@ pub enum Intercepted {
 pub struct DnsIntercept {
     tcp: TcpResponder,
     reply: Vec<u8>,
+    counters: DnsCounters,
+}
+
+/// What the in-tunnel resolver saw (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsCounters {
+    /// UDP queries to the resolver.
+    pub udp_queries: u64,
+    /// UDP answers by response code.
+    pub noerror: u64,
+    pub nxdomain: u64,
+    /// Any other response code (REFUSED, FORMERR, SERVFAIL…).
+    pub other_rcode: u64,
+    /// UDP queries that got no answer (malformed).
+    pub dropped: u64,
+    /// TCP segments to the resolver (DNS over TCP).
+    pub tcp_segments: u64,
 }
 
 impl DnsIntercept {
@@ -48,7 +65,12 @@ impl DnsIntercept {
         Self {
             tcp,
             reply: Vec::with_capacity(2048),
+            counters: DnsCounters::default(),
         }
+    }
+
+    pub fn counters(&self) -> DnsCounters {
+        self.counters
     }
 
     /// If `packet` is DNS to the in-tunnel resolver (UDP or TCP), answers it from `zone` and
@@ -61,20 +83,28 @@ impl DnsIntercept {
         emit: &mut dyn FnMut(&[u8]),
     ) -> Intercepted {
         if TcpResponder::is_for_resolver(packet) {
+            self.counters.tcp_segments += 1;
             self.tcp.handle_segment(now, packet, zone, emit);
             return Intercepted::Answered;
         }
         let Some((src, sport, payload)) = dns_query(packet) else {
             return Intercepted::No;
         };
+        self.counters.udp_queries += 1;
         let Some(answer) = zone.answer(
             payload,
             Transport::Udp {
                 max_payload: DEFAULT_UDP_PAYLOAD,
             },
         ) else {
+            self.counters.dropped += 1;
             return Intercepted::Dropped;
         };
+        match answer.get(3).map(|b| b & 0x0f) {
+            Some(0) => self.counters.noerror += 1,
+            Some(3) => self.counters.nxdomain += 1,
+            _ => self.counters.other_rcode += 1,
+        }
         build_reply(src, sport, &answer, &mut self.reply);
         emit(&self.reply);
         Intercepted::Answered

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, trace};
 
-use super::derp::{DerpHandle, NodePublicKey};
+use super::derp::{DerpConnStats, DerpHandle, NodePublicKey};
 
 /// The address every relayed endpoint lives on; the port is the peer's slot.
 pub const MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
@@ -191,6 +191,28 @@ impl Relay {
             Ok(true) => {}
             Ok(false) | Err(_) => self.counters.queue_full += 1,
         }
+    }
+
+    /// The region whose connection carries packets to the magic endpoint `magic` (the
+    /// peer's own when connected, else the home region).
+    pub fn region_via(&self, magic: SocketAddr) -> Option<i64> {
+        let route = self
+            .slots
+            .get(usize::from(magic.port()))
+            .copied()
+            .flatten()?;
+        if self.conns.contains_key(&route.region) {
+            Some(route.region)
+        } else {
+            self.home
+        }
+    }
+
+    /// Every connected region with its connection's counters, by region id.
+    pub fn connections(&self) -> Vec<(i64, DerpConnStats)> {
+        let mut v: Vec<_> = self.conns.iter().map(|(r, h)| (*r, h.stats())).collect();
+        v.sort_by_key(|(r, _)| *r);
+        v
     }
 
     /// The next delivered packet.

@@ -16,13 +16,15 @@ use std::sync::Arc;
 
 use codervpn_dns::SharedZone;
 
-use super::derp::{DerpHandle, NodePublicKey};
+use super::derp::{DerpConnStats, DerpHandle, NodePublicKey};
 use super::direct::{DirectPaths, DiscoDropped, DiscoSend};
 use super::disco::{self, DiscoPrivateKey, DiscoPublicKey, PathConfig};
-use super::dns_intercept::{DnsIntercept, Intercepted};
+use super::dns_intercept::{DnsCounters, DnsIntercept, Intercepted};
 use super::netcheck::{Netcheck, NetcheckStats, StunReport, StunServer};
+use super::pings::{PendingPings, PingError, PingReplyTx};
 use super::relay::{self, Relay, RelayCounters, RelayIn};
 use super::stun;
+use super::traffic::{PathTraffic, Way};
 use super::udp::Udp;
 use super::udp_batch::{self, SendBatch};
 use super::wg::{Counters, Emit, PeerConfig, PeerSet, PeerStats};
@@ -72,6 +74,13 @@ pub enum WgCommand {
         home: bool,
     },
     Stats(oneshot::Sender<WgStats>),
+    /// A disco ping to the peer holding `addr`, the way its packets go now (`codervpn
+    /// ping`); the pong, or why there is none, goes to `reply`. Nothing answers when no
+    /// pong comes: the asker times out.
+    Ping {
+        addr: std::net::IpAddr,
+        reply: PingReplyTx,
+    },
 }
 
 /// A snapshot of the data plane's state.
@@ -92,6 +101,13 @@ pub struct WgStats {
     pub disco_dropped: DiscoDropped,
     /// STUN probing from the UDP socket.
     pub stun: NetcheckStats,
+    /// WireGuard traffic by path.
+    pub traffic: PathTraffic,
+    /// The in-tunnel resolver.
+    pub dns: DnsCounters,
+    /// Our DERP connections by region.
+    pub derp: Vec<(i64, DerpConnStats)>,
+    pub home_region: Option<i64>,
 }
 
 /// What the data plane learnt about the network, for the session to publish
@@ -207,7 +223,9 @@ pub async fn run<D: Device>(
         udp_send_failed: 0,
         device_write_failed: 0,
         relay,
+        traffic: PathTraffic::default(),
     };
+    let mut pings = PendingPings::default();
     let mut not_wg = NotWireGuard::default();
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -271,10 +289,14 @@ pub async fn run<D: Device>(
                                         Some(d) => {
                                             let now = tokio::time::Instant::now().into_std();
                                             d.handle_udp(now, from, datagram, &mut peers, &mut |s| outbox.send_disco(&udp, s));
+                                            pings.answer(d, outbox.relay.as_ref());
                                         }
                                         None => disco_dropped.unknown_sender += 1,
                                     },
-                                    Kind::WireGuard => peers.decapsulate(from, datagram, &mut out, &mut |e| outbox.emit(&device, e)),
+                                    Kind::WireGuard => {
+                                        outbox.traffic.received(Way::Udp, datagram);
+                                        peers.decapsulate(from, datagram, &mut out, &mut |e| outbox.emit(&device, e));
+                                    }
                                 }
                             }
                         }
@@ -295,6 +317,7 @@ pub async fn run<D: Device>(
                             Some(d) => {
                                 let now = tokio::time::Instant::now().into_std();
                                 d.handle_relayed(now, &from, &data, &mut peers, &mut |s| outbox.send_disco(&udp, s));
+                                pings.answer(d, outbox.relay.as_ref());
                             }
                             None => {
                                 disco_dropped.unknown_sender += 1;
@@ -302,6 +325,7 @@ pub async fn run<D: Device>(
                             }
                         }
                     } else if let Some(src) = outbox.relay.as_mut().and_then(|r| r.source(&from)) {
+                        outbox.traffic.received(Way::Derp, &data);
                         peers.decapsulate(src, &data, &mut out, &mut |e| outbox.emit(&device, e));
                     }
                     n += 1;
@@ -315,6 +339,7 @@ pub async fn run<D: Device>(
                 if let Some(d) = &mut direct {
                     d.handle_timeout(now, &mut peers, &mut |s| outbox.send_disco(&udp, s));
                 }
+                pings.prune();
                 if netcheck.poll_timeout().is_some_and(|t| t <= now) {
                     let changed = netcheck.handle_timeout(now, &mut |to, p| outbox.send_udp(&udp, to, &p));
                     if changed {
@@ -388,6 +413,9 @@ pub async fn run<D: Device>(
                             .map(|mut s| {
                                 s.path = direct.as_ref().and_then(|d| d.path(&s.public_key));
                                 s.relay_latency = direct.as_ref().and_then(|d| d.relay_latency(&s.public_key));
+                                s.derp_region = outbox.relay.as_ref().and_then(|r| {
+                                    r.endpoint(&NodePublicKey::from_bytes(s.public_key)).and_then(|m| r.region_via(m))
+                                });
                                 s
                             })
                             .collect(),
@@ -398,7 +426,28 @@ pub async fn run<D: Device>(
                         relay: outbox.relay.as_ref().map(|r| r.counters().clone()).unwrap_or_default(),
                         not_wireguard: not_wg,
                         stun: netcheck.stats(),
+                        traffic: outbox.traffic,
+                        dns: dns.as_ref().map(|(_, d)| d.counters()).unwrap_or_default(),
+                        derp: outbox.relay.as_ref().map(Relay::connections).unwrap_or_default(),
+                        home_region: outbox.relay.as_ref().and_then(Relay::home),
                     });
+                }
+                Some(WgCommand::Ping { addr, reply }) => {
+                    let now = tokio::time::Instant::now().into_std();
+                    let sent = match (&mut direct, peers.peer_for(addr)) {
+                        (_, None) => Err(PingError::NoPeer(addr)),
+                        (None, Some(_)) => Err(PingError::NoDisco),
+                        (Some(d), Some(key)) => d
+                            .user_ping(now, key, &mut |s| outbox.send_disco(&udp, s))
+                            .map(|tx_id| (tx_id, key))
+                            .map_err(PingError::from),
+                    };
+                    match sent {
+                        Ok((tx_id, key)) => pings.insert(tx_id, key, reply),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
                 }
                 None => {}
             },
@@ -419,6 +468,7 @@ struct Outbox {
     udp_send_failed: u64,
     device_write_failed: u64,
     relay: Option<Relay>,
+    traffic: PathTraffic,
 }
 
 /// The next packet a relay delivered; never resolves without relays.
@@ -483,10 +533,14 @@ impl Outbox {
     fn emit<D: Device>(&mut self, device: &D, e: Emit<'_>) {
         match e {
             Emit::Network { to, data } if relay::is_magic(&to) => match self.relay.as_mut() {
-                Some(r) => r.send(to, data),
+                Some(r) => {
+                    self.traffic.sent(Way::Derp, data);
+                    r.send(to, data);
+                }
                 None => self.udp_send_failed += 1,
             },
             Emit::Network { to, data } => {
+                self.traffic.sent(Way::Udp, data);
                 if !self.batch.fits(data, to) {
                     self.flush_udp();
                 }

@@ -2,9 +2,11 @@
 //! what it gets back.
 
 pub mod api;
+pub mod diag;
 pub mod join;
 pub mod node;
 pub mod peers;
+pub mod probe;
 pub mod rpc;
 
 use std::fmt;

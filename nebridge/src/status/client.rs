@@ -23,6 +23,83 @@ pub fn fetch_status(path: &Path) -> Result<StatusSnapshot, StatusError> {
     parse_line(path, &line)
 }
 
+/// A connection to the status socket that asks questions (`codervpn ping`, `metrics`, …).
+pub struct StatusConn {
+    path: PathBuf,
+    reader: BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl StatusConn {
+    pub fn connect(path: &Path) -> Result<Self, StatusError> {
+        let io_err = |what| {
+            move |source| StatusError::Socket {
+                path: path.to_owned(),
+                what,
+                source,
+            }
+        };
+        let writer = std::os::unix::net::UnixStream::connect(path).map_err(io_err("connecting"))?;
+        let reader = BufReader::new(writer.try_clone().map_err(io_err("connecting"))?);
+        Ok(Self {
+            path: path.to_owned(),
+            reader,
+            writer,
+        })
+    }
+
+    /// Sends `request` and waits up to `timeout` for its answer (status lines before it
+    /// are skipped). An answer of kind `error` is an error.
+    pub fn ask(
+        &mut self,
+        request: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, StatusError> {
+        use std::io::Write;
+        let path = self.path.clone();
+        let io_err = |what| {
+            let path = path.clone();
+            move |source| StatusError::Socket { path, what, source }
+        };
+        self.writer
+            .write_all(format!("{request}\n").as_bytes())
+            .map_err(io_err("sending a request"))?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(io_err("setting a read timeout"))?;
+            let mut line = String::new();
+            self.reader
+                .read_line(&mut line)
+                .map_err(io_err("reading the answer"))?;
+            if line.is_empty() {
+                return Err(StatusError::Closed {
+                    path: self.path.clone(),
+                });
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(&line).map_err(|source| StatusError::BadLine {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if let Some(kind) = value.get("kind").and_then(|k| k.as_str()) {
+                if kind == "error" {
+                    let message = value["message"].as_str().unwrap_or("unknown error");
+                    return Err(StatusError::Answer {
+                        message: message.to_owned(),
+                    });
+                }
+                return Ok(value);
+            }
+            // A status snapshot sent before the request was read, or a refusal.
+            parse_line(&self.path, &line)?;
+        }
+    }
+}
+
 /// One line from the status socket: a snapshot, or the server's refusal as an error.
 pub fn parse_line(path: &Path, line: &str) -> Result<StatusSnapshot, StatusError> {
     if line.trim().is_empty() {

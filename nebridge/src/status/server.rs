@@ -39,6 +39,8 @@ pub enum StatusError {
     },
     #[error("status socket {path}: closed before sending a status")]
     Closed { path: PathBuf },
+    #[error("{message}")]
+    Answer { message: String },
 }
 
 impl StatusServer {
@@ -95,8 +97,13 @@ impl StatusServer {
     }
 
     /// Accepts clients until the publisher is dropped; each allowed client gets the current
-    /// snapshot and then every change.
-    pub async fn serve(self, updates: watch::Receiver<Arc<StatusSnapshot>>) {
+    /// snapshot and then every change — until it sends a request line, which `requests`
+    /// answers (no requests are taken without one).
+    pub async fn serve(
+        self,
+        updates: watch::Receiver<Arc<StatusSnapshot>>,
+        requests: Option<RequestHandler>,
+    ) {
         let mut watcher = updates.clone();
         let closed = async move { while watcher.changed().await.is_ok() {} };
         tokio::pin!(closed);
@@ -107,7 +114,12 @@ impl StatusServer {
             };
             match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve_client(stream, self.access, updates.clone()));
+                    tokio::spawn(serve_client(
+                        stream,
+                        self.access,
+                        updates.clone(),
+                        requests.clone(),
+                    ));
                 }
                 Err(e) => {
                     warn!(path = %self.path.display(), error = %e, "status socket accept failed");
@@ -166,6 +178,7 @@ async fn serve_client(
     mut stream: UnixStream,
     access: Access,
     mut updates: watch::Receiver<Arc<StatusSnapshot>>,
+    requests: Option<RequestHandler>,
 ) {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
@@ -192,19 +205,78 @@ async fn serve_client(
         return;
     }
     debug!(uid, pid = ?cred.pid(), "status client connected");
+    let (read, mut write) = stream.into_split();
+    let mut read = tokio::io::BufReader::new(read.take(MAX_REQUEST_BYTES));
+    let mut streaming = true;
+    let mut buf = Vec::new();
     loop {
-        let snap = updates.borrow_and_update().clone();
-        let Ok(mut line) = serde_json::to_string(&*snap) else {
-            return;
-        };
-        line.push('\n');
-        if stream.write_all(line.as_bytes()).await.is_err() {
-            return;
+        if streaming {
+            let snap = updates.borrow_and_update().clone();
+            let Ok(line) = serde_json::to_string(&*snap) else {
+                return;
+            };
+            if write_line(&mut write, &line).await.is_err() {
+                return;
+            }
         }
-        if updates.changed().await.is_err() {
-            return;
+        let changed = async {
+            if streaming {
+                updates.changed().await.is_ok()
+            } else {
+                std::future::pending().await
+            }
+        };
+        // `read_until` keeps what it read when the other branch wins; `buf` is cleared
+        // only once a whole line was taken.
+        tokio::select! {
+            ok = changed => if !ok { return },
+            r = read.read_until(b'\n', &mut buf) => {
+                if matches!(r, Ok(0) | Err(_)) {
+                    return;
+                }
+                streaming = false;
+                let answer = match (&requests, serde_json::from_slice::<serde_json::Value>(&buf)) {
+                    _ if !buf.ends_with(b"\n") => {
+                        refuse(&mut write, "request line too long or not ended").await;
+                        return;
+                    }
+                    (_, Err(e)) => error_answer(&format!("bad request line: {e}")),
+                    (None, Ok(_)) => error_answer("this tunnel answers no requests"),
+                    (Some(h), Ok(req)) => h(req).await,
+                };
+                buf.clear();
+                if write_line(&mut write, &answer.to_string()).await.is_err() {
+                    return;
+                }
+            }
         }
     }
+}
+
+/// Answers requests sent on the status socket (`codervpn ping`, `metrics`, …): a JSON value
+/// in, a JSON object with a `kind` out.
+pub type RequestHandler = Arc<
+    dyn Fn(serde_json::Value) -> codervpn_engine::session::BoxFuture<serde_json::Value>
+        + Send
+        + Sync,
+>;
+
+/// Bytes a client may send on one connection (requests are a line of JSON each).
+const MAX_REQUEST_BYTES: u64 = 1 << 20;
+
+/// The answer to a request that could not be served.
+pub fn error_answer(message: &str) -> serde_json::Value {
+    serde_json::json!({ "kind": "error", "message": message })
+}
+
+async fn write_line(w: &mut tokio::net::unix::OwnedWriteHalf, line: &str) -> io::Result<()> {
+    w.write_all(line.as_bytes()).await?;
+    w.write_all(b"\n").await
+}
+
+async fn refuse(w: &mut tokio::net::unix::OwnedWriteHalf, message: &str) {
+    let _ = write_line(w, &error_answer(message).to_string()).await;
+    let _ = w.shutdown().await;
 }
 
 /// `SO_PEERGROUPS` (not in every libc release; 59 on the common Linux architectures).

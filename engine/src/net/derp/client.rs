@@ -4,6 +4,7 @@
 //! dialed over rustls with the trust of [`crate::net::tls`] unless the caller brings its own.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -143,6 +144,30 @@ pub struct DerpConnection {
 pub struct DerpHandle {
     tx: mpsc::Sender<Command>,
     public_key: NodePublicKey,
+    counters: Arc<ConnCounters>,
+}
+
+/// How a connection has fared so far (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DerpConnStats {
+    /// The server's handshake completed on the current connection.
+    pub connected: bool,
+    /// Handshakes completed, the first included: reconnects are one fewer.
+    pub connects: u64,
+}
+
+impl DerpConnStats {
+    /// Connections after the first.
+    pub fn reconnects(&self) -> u64 {
+        self.connects.saturating_sub(1)
+    }
+}
+
+/// Shared between the connection task and its handles.
+#[derive(Debug, Default)]
+struct ConnCounters {
+    connected: AtomicBool,
+    connects: AtomicU64,
 }
 
 /// The connection task is gone.
@@ -203,6 +228,14 @@ impl DerpHandle {
     pub fn public_key(&self) -> NodePublicKey {
         self.public_key
     }
+
+    /// Whether the connection is up, and how often it connected.
+    pub fn stats(&self) -> DerpConnStats {
+        DerpConnStats {
+            connected: self.counters.connected.load(Ordering::Relaxed),
+            connects: self.counters.connects.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Connects with `GET /derp` + `Upgrade: DERP`, sending `headers` (tailnet.md §2) on every
@@ -230,15 +263,21 @@ pub async fn connect_with(
         options,
         backoff: Backoff::default(),
         restart_hint: None,
+        counters: Arc::default(),
     };
     let first = sup.dial_with_fallback().await?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let public_key = sup.private_key.public_key();
     let span = info_span!("derp_client", url = %url, key = %public_key.short());
+    let counters = sup.counters.clone();
     tokio::spawn(sup.run(first, rx, ev_tx).instrument(span));
     Ok(DerpConnection {
-        handle: DerpHandle { tx, public_key },
+        handle: DerpHandle {
+            tx,
+            public_key,
+            counters,
+        },
         events: ev_rx,
     })
 }
@@ -252,6 +291,7 @@ struct Supervisor {
     options: ConnectOptions,
     backoff: Backoff,
     restart_hint: Option<Duration>,
+    counters: Arc<ConnCounters>,
 }
 
 enum End {
@@ -287,6 +327,7 @@ impl Supervisor {
                 .restart_hint
                 .take()
                 .unwrap_or_else(|| self.backoff.next_delay());
+            self.counters.connected.store(false, Ordering::Relaxed);
             warn!(error = %error, ?retry_in, "DERP connection lost; reconnecting");
             let event = DerpEvent::Disconnected {
                 error: Arc::new(error),
@@ -381,8 +422,15 @@ impl Supervisor {
                 }
             }
             while let Some(e) = core.poll_event() {
-                if let ClientEvent::Restarting { reconnect_in, .. } = e {
-                    self.restart_hint = Some(reconnect_in);
+                match e {
+                    ClientEvent::Restarting { reconnect_in, .. } => {
+                        self.restart_hint = Some(reconnect_in);
+                    }
+                    ClientEvent::Connected { .. } => {
+                        self.counters.connected.store(true, Ordering::Relaxed);
+                        self.counters.connects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
                 // Keep taking commands while the consumer is slow, so that a consumer
                 // blocked on `send` cannot deadlock with us.

@@ -30,7 +30,8 @@ pub mod table;
 mod transport;
 
 pub use client::{
-    ConnectOptions, DerpConnection, DerpEvent, DerpHandle, DerpTransport, connect, connect_with,
+    ConnectOptions, DerpConnStats, DerpConnection, DerpEvent, DerpHandle, DerpTransport, connect,
+    connect_with,
 };
 pub use client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameType, PeerGoneReason, Policy};

@@ -92,6 +92,11 @@ impl DiscoPrivateKey {
         Self(NodePrivateKey::from_bytes(bytes))
     }
 
+    /// The raw private bytes. Handle with care.
+    pub fn to_bytes(&self) -> [u8; KEY_LEN] {
+        self.0.to_bytes()
+    }
+
     /// The matching public key.
     pub fn public_key(&self) -> DiscoPublicKey {
         DiscoPublicKey(*self.0.public_key().as_bytes())

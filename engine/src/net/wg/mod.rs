@@ -68,6 +68,8 @@ pub struct Counters {
 #[derive(Debug, Clone)]
 pub struct PeerStats {
     pub public_key: [u8; 32],
+    /// The addresses routed to the peer.
+    pub allowed_ips: Vec<IpNet>,
     pub endpoint: Option<SocketAddr>,
     pub since_last_handshake: Option<Duration>,
     pub tx_bytes: usize,
@@ -76,6 +78,9 @@ pub struct PeerStats {
     pub path: Option<crate::net::disco::Path>,
     /// Round-trip time of the last disco ping through DERP (filled in by the runner).
     pub relay_latency: Option<Duration>,
+    /// The DERP region our packets to the peer go through when relayed (filled in by the
+    /// runner).
+    pub derp_region: Option<i64>,
 }
 
 struct Peer {
@@ -136,6 +141,12 @@ impl PeerSet {
 
     pub fn len(&self) -> usize {
         self.peers.len()
+    }
+
+    /// The key of the peer whose allowed IPs hold `addr`.
+    pub fn peer_for(&self, addr: std::net::IpAddr) -> Option<[u8; 32]> {
+        let index = self.routes.lookup(addr)?;
+        self.peers.get(index).map(|p| p.config.public_key)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -365,12 +376,14 @@ impl PeerSet {
             let (since_last_handshake, tx_bytes, rx_bytes, _, _) = p.tunn.stats();
             PeerStats {
                 public_key: p.config.public_key,
+                allowed_ips: p.config.allowed_ips.clone(),
                 endpoint: p.endpoint,
                 since_last_handshake,
                 tx_bytes,
                 rx_bytes,
                 path: None,
                 relay_latency: None,
+                derp_region: None,
             }
         })
     }

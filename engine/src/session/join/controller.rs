@@ -46,8 +46,21 @@ pub enum Event {
 /// How the first dial ended.
 pub type FirstDial = Result<(), String>;
 
-/// The latest dial error, for a `start` that gives up waiting.
-pub type LastError = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+/// The control plane as users see it (`codervpn status --json`, metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlStatus {
+    /// The tailnet connection is up.
+    pub connected: bool,
+    /// When it last connected, or when it was lost (then redialling since).
+    pub since: Option<SystemTime>,
+    /// Connections after the first.
+    pub redials: u64,
+    /// Dial attempts that failed.
+    pub failed_dials: u64,
+    /// The latest dial error or reason the connection was lost (also what a `start` that
+    /// gives up waiting reports).
+    pub last_error: Option<String>,
+}
 
 /// Runs until `shutdown` turns true or the owner goes away.
 #[allow(clippy::too_many_arguments)]
@@ -57,7 +70,7 @@ pub async fn run(
     owner_id: [u8; 16],
     events: mpsc::Sender<Event>,
     first: oneshot::Sender<FirstDial>,
-    last_error: LastError,
+    status: watch::Sender<ControlStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut first = Some(first);
@@ -90,7 +103,10 @@ pub async fn run(
                     return;
                 }
                 warn!(error = %e, retry_in = ?delay, "tailnet dial failed");
-                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                status.send_modify(|s| {
+                    s.failed_dials += 1;
+                    s.last_error = Some(e.to_string());
+                });
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,
@@ -103,6 +119,13 @@ pub async fn run(
             let _ = f.send(Ok(()));
         }
         delay = MIN_BACKOFF;
+        status.send_modify(|s| {
+            if s.since.is_some() {
+                s.redials += 1;
+            }
+            s.connected = true;
+            s.since = Some(SystemTime::now());
+        });
         info!(resumed = opts.resume_token.is_some(), "tailnet connected");
         let ended = serve(
             &client,
@@ -118,6 +141,11 @@ pub async fn run(
             Ended::Shutdown => return,
             Ended::Broken(error) => {
                 warn!(%error, "tailnet connection lost; redialling");
+                status.send_modify(|s| {
+                    s.connected = false;
+                    s.since = Some(SystemTime::now());
+                    s.last_error = Some(error.clone());
+                });
                 if events.send(Event::Disconnected { error }).await.is_err() {
                     return;
                 }

@@ -28,6 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::netinfo::RegionLatencies;
 use super::api::{Api, TOKEN_HEADER};
+use super::diag::{Diagnostics, Tap};
 use super::node::NodeInfo;
 use super::peers::WorkspaceState;
 use super::rpc::DialOptions;
@@ -59,6 +60,9 @@ pub struct JoinOptions {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Advertise loopback addresses as endpoints too (peers on the same host: tests).
     pub loopback_endpoints: bool,
+    /// The session's node and disco private keys; `None` (the default, and upstream's
+    /// way): fresh random keys for every session. Set for reproducible tests.
+    pub keys: Option<(NodePrivateKey, DiscoPrivateKey)>,
 }
 
 impl Default for JoinOptions {
@@ -70,6 +74,7 @@ impl Default for JoinOptions {
             timings: owner::OwnerTimings::default(),
             tls: None,
             loopback_endpoints: false,
+            keys: None,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct TailnetConnector {
     /// The latest session's userspace stack (userspace mode only) and DNS zone, for
     /// in-process users such as `codervpn demo`.
     handles: Arc<Mutex<Option<SessionHandles>>>,
+    /// The running session's diagnostics.
+    diagnostics: Diagnostics,
 }
 
 /// What in-process users can reach of a running session: its userspace stack (userspace
@@ -92,7 +99,14 @@ impl TailnetConnector {
         Self {
             opts: Arc::new(opts),
             handles: Arc::default(),
+            diagnostics: Diagnostics::default(),
         }
+    }
+
+    /// The diagnostics of whichever session this connector runs (none yet: its calls
+    /// fail until one starts).
+    pub fn diagnostics(&self) -> Diagnostics {
+        self.diagnostics.clone()
     }
 
     /// The userspace stack of the running session, if it runs in userspace mode.
@@ -121,10 +135,11 @@ impl Connector for TailnetConnector {
     ) -> BoxFuture<Result<Box<dyn Session>, String>> {
         let opts = self.opts.clone();
         let slot = self.handles.clone();
+        let diagnostics = self.diagnostics.clone();
         let span = info_span!("join", url = %params.coder_url);
         Box::pin(
             async move {
-                let (session, handles) = join(&opts, params, link).await?;
+                let (session, handles) = join(&opts, params, link, diagnostics).await?;
                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handles);
                 Ok(Box::new(session) as Box<dyn Session>)
             }
@@ -157,6 +172,7 @@ async fn join(
     opts: &JoinOptions,
     params: StartParams,
     link: ManagerLink,
+    diagnostics: Diagnostics,
 ) -> Result<(TailnetSession, SessionHandles), String> {
     let deadline = tokio::time::Instant::now() + opts.first_dial_deadline;
     let tls = match &opts.tls {
@@ -175,8 +191,10 @@ async fn join(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut guard = StopOnDrop(Some(stop_tx));
 
-    let key = NodePrivateKey::generate();
-    let disco = DiscoPrivateKey::generate();
+    let (key, disco) = opts
+        .keys
+        .clone()
+        .unwrap_or_else(|| (NodePrivateKey::generate(), DiscoPrivateKey::generate()));
     let self_addr = random_self_addr();
     let self_net = IpNet::from(std::net::IpAddr::V6(self_addr));
     let zone = Arc::new(SharedZone::new(Zone::empty(zone_cfg.clone())));
@@ -289,7 +307,7 @@ async fn join(
     };
     let (ev_tx, ev_rx) = mpsc::channel(64);
     let (first_tx, first_rx) = oneshot::channel();
-    let last_error = controller::LastError::default();
+    let (control_tx, control_rx) = watch::channel(controller::ControlStatus::default());
     let controller = tokio::spawn(
         controller::run(
             params.coder_url.clone(),
@@ -297,7 +315,7 @@ async fn join(
             me.id,
             ev_tx,
             first_tx,
-            last_error.clone(),
+            control_tx,
             stop_rx.clone(),
         )
         .in_current_span(),
@@ -307,7 +325,7 @@ async fn join(
         Ok(Ok(Err(e))) => return Err(e),
         Ok(Err(_)) => return Err("the tailnet controller stopped before connecting".into()),
         Err(_) => {
-            let last = last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let last = control_rx.borrow().last_error.clone();
             return Err(format!(
                 "no tailnet connection to {} within {}s; last error: {}",
                 params.coder_url,
@@ -361,6 +379,20 @@ async fn join(
         regions: Vec::new(),
         netmon,
     };
+    diagnostics.set(Some(Tap {
+        wg: owner.wg.clone(),
+        control: control_rx,
+        net: owner.net.clone(),
+        regions: owner
+            .derp_map
+            .regions
+            .iter()
+            .map(|(id, r)| (*id, r.region_name.clone()))
+            .collect(),
+        derp_latency: measured.iter().map(|r| (r.region, r.latency)).collect(),
+        direct_disabled: endpoint_source.is_none(),
+        keys: (key.clone(), disco.clone()),
+    }));
     let owner_task = tokio::spawn(owner.run(ev_rx, ctl_rx).in_current_span());
     let stop = guard.0.take().ok_or("session state lost")?;
     info!(addr = %self_addr, "joined the tailnet");
@@ -371,6 +403,7 @@ async fn join(
             control: ctl_tx,
             controller,
             owner: owner_task,
+            diagnostics,
         },
         (stack, zone),
     ))
@@ -446,6 +479,7 @@ pub struct TailnetSession {
     control: mpsc::Sender<owner::Control>,
     controller: tokio::task::JoinHandle<()>,
     owner: tokio::task::JoinHandle<()>,
+    diagnostics: Diagnostics,
 }
 
 /// How packets are framed on a manager's TUN descriptor: utun's family prefix on macOS; on
@@ -499,8 +533,10 @@ impl Session for TailnetSession {
                 control,
                 controller,
                 owner,
+                diagnostics,
                 ..
             } = *self;
+            diagnostics.set(None);
             let (done_tx, done_rx) = oneshot::channel();
             let _ = tokio::time::timeout(STOP_GRACE, async {
                 if control.send(owner::Control::Stop(done_tx)).await.is_ok() {

@@ -223,13 +223,16 @@ impl Owner {
             Event::Coordinate(resp) => self.coordinate(resp).await,
             Event::DerpMap(mut map) => {
                 debug!(regions = map.regions.len(), "DERP map updated");
+                // Keep the embedded relay pointed where the REST map pointed it (at the
+                // access URL): from the embedded region's relay node, whatever our home is.
                 if let Some(base) = self
                     .derp_map
                     .regions
-                    .get(&self.home_region)
-                    .and_then(|r| r.nodes.first())
+                    .values()
+                    .filter(|r| r.embedded_relay)
+                    .find_map(|r| r.nodes.iter().find(|n| !n.stun_only))
+                    .cloned()
                 {
-                    // Keep the embedded relay pointed where the REST map pointed it.
                     for r in map.regions.values_mut().filter(|r| r.embedded_relay) {
                         for n in r.nodes.iter_mut().filter(|n| !n.stun_only) {
                             n.host_name = base.host_name.clone();

@@ -1,0 +1,175 @@
+//! Diagnostics of a running `codervpn up` (issue #19): the requests its status socket
+//! answers (`status`, `ping`, `metrics`, `bugreport`), and the CLI commands that ask them
+//! (`codervpn status --json`, `ping`, `metrics`, `bugreport`) or need no tunnel at all
+//! (`codervpn netcheck`).
+//!
+//! Requests are one JSON line each (`{"request": "ping", "address": "…"}`); every answer is
+//! one JSON object with a `kind` (`status`, `pong`, `metrics`, `bugreport` or `error`).
+
+pub mod bugreport;
+pub mod cli;
+pub mod http;
+pub mod logring;
+pub mod metrics;
+pub mod netcheck;
+pub mod statusdoc;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use codervpn_engine::net::pings::PongPath;
+use codervpn_engine::session::diag::{Diagnostics, EngineSnapshot};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use self::logring::LogRing;
+use crate::status::{RequestHandler, StatusSnapshot, error_answer};
+
+/// Longest a ping request may wait for its pong.
+pub const MAX_PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Secrets shorter than this are not searched for (they would match ordinary text).
+const MIN_SECRET_LEN: usize = 6;
+
+/// What `codervpn up` lets its status socket's clients ask about.
+pub struct UpDiag {
+    /// Our engine's diagnostics; `None` in compat modes (the tunnel is Coder's).
+    pub engine: Option<Diagnostics>,
+    pub status: watch::Receiver<Arc<StatusSnapshot>>,
+    /// The last log lines.
+    pub logs: Option<LogRing>,
+    /// Every network settings request applied, described (newest last).
+    pub settings: Arc<Mutex<Vec<String>>>,
+    /// The session token and `--header` values: never sent, replaced by `[redacted]`.
+    pub secrets: Vec<String>,
+    /// `embedded`, `compat-daemon` or `compat-dylib`.
+    pub mode: String,
+}
+
+impl UpDiag {
+    /// The status socket's request handler.
+    pub fn handler(self: Arc<Self>) -> RequestHandler {
+        Arc::new(move |req| {
+            let me = self.clone();
+            Box::pin(async move { me.answer(req).await })
+        })
+    }
+
+    async fn engine(&self) -> Option<EngineSnapshot> {
+        self.engine.as_ref()?.snapshot().await.ok()
+    }
+
+    /// `text` without the token, header values or the session's private keys.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = redact_secrets(text, &self.secrets);
+        if let Some(e) = &self.engine {
+            out = e.redact(&out);
+        }
+        out
+    }
+
+    pub async fn answer(&self, req: Value) -> Value {
+        match req.get("request").and_then(Value::as_str) {
+            Some("status") => {
+                let snap = self.status.borrow().clone();
+                let engine = self.engine().await;
+                let doc = statusdoc::build(&snap, engine.as_ref(), &self.mode, SystemTime::now());
+                json!({ "kind": "status", "status": doc })
+            }
+            Some("metrics") => {
+                let snap = self.status.borrow().clone();
+                let engine = self.engine().await;
+                json!({ "kind": "metrics", "text": metrics::render(&snap, engine.as_ref()) })
+            }
+            Some("ping") => self.ping(&req).await,
+            Some("bugreport") => {
+                let files = self.bugreport_files().await;
+                let files: Vec<Value> = files
+                    .into_iter()
+                    .map(|(name, text)| json!({ "name": name, "text": self.redact(&text) }))
+                    .collect();
+                json!({ "kind": "bugreport", "files": files })
+            }
+            Some(other) => error_answer(&format!("unknown request {other:?}")),
+            None => error_answer("a request is an object with a \"request\" name"),
+        }
+    }
+
+    async fn ping(&self, req: &Value) -> Value {
+        let Some(engine) = &self.engine else {
+            return error_answer(
+                "ping needs our engine in-process (codervpn up --mode embedded); this tunnel is Coder's",
+            );
+        };
+        let Some(addr) = req
+            .get("address")
+            .and_then(Value::as_str)
+            .and_then(|a| a.parse::<IpAddr>().ok())
+        else {
+            return error_answer("ping: want an \"address\" (an IP address)");
+        };
+        let timeout = req
+            .get("timeout_ms")
+            .and_then(Value::as_u64)
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(5))
+            .min(MAX_PING_TIMEOUT);
+        match engine.ping(addr, timeout).await {
+            Ok(r) => {
+                let path = match r.path {
+                    PongPath::Direct(a) => json!({ "kind": "direct", "endpoint": a.to_string() }),
+                    PongPath::Derp { region } => json!({
+                        "kind": "derp",
+                        "region_id": region,
+                        "region": region.and_then(|id| engine.region_name(id)),
+                    }),
+                };
+                json!({
+                    "kind": "pong",
+                    "address": addr.to_string(),
+                    "latency_ms": r.latency.as_secs_f64() * 1e3,
+                    "path": path,
+                })
+            }
+            Err(e) => error_answer(&e.to_string()),
+        }
+    }
+
+    /// The files of a bug report this side knows (not yet redacted).
+    async fn bugreport_files(&self) -> Vec<(String, String)> {
+        let snap = self.status.borrow().clone();
+        let engine = self.engine().await;
+        let doc = statusdoc::build(&snap, engine.as_ref(), &self.mode, SystemTime::now());
+        let mut files = vec![
+            (
+                "status.json".to_owned(),
+                serde_json::to_string_pretty(&doc).unwrap_or_default(),
+            ),
+            (
+                "metrics.txt".to_owned(),
+                metrics::render(&snap, engine.as_ref()),
+            ),
+            ("network.txt".to_owned(), netcheck::describe_session(&doc)),
+            (
+                "settings.txt".to_owned(),
+                self.settings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .join("\n"),
+            ),
+        ];
+        if let Some(l) = &self.logs {
+            files.push(("up.log".to_owned(), l.lines().join("\n") + "\n"));
+        }
+        files
+    }
+}
+
+/// `text` with every secret of at least [`MIN_SECRET_LEN`] characters replaced.
+pub fn redact_secrets(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
+        out = out.replace(s.as_str(), "[redacted]");
+    }
+    out
+}
