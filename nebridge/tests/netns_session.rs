@@ -88,3 +88,17 @@ fn up_reaches_a_deployment_only_through_an_http_proxy() {
 fn up_goes_direct_over_ipv6_when_the_hosts_share_only_ipv6() {
     script("direct6.sh", &[], "direct6 ok");
 }
+
+/// `codervpn ping`, `status --json`, `metrics` (CLI and `--metrics-listen`, parsed by
+/// prometheus_client), `netcheck` and `bugreport` against the testbed with a direct path.
+#[test]
+fn diagnostics_show_a_direct_path() {
+    script("diag.sh", &["direct"], "diag ok (direct)");
+}
+
+/// The same with UDP between the hosts dropped: every command shows DERP, and ping and
+/// netcheck say UDP looks blocked.
+#[test]
+fn diagnostics_show_a_derp_only_path_and_why() {
+    script("diag.sh", &["derp"], "diag ok (derp)");
+}

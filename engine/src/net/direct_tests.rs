@@ -282,3 +282,73 @@ fn a_peer_on_derp_is_pinged_through_the_relay_and_the_last_round_trip_is_kept() 
     net.a.direct.remove_peer(&net.b.node);
     assert!(net.a.direct.relay_pings.is_empty());
 }
+
+#[test]
+fn a_user_ping_goes_the_current_way_and_its_pong_moves_no_path() {
+    let mut net = Net::new();
+    net.udp_up = false;
+    net.relay_delay = Duration::from_millis(10);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.a_path(), Path::Derp);
+    let stats_before = net.a.direct.peers[&net.b.node].paths.stats();
+
+    // On DERP: the ping crosses the relay and the pong says so.
+    let queue = &mut net.queue;
+    let tx = net
+        .a
+        .direct
+        .user_ping(net.now, net.b.node, &mut |s| queue.push_back((false, s)))
+        .unwrap();
+    assert!(matches!(
+        net.queue.back(),
+        Some((false, DiscoSend::Relay { .. }))
+    ));
+    net.pump();
+    let pong = net.a.direct.poll_user_pong().expect("a pong through DERP");
+    assert_eq!(pong.tx_id, tx);
+    assert!(matches!(pong.via, Via::Derp(m) if m == A_MAGIC_FOR_B.parse().unwrap()));
+    assert!(
+        pong.latency >= Duration::from_millis(20),
+        "{:?}",
+        pong.latency
+    );
+    assert_eq!(net.a.direct.poll_user_pong(), None);
+    assert_eq!(
+        net.a.direct.peers[&net.b.node].paths.stats().unknown_pongs,
+        stats_before.unknown_pongs,
+        "the user's pong is not taken for a discovery pong"
+    );
+
+    // Direct: the ping goes over UDP to the direct address.
+    net.udp_up = true;
+    net.run_for(Duration::from_secs(10));
+    let Path::Direct { addr, .. } = net.a_path() else {
+        panic!("not direct: {:?}", net.a_path())
+    };
+    let queue = &mut net.queue;
+    net.a
+        .direct
+        .user_ping(net.now, net.b.node, &mut |s| queue.push_back((false, s)))
+        .unwrap();
+    assert!(matches!(net.queue.back(), Some((false, DiscoSend::Udp { to, .. })) if *to == addr));
+    net.pump();
+    let pong = net.a.direct.poll_user_pong().expect("a direct pong");
+    assert_eq!(pong.via, Via::Udp(B_UDP.parse().unwrap()));
+    assert!(matches!(net.a_path(), Path::Direct { .. }));
+
+    // A lost ping is forgotten after its timeout; a peer without disco is refused.
+    net.udp_up = false;
+    let queue = &mut net.queue;
+    net.a
+        .direct
+        .user_ping(net.now, net.b.node, &mut |s| queue.push_back((false, s)))
+        .unwrap();
+    net.pump();
+    assert_eq!(net.a.direct.poll_user_pong(), None);
+    net.run_for(USER_PING_TIMEOUT + Duration::from_secs(1));
+    assert!(net.a.direct.user_pings.is_empty());
+    assert_eq!(
+        net.a.direct.user_ping(net.now, [9; 32], &mut |_| {}),
+        Err(PingRefused::NoDisco)
+    );
+}

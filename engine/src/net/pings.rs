@@ -32,7 +32,7 @@ pub struct PingReply {
 /// Why a user's ping got no pong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PingError {
-    #[error("no peer has the address {0}")]
+    #[error("no peer holds the address {0} (yet: its node may still be on its way)")]
     NoPeer(IpAddr),
     #[error("the data plane looks for no direct paths (no disco key)")]
     NoDisco,

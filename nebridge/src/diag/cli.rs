@@ -136,8 +136,20 @@ fn doc_path_text(p: &Option<PathDoc>) -> String {
 /// `codervpn ping`.
 pub fn ping(args: PingArgs) -> anyhow::Result<()> {
     let mut conn = connect(&args.socket)?;
-    let doc = fetch_doc(&mut conn)?;
-    let (ip, agent) = resolve(&doc, &args.target)?;
+    let mut doc = fetch_doc(&mut conn)?;
+    // Right after `up` connects the workspace list may still be on its way: a name that
+    // is not known yet gets a few seconds.
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let (ip, agent) = loop {
+        match resolve(&doc, &args.target) {
+            Ok(found) => break found,
+            Err(_) if Instant::now() < give_up && args.target.parse::<IpAddr>().is_err() => {
+                std::thread::sleep(Duration::from_millis(250));
+                doc = fetch_doc(&mut conn)?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let shown = agent
         .as_ref()
         .and_then(|a| a.host.clone())

@@ -235,3 +235,43 @@ async fn a_region_scored_up_by_the_server_is_not_chosen_as_home_though_faster() 
     fetch_page(&connector, &agent.ip).await;
     assert!(m.client.stop().await.unwrap().success);
 }
+
+/// Home is region 1000 (region 999 scored ×1000), the agent is homed in the embedded region
+/// 999 and direct connections are off: the client must dial 999's relay at the access URL
+/// after the tailnet's own DERP map arrives, and traffic crosses it. (A map update once
+/// pointed the embedded relay at the home region's first node — a STUN-only node on port
+/// 443 — and the agent was unreachable.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_relay_is_reached_when_home_is_another_region() {
+    use codervpn_testbed::{EMBEDDED_REGION_ID, SECOND_REGION_ID};
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        second_region: true,
+        disable_direct_connections: true,
+        region_scores: vec![(EMBEDDED_REGION_ID, 1000.0)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (m, connector, _) = started_with(&tb, latest_round_only()).await;
+    wait_home(&tb, SECOND_REGION_ID).await;
+    let agent = tb.deployment().agent_summaries()[0].clone();
+    let page = fetch_page(&connector, &agent.ip).await;
+    assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+    assert!(
+        tb.derp_connections(EMBEDDED_REGION_ID) >= 1,
+        "the client never reached region 999"
+    );
+    let snap = connector.diagnostics().snapshot().await.unwrap();
+    assert!(
+        snap.wg
+            .derp
+            .iter()
+            .any(|(id, s)| *id == EMBEDDED_REGION_ID && s.connected),
+        "{:?}",
+        snap.wg.derp
+    );
+    assert_eq!(snap.wg.home_region, Some(SECOND_REGION_ID));
+    assert!(snap.wg.traffic.derp_rx.packets > 0 && snap.wg.traffic.udp_rx.packets == 0);
+    assert!(m.client.stop().await.unwrap().success);
+}
