@@ -189,6 +189,14 @@ async fn up(
             Mode::CompatDylib => "compat-dylib",
         }
         .to_owned(),
+        deployment: Some((
+            args.url.clone(),
+            args.token.clone(),
+            headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        )),
     });
     let metrics = match args.metrics_listen {
         Some(addr) => {

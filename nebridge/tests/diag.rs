@@ -76,6 +76,7 @@ async fn a_live_sessions_bug_report_holds_no_token_header_value_or_private_key()
         settings: applied.clone(),
         secrets: vec![token.clone(), HEADER_VALUE.to_owned()],
         mode: "embedded".into(),
+        deployment: None,
     };
     let mut tunnel = embedded::start(
         connector.clone(),

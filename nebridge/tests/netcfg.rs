@@ -16,7 +16,9 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use codervpn_nebridge::settings::{LinuxNetworkConfig, NetworkSettings, SplitDns};
-use codervpn_nebridge::status::{StatusPublisher, StatusServer, TunnelState, parse_line};
+use codervpn_nebridge::status::{
+    StatusConn, StatusPublisher, StatusServer, TunnelState, parse_line,
+};
 use codervpn_proto::vpn::NetworkSettingsRequest;
 use codervpn_proto::vpn::network_settings_request::{
     DnsSettings, IPv4Settings, IPv6Settings, i_pv4_settings::IPv4Route, i_pv6_settings::IPv6Route,
@@ -590,4 +592,84 @@ fn status_socket_bind_refuses_a_live_socket() {
         );
         assert!(path.exists());
     });
+}
+
+/// Requests on the status socket (issue #19): answered one line each with a `kind`; bad
+/// lines get an error answer, an endless one closes the connection; a compat tunnel (no
+/// engine) refuses ping by name.
+#[test]
+fn status_socket_answers_requests_and_refuses_garbage() {
+    if !is_root() {
+        return;
+    }
+    let dir = temp_dir("requests");
+    let path = dir.join("status.sock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let mut publisher = StatusPublisher::new();
+    let diag = std::sync::Arc::new(codervpn_nebridge::diag::UpDiag {
+        engine: None,
+        status: publisher.subscribe(),
+        logs: None,
+        settings: Default::default(),
+        secrets: vec!["sekrit-token-123".into()],
+        mode: "compat-daemon".into(),
+        deployment: None,
+    });
+    let server = StatusServer::bind(&path, None).unwrap();
+    rt.spawn(server.serve(publisher.subscribe(), Some(diag.handler())));
+    publisher.set_state(TunnelState::Started, now());
+
+    let mut conn = StatusConn::connect(&path).unwrap();
+    let t = Duration::from_secs(5);
+    let status = conn
+        .ask(&serde_json::json!({"request": "status"}), t)
+        .unwrap();
+    assert_eq!(status["status"]["state"], "started", "{status}");
+    assert_eq!(status["status"]["schema_version"], 1);
+    assert!(
+        status["status"]["control_plane"].is_null(),
+        "no engine facts"
+    );
+    let err = conn
+        .ask(
+            &serde_json::json!({"request": "ping", "address": "fd60::1"}),
+            t,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs our engine"), "{err}");
+    let err = conn
+        .ask(&serde_json::json!({"request": "reboot"}), t)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown request \"reboot\""), "{err}");
+    let metrics = conn
+        .ask(&serde_json::json!({"request": "metrics"}), t)
+        .unwrap();
+    assert!(metrics["text"].as_str().unwrap().contains("codervpn_up 1"));
+
+    // Not JSON: an error answer, and the connection stays usable.
+    use std::io::{BufRead, Write};
+    let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    raw.set_read_timeout(Some(t)).unwrap();
+    raw.write_all(b"{not json\n").unwrap();
+    let mut r = std::io::BufReader::new(raw.try_clone().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.contains("\"kind\"") {
+            break;
+        }
+    }
+    assert!(line.contains("bad request line"), "{line}");
+    // More than the connection may send, no newline: an error, then EOF.
+    let junk = vec![b'x'; 2 << 20];
+    let _ = raw.write_all(&junk);
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut r, &mut rest);
+    assert!(rest.contains("request line too long"), "{rest}");
+    drop(rt);
+    let _ = std::fs::remove_dir_all(dir);
 }

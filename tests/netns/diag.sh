@@ -124,7 +124,7 @@ import json, sys; d = json.load(sys.stdin); assert d['udp'] == ('$MODE' == 'dire
   || fail "netcheck --json"
 
 # bugreport: every part there, no secret anywhere (token, the --header value).
-C bugreport "${SOCK[@]}" -o "$WORK/report.tar.gz" --url "$URL" --token "$TOKEN" > /dev/null 2> "$WORK/bug.err" \
+C bugreport "${SOCK[@]}" -o "$WORK/report.tar.gz" > /dev/null 2> "$WORK/bug.err" \
   || fail "bugreport failed: $(cat "$WORK/bug.err")"
 mkdir "$WORK/report" && tar -xzf "$WORK/report.tar.gz" -C "$WORK/report"
 for f in version.txt os.txt status.json metrics.txt network.txt settings.txt up.log netcheck.txt; do
@@ -132,10 +132,20 @@ for f in version.txt os.txt status.json metrics.txt network.txt settings.txt up.
 done
 grep -q "joined the tailnet" "$WORK/report/codervpn-bugreport/up.log" || fail "no log lines in the report"
 grep -q "fd60:627a:a42b::53" "$WORK/report/codervpn-bugreport/settings.txt" || fail "no DNS settings in the report"
+if [ "$MODE" = direct ]; then WANT_UDP="UDP: yes"; else WANT_UDP="UDP: no"; fi
+grep -q "$WANT_UDP" "$WORK/report/codervpn-bugreport/netcheck.txt" \
+  || fail "the report's netcheck: $(cat "$WORK/report/codervpn-bugreport/netcheck.txt")"
 grep -rqF "$TOKEN" "$WORK/report" && fail "the token is in the bug report"
 grep -rqF "$HEADER_SECRET" "$WORK/report" && fail "the header value is in the bug report"
 zcat "$WORK/report.tar.gz" | grep -aqF "$TOKEN" && fail "the token is in the archive"
 echo "  bugreport: $(ls "$WORK/report/codervpn-bugreport" | tr '\n' ' ')"
 
 stop_up || fail "up exited with an error"
+# Without a tunnel: the archive says so, and runs its own netcheck from --url/--token.
+C bugreport "${SOCK[@]}" -o "$WORK/alone.tar.gz" --url "$URL" --token "$TOKEN" > /dev/null 2> "$WORK/bug.err" \
+  || fail "bugreport without a tunnel failed: $(cat "$WORK/bug.err")"
+mkdir "$WORK/alone" && tar -xzf "$WORK/alone.tar.gz" -C "$WORK/alone"
+grep -q "no tunnel report" "$WORK/alone/codervpn-bugreport/tunnel.txt" || fail "no tunnel.txt"
+grep -q "$WANT_UDP" "$WORK/alone/codervpn-bugreport/netcheck.txt" || fail "no netcheck without a tunnel"
+grep -rqF "$TOKEN" "$WORK/alone" && fail "the token is in the tunnel-less bug report"
 echo "diag ok ($MODE)"

@@ -327,7 +327,8 @@ pub struct BugreportArgs {
     /// The status socket of the running `codervpn up`.
     #[arg(long, default_value = status::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Also run a netcheck against this deployment (with --token).
+    /// Run a netcheck against this deployment (with --token) when no tunnel answers (a
+    /// running `up` runs one itself).
     #[arg(long, env = "CODER_URL")]
     url: Option<url::Url>,
     #[arg(long, env = "CODER_SESSION_TOKEN", hide_env_values = true)]
@@ -375,7 +376,8 @@ pub fn bugreport(args: BugreportArgs) -> anyhow::Result<()> {
             format!("no tunnel report: {e:#}\n"),
         )),
     }
-    if let (Some(url), Some(token)) = (&args.url, &args.token) {
+    let have_netcheck = files.iter().any(|(n, _)| n == "netcheck.txt");
+    if let (Some(url), Some(token), false) = (&args.url, &args.token, have_netcheck) {
         eprintln!("▸ running a netcheck against {url}");
         let text = match run_netcheck(url, token, &h) {
             Ok(r) => netcheck::format_probe(&r),

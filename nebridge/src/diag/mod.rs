@@ -44,6 +44,8 @@ pub struct UpDiag {
     pub secrets: Vec<String>,
     /// `embedded`, `compat-daemon` or `compat-dylib`.
     pub mode: String,
+    /// The deployment, for the netcheck a bug report runs: URL, token, headers.
+    pub deployment: Option<(url::Url, String, Vec<(String, String)>)>,
 }
 
 impl UpDiag {
@@ -160,6 +162,14 @@ impl UpDiag {
         ];
         if let Some(l) = &self.logs {
             files.push(("up.log".to_owned(), l.lines().join("\n") + "\n"));
+        }
+        if let Some((url, token, headers)) = &self.deployment {
+            let text = match codervpn_engine::session::probe::probe(url, token, headers, None).await
+            {
+                Ok(r) => netcheck::format_probe(&r),
+                Err(e) => format!("netcheck failed: {e}\n"),
+            };
+            files.push(("netcheck.txt".to_owned(), text));
         }
         files
     }

@@ -251,11 +251,21 @@ pub fn session_facts(doc: &StatusDoc) -> Facts {
     let Some(n) = &doc.network else {
         return Facts::default();
     };
+    // Two STUN servers that saw one IPv4 address with different ports: hard NAT.
+    let v4: Vec<std::net::SocketAddr> = n
+        .stun_endpoints
+        .iter()
+        .filter_map(|e| e.parse().ok())
+        .filter(|a: &std::net::SocketAddr| a.is_ipv4())
+        .collect();
+    let hard = v4
+        .iter()
+        .any(|a| v4.iter().any(|b| a.ip() == b.ip() && a.port() != b.port()));
     Facts {
         direct_disabled: n.direct_connections_disabled,
         stun_asked: n.stun_requests > 0,
         udp: n.stun_responses > 0,
-        hard_nat: None,
+        hard_nat: hard.then_some(true),
     }
 }
 
@@ -290,5 +300,36 @@ mod tests {
             ..Default::default()
         });
         assert!(h[0].contains("agent's side"), "{h:?}");
+    }
+
+    #[test]
+    fn the_sessions_stun_endpoints_tell_a_hard_nat() {
+        use super::super::statusdoc::{NetworkDoc, SCHEMA_VERSION};
+        let doc = |endpoints: &[&str], responses| StatusDoc {
+            schema_version: SCHEMA_VERSION,
+            codervpn_version: String::new(),
+            mode: "embedded".into(),
+            state: "started".into(),
+            error: None,
+            control_plane: None,
+            network: Some(NetworkDoc {
+                udp_port: 1,
+                stun_endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+                stun_requests: 4,
+                stun_responses: responses,
+                direct_connections_disabled: false,
+                home_derp: None,
+                derp: Vec::new(),
+            }),
+            workspaces: Vec::new(),
+            invalid_agents: 0,
+        };
+        let f = session_facts(&doc(&["203.0.113.5:1000", "203.0.113.5:1001"], 2));
+        assert_eq!((f.udp, f.hard_nat), (true, Some(true)));
+        let f = session_facts(&doc(&["203.0.113.5:1000", "[2001:db8::1]:1000"], 2));
+        assert_eq!(f.hard_nat, None);
+        let f = session_facts(&doc(&[], 0));
+        assert!(f.stun_asked && !f.udp);
+        assert!(hints(f)[0].contains("UDP looks blocked"));
     }
 }
