@@ -45,8 +45,11 @@ pub struct UpDiag {
     /// `embedded`, `compat-daemon` or `compat-dylib`.
     pub mode: String,
     /// The deployment, for the netcheck a bug report runs: URL, token, headers.
-    pub deployment: Option<(url::Url, String, Vec<(String, String)>)>,
+    pub deployment: Option<Deployment>,
 }
+
+/// A deployment to netcheck: URL, session token, headers.
+pub type Deployment = (url::Url, String, Vec<(String, String)>);
 
 impl UpDiag {
     /// The status socket's request handler.
