@@ -321,7 +321,7 @@ pub fn netcheck_cmd(args: NetcheckArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args)]
 pub struct BugreportArgs {
-    /// Where to write the archive (default: codervpn-bugreport-<time>.tar.gz here).
+    /// Where to write the archive (default: `codervpn-bugreport-<time>.tar.gz` here).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// The status socket of the running `codervpn up`.

@@ -178,7 +178,8 @@ impl UpDiag {
     }
 }
 
-/// `text` with every secret of at least [`MIN_SECRET_LEN`] characters replaced.
+/// `text` with every secret of at least 6 characters replaced (shorter ones would match
+/// ordinary text).
 pub fn redact_secrets(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
