@@ -14,6 +14,7 @@ use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
 use codervpn_nebridge::compat::launch::CompatHost;
 use codervpn_nebridge::compat::{self, ArtifactKind, CompatConfig};
 use codervpn_nebridge::diag::UpDiag;
+use codervpn_nebridge::diag::cli::DeploymentArgs;
 use codervpn_nebridge::diag::http as diag_http;
 use codervpn_nebridge::diag::logring::LogRing;
 use codervpn_nebridge::embedded;
@@ -25,17 +26,8 @@ use tracing::{info, warn};
 
 #[derive(clap::Args)]
 pub struct UpArgs {
-    /// The Coder deployment's URL.
-    #[arg(long, env = "CODER_URL")]
-    url: url::Url,
-    /// A session token (`coder tokens create`, or `coder login` then
-    /// `coder login token`).
-    #[arg(long, env = "CODER_SESSION_TOKEN", hide_env_values = true)]
-    token: String,
-    /// Extra header sent on every request, `Name=Value` (repeatable; for deployments
-    /// behind authenticating proxies).
-    #[arg(long = "header", value_name = "NAME=VALUE")]
-    headers: Vec<String>,
+    #[command(flatten)]
+    deployment: DeploymentArgs,
     /// How the tunnel runs: our engine in-process (embedded), or Coder's compat paths.
     #[arg(long, value_enum, default_value_t = Mode::Embedded)]
     mode: Mode,
@@ -108,21 +100,14 @@ pub fn check_url(url: &url::Url, allow_http: bool) -> anyhow::Result<()> {
 }
 
 fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<vpn::start_request::Header>> {
-    raw.iter()
-        .map(|h| {
-            let (name, value) = h
-                .split_once('=')
-                .with_context(|| format!("--header {h:?}: want NAME=VALUE"))?;
-            Ok(vpn::start_request::Header {
-                name: name.trim().to_owned(),
-                value: value.to_owned(),
-            })
-        })
-        .collect()
+    Ok(codervpn_nebridge::diag::cli::headers(raw)?
+        .into_iter()
+        .map(|(name, value)| vpn::start_request::Header { name, value })
+        .collect())
 }
 
 pub fn run(args: UpArgs, logs: Option<LogRing>) -> anyhow::Result<()> {
-    check_url(&args.url, args.allow_http)?;
+    check_url(&args.deployment.url, args.allow_http)?;
     if args.mode != Mode::Embedded && args.compat_keys.is_empty() && !args.insecure_skip_verify {
         bail!(
             "compat modes load code from the server: pin its signing key with --compat-key (or, for development only, --insecure-skip-verify)"
@@ -134,7 +119,7 @@ pub fn run(args: UpArgs, logs: Option<LogRing>) -> anyhow::Result<()> {
     if use_tun && !root {
         bail!("--tun needs root (or CAP_NET_ADMIN); run with sudo, or use --userspace");
     }
-    let headers = parse_headers(&args.headers)?;
+    let headers = parse_headers(&args.deployment.headers)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -175,7 +160,7 @@ async fn up(
         ..Default::default()
     });
     let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut secrets = vec![args.token.clone()];
+    let mut secrets = vec![args.deployment.token.clone()];
     secrets.extend(headers.iter().map(|h| h.value.clone()));
     let diag = Arc::new(UpDiag {
         engine: (args.mode == Mode::Embedded).then(|| connector.diagnostics()),
@@ -190,8 +175,8 @@ async fn up(
         }
         .to_owned(),
         deployment: Some((
-            args.url.clone(),
-            args.token.clone(),
+            args.deployment.url.clone(),
+            args.deployment.token.clone(),
             headers
                 .iter()
                 .map(|h| (h.name.clone(), h.value.clone()))
@@ -259,11 +244,15 @@ async fn up(
         tun.as_ref().map(|(fd, _)| fd.as_raw_fd()),
     )
     .await?;
-    eprintln!("▸ connecting to {}{}", args.url, proxy_note(&args.url));
+    eprintln!(
+        "▸ connecting to {}{}",
+        args.deployment.url,
+        proxy_note(&args.deployment.url)
+    );
     let req = vpn::StartRequest {
         tunnel_file_descriptor: tun.as_ref().map_or(-1, |(fd, _)| fd.as_raw_fd()),
-        coder_url: args.url.to_string(),
-        api_token: args.token.clone(),
+        coder_url: args.deployment.url.to_string(),
+        api_token: args.deployment.token.clone(),
         headers,
         ..Default::default()
     };
@@ -391,7 +380,7 @@ async fn launch(
             None,
         ));
     }
-    let loopback = check_url(&args.url, false).is_ok();
+    let loopback = check_url(&args.deployment.url, false).is_ok();
     let keys = args
         .compat_keys
         .iter()
@@ -400,10 +389,10 @@ async fn launch(
             false => Ok(k.clone()),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut cfg = CompatConfig::new(args.url.clone(), args.cache_dir.clone(), keys);
-    cfg.allow_http = args.url.scheme() == "http" && (loopback || args.allow_http);
-    cfg.session_token = Some(args.token.clone());
-    cfg.headers = parse_headers(&args.headers)?
+    let mut cfg = CompatConfig::new(args.deployment.url.clone(), args.cache_dir.clone(), keys);
+    cfg.allow_http = args.deployment.url.scheme() == "http" && (loopback || args.allow_http);
+    cfg.session_token = Some(args.deployment.token.clone());
+    cfg.headers = parse_headers(&args.deployment.headers)?
         .into_iter()
         .map(|h| (h.name, h.value))
         .collect();
@@ -413,7 +402,11 @@ async fn launch(
         Mode::CompatDylib => ArtifactKind::Library,
         _ => ArtifactKind::Daemon,
     };
-    eprintln!("▸ downloading the {} from {}", kind.describe(), args.url);
+    eprintln!(
+        "▸ downloading the {} from {}",
+        kind.describe(),
+        args.deployment.url
+    );
     let mut last = 0u64;
     let mut progress = |p: compat::Progress| {
         if p.bytes >= last + (4 << 20) || Some(p.bytes) == p.total {

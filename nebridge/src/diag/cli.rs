@@ -259,23 +259,41 @@ fn tcp_ping(
     ))
 }
 
-#[derive(clap::Args)]
-pub struct NetcheckArgs {
+/// Where a Coder deployment is and how to authenticate to it (`up`, `netcheck`).
+#[derive(clap::Args, Clone)]
+pub struct DeploymentArgs {
     /// The Coder deployment's URL.
     #[arg(long, env = "CODER_URL")]
-    url: url::Url,
-    /// A session token (the DERP map needs one).
+    pub url: url::Url,
+    /// A session token (`coder tokens create`, or `coder login` then
+    /// `coder login token`).
     #[arg(long, env = "CODER_SESSION_TOKEN", hide_env_values = true)]
-    token: String,
-    /// Extra header sent on every request, `Name=Value` (repeatable).
+    pub token: String,
+    /// Extra header sent on every request, `Name=Value` (repeatable; for deployments
+    /// behind authenticating proxies).
     #[arg(long = "header", value_name = "NAME=VALUE")]
-    headers: Vec<String>,
+    pub headers: Vec<String>,
+}
+
+impl DeploymentArgs {
+    /// The `--header` values as (name, value) pairs.
+    pub fn header_pairs(&self) -> anyhow::Result<Vec<(String, String)>> {
+        headers(&self.headers)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct NetcheckArgs {
+    #[command(flatten)]
+    deployment: DeploymentArgs,
     /// Print JSON instead of the report.
     #[arg(long)]
     json: bool,
 }
 
-fn headers(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+/// `NAME=VALUE` strings as (name, value) pairs (the name trimmed; `=` may recur in the
+/// value).
+pub fn headers(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     raw.iter()
         .map(|h| {
             h.split_once('=')
@@ -301,13 +319,14 @@ pub fn run_netcheck(
 
 /// `codervpn netcheck`.
 pub fn netcheck_cmd(args: NetcheckArgs) -> anyhow::Result<()> {
-    let h = headers(&args.headers)?;
+    let d = &args.deployment;
+    let h = d.header_pairs()?;
     eprintln!(
         "▸ probing the network towards {} (STUN {} s, TCP to each relay)",
-        args.url,
+        d.url,
         codervpn_engine::session::probe::STUN_WAIT.as_secs()
     );
-    let r = run_netcheck(&args.url, &args.token, &h)?;
+    let r = run_netcheck(&d.url, &d.token, &h)?;
     if args.json {
         println!(
             "{}",

@@ -72,39 +72,29 @@ pub fn render(snapshot: &StatusSnapshot, engine: Option<&EngineSnapshot>) -> Str
         return o.0;
     };
     let t = &e.wg.traffic;
-    o.family(
-        "codervpn_wireguard_bytes_total",
-        "counter",
-        "WireGuard datagram bytes by path and direction.",
-    );
-    for (path, dir, f) in [
+    let flows = [
         ("direct", "tx", t.udp_tx),
         ("direct", "rx", t.udp_rx),
         ("derp", "tx", t.derp_tx),
         ("derp", "rx", t.derp_rx),
-    ] {
-        o.sample(
+    ];
+    for (name, help, bytes) in [
+        (
             "codervpn_wireguard_bytes_total",
-            &[("path", path), ("direction", dir)],
-            f.bytes,
-        );
-    }
-    o.family(
-        "codervpn_wireguard_packets_total",
-        "counter",
-        "WireGuard datagrams by path and direction.",
-    );
-    for (path, dir, f) in [
-        ("direct", "tx", t.udp_tx),
-        ("direct", "rx", t.udp_rx),
-        ("derp", "tx", t.derp_tx),
-        ("derp", "rx", t.derp_rx),
-    ] {
-        o.sample(
+            "WireGuard datagram bytes by path and direction.",
+            true,
+        ),
+        (
             "codervpn_wireguard_packets_total",
-            &[("path", path), ("direction", dir)],
-            f.packets,
-        );
+            "WireGuard datagrams by path and direction.",
+            false,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for (path, dir, f) in flows {
+            let n = if bytes { f.bytes } else { f.packets };
+            o.sample(name, &[("path", path), ("direction", dir)], n);
+        }
     }
     o.family(
         "codervpn_wireguard_handshake_messages_total",
