@@ -110,7 +110,7 @@ ip netns exec "$NS_A" curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:94
 C netcheck --url "$URL" --token "$TOKEN" > "$WORK/netcheck.txt" 2> /dev/null || fail "netcheck failed"
 if [ "$MODE" = direct ]; then
   grep -q "UDP: yes" "$WORK/netcheck.txt" || fail "netcheck: $(cat "$WORK/netcheck.txt")"
-  grep -q "IPv4: yes, $VETH_A:" "$WORK/netcheck.txt" || fail "netcheck: $(cat "$WORK/netcheck.txt")"
+  grep -q "IPv4 (UDP): yes, $VETH_A:" "$WORK/netcheck.txt" || fail "netcheck: $(cat "$WORK/netcheck.txt")"
   grep -q "999 Coder Embedded Relay: .* ms (STUN), TCP connect" "$WORK/netcheck.txt" || fail "netcheck: $(cat "$WORK/netcheck.txt")"
 else
   grep -q "UDP: no" "$WORK/netcheck.txt" || fail "netcheck: $(cat "$WORK/netcheck.txt")"
@@ -119,9 +119,38 @@ else
 fi
 grep -q "Nearest DERP: Coder Embedded Relay (999)" "$WORK/netcheck.txt" || fail "netcheck: $(cat "$WORK/netcheck.txt")"
 sed 's/^/  /' "$WORK/netcheck.txt"
-C netcheck --url "$URL" --token "$TOKEN" --json 2> /dev/null | python3 -c "
-import json, sys; d = json.load(sys.stdin); assert d['udp'] == ('$MODE' == 'direct'), d" \
-  || fail "netcheck --json"
+C netcheck --url "$URL" --token "$TOKEN" --json > "$WORK/netcheck.json" 2> /dev/null || fail "netcheck --json"
+# Coder's own `coder netcheck` (v2.36.1, tests/coder-go/build.sh) from the same host must
+# agree on UDP and the preferred region, and — where UDP works — on IPv4 and IPv6 (its
+# IPv4/IPv6 turn true on an HTTPS or ICMP measurement too; ours mean a STUN answer).
+CODER_CLI=$(dirname "$0")/../../target/coder-go/coder
+[ -x "$CODER_CLI" ] || fail "no $CODER_CLI: run tests/coder-go/build.sh"
+# Its report ends as soon as every region has a latency, and an ICMP echo over the veth
+# can beat the STUN answer (then it says UDP false though STUN works): b drops ICMP from
+# a meanwhile, so the region's latency comes from STUN (or HTTPS when UDP is blocked).
+ip netns exec "$NS_B" nft -f - <<NFT
+table inet cvpnicmp {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    ip saddr $VETH_A meta l4proto icmp drop
+  }
+}
+NFT
+ip netns exec "$NS_A" env CODER_URL="$URL" CODER_SESSION_TOKEN="$TOKEN" \
+  "$CODER_CLI" --global-config "$WORK/coder-config" netcheck > "$WORK/coder-netcheck.json" 2> /dev/null \
+  || fail "coder netcheck failed"
+ip netns exec "$NS_B" nft delete table inet cvpnicmp
+python3 - "$WORK/netcheck.json" "$WORK/coder-netcheck.json" "$MODE" <<'PY' || fail "netcheck disagrees with coder netcheck"
+import json, sys
+ours = json.load(open(sys.argv[1])); theirs = json.load(open(sys.argv[2]))["derp"]["netcheck"]
+assert ours["udp"] == (sys.argv[3] == "direct"), ours
+fields = [("udp", "UDP"), ("preferred_derp", "PreferredDERP")]
+if theirs["UDP"]:
+    fields += [("ipv4", "IPv4"), ("ipv6", "IPv6")]
+for mine, go in fields:
+    assert ours[mine] == theirs[go], f"{mine}: ours {ours[mine]!r}, coder netcheck {theirs[go]!r}"
+print(f"  coder netcheck agrees: UDP {theirs['UDP']}, IPv4 {theirs['IPv4']}, IPv6 {theirs['IPv6']}, preferred DERP {theirs['PreferredDERP']}")
+PY
 
 # bugreport: every part there, no secret anywhere (token, the --header value).
 C bugreport "${SOCK[@]}" -o "$WORK/report.tar.gz" > /dev/null 2> "$WORK/bug.err" \

@@ -91,7 +91,7 @@ pub fn format_probe(r: &ProbeReport) -> String {
                     .join(", ")
             ),
         };
-        let _ = writeln!(o, "  * {label}: {state}");
+        let _ = writeln!(o, "  * {label} (UDP): {state}");
     }
     let varies = match r.mapping_varies_by_destination() {
         Some(v) => yes(v).to_owned(),

@@ -54,6 +54,7 @@ impl SecondRegion {
         let derp = DerpSlot::new(DerpServer::new(NodePrivateKey::generate()));
         let app = Router::new()
             .route("/derp", get(derp::upgrade_slot))
+            .route("/derp/latency-check", get(crate::routes::latency_check))
             .with_state(derp.clone());
         let (stop_tx, stop_rx) = oneshot::channel();
         crate::spawn_server(listener, tls, app, stop_rx).map_err(fail)?;

@@ -8,6 +8,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v2/users/me", get(users_me))
         .route("/api/v2/workspaceagents/connection", get(connection_info))
         .route("/derp", get(derp::upgrade))
+        // coderd answers these without a token: the DERP latency probe clients use when UDP
+        // is blocked (netcheck's HTTPS fallback), and the dashboard's.
+        .route("/derp/latency-check", get(latency_check))
+        .route("/latency-check", get(latency_check))
         .route("/api/v2/tailnet", get(tailnet_upgrade))
         .route("/bin/", get(bin_listing))
         .route("/bin/{*name}", get(bin_file))
@@ -16,6 +20,12 @@ pub(crate) fn router(state: AppState) -> Router {
             record_request,
         ))
         .with_state(state)
+}
+
+/// `200 OK`, empty: coderd's `/derp/latency-check` (its `/latency-check` writes `OK`;
+/// clients read neither body).
+pub(crate) async fn latency_check() -> StatusCode {
+    StatusCode::OK
 }
 
 /// One request as the testbed saw it (for tests that check what clients send).

@@ -167,3 +167,14 @@ async fn plain_get_of_derp_is_refused_with_426() {
     let tb = testbed().await;
     assert_eq!(get(&tb, "derp").send().await.unwrap().status(), 426);
 }
+
+/// coderd's latency probes answer without a token (netcheck's HTTPS fallback when UDP is
+/// blocked asks `/derp/latency-check`; `coder netcheck` once saw 404 here).
+#[tokio::test]
+async fn latency_checks_need_no_token() {
+    let tb = testbed().await;
+    for path in ["derp/latency-check", "latency-check"] {
+        let r = get(&tb, path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
