@@ -18,7 +18,8 @@ use codervpn_nebridge::diag::cli::DeploymentArgs;
 use codervpn_nebridge::diag::http as diag_http;
 use codervpn_nebridge::diag::logring::LogRing;
 use codervpn_nebridge::embedded;
-use codervpn_nebridge::settings::{LinuxNetworkConfig, NetworkSettings};
+use codervpn_nebridge::settings::resolvconf::RESOLV_CONF;
+use codervpn_nebridge::settings::{LinuxNetworkConfig, NetworkSettings, SplitDns};
 use codervpn_nebridge::status::{StatusPublisher, StatusServer, TunnelState};
 use codervpn_nebridge::wake::{WakeReason, WakeWatch};
 use codervpn_proto::vpn;
@@ -40,6 +41,11 @@ pub struct UpArgs {
     /// With --userspace: serve SOCKS5 here (workspace names resolve).
     #[arg(long, default_value = "127.0.0.1:1080")]
     socks5: SocketAddr,
+    /// How workspace names reach the system resolver: `auto` (systemd-resolved when it
+    /// runs, else `/etc/resolv.conf` when it is a plain file, restored on exit), or one of
+    /// them by name, or `none`.
+    #[arg(long, value_enum, default_value_t = DnsMode::Auto)]
+    dns: DnsMode,
     /// Name of the TUN interface.
     #[arg(long, default_value = "codervpn0")]
     interface: String,
@@ -66,6 +72,33 @@ pub struct UpArgs {
     /// your workspaces, so keep it on loopback).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsMode {
+    Auto,
+    Resolved,
+    ResolvConf,
+    None,
+}
+
+impl DnsMode {
+    fn split_dns(self) -> anyhow::Result<SplitDns> {
+        Ok(match self {
+            DnsMode::Auto => SplitDns::detect(),
+            DnsMode::Resolved => match SplitDns::detect() {
+                d @ SplitDns::Resolvectl(_) => d,
+                _ => bail!(
+                    "--dns resolved: systemd-resolved is not running (or resolvectl is not on PATH)"
+                ),
+            },
+            DnsMode::ResolvConf => SplitDns::resolv_conf(RESOLV_CONF)
+                .map_err(|why| anyhow::anyhow!("--dns resolv-conf: {why}"))?,
+            DnsMode::None => SplitDns::Unavailable {
+                why: "--dns none".into(),
+            },
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -149,7 +182,7 @@ async fn up(
     };
     let net = match &tun {
         Some((_, name)) => Some(Arc::new(tokio::sync::Mutex::new((
-            LinuxNetworkConfig::new(name.clone())?,
+            LinuxNetworkConfig::with_split_dns(name.clone(), args.dns.split_dns()?)?,
             NetworkSettings::default(),
         )))),
         None => None,

@@ -102,3 +102,12 @@ fn diagnostics_show_a_direct_path() {
 fn diagnostics_show_a_derp_only_path_and_why() {
     script("diag.sh", &["derp"], "diag ok (derp)");
 }
+
+/// Without systemd-resolved, `up` puts the tunnel's resolver first in /etc/resolv.conf:
+/// getent and curl resolve workspace names through glibc, other names still reach the
+/// original resolver, and the file comes back byte for byte on exit and after a SIGKILL
+/// at the next start (issue #14).
+#[test]
+fn up_without_resolved_manages_resolv_conf_and_restores_it() {
+    script("resolv.sh", &[], "resolv ok");
+}

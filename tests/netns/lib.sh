@@ -74,13 +74,23 @@ cleanup() {
   done
   for ns in "$NS_A" "$NS_B" "$NS_R" "$NS_S" "$NS_R2"; do
     ip netns del "$ns" 2>/dev/null || true
+    rm -rf "/etc/netns/$ns"
   done
   rm -rf "$WORK"
+}
+
+# own_resolv_conf NS: NS gets a resolv.conf of its own (`ip netns exec` bind-mounts
+# /etc/netns/NS/resolv.conf over /etc/resolv.conf), so that `codervpn up`, which manages
+# /etc/resolv.conf when systemd-resolved is absent, never touches the host's.
+own_resolv_conf() {
+  mkdir -p "/etc/netns/$1"
+  printf '# resolver of test host %s\nnameserver 192.0.2.53\noptions timeout:1\n' "$1" > "/etc/netns/$1/resolv.conf"
 }
 
 setup_hosts() {
   ip netns add "$NS_A"
   ip netns add "$NS_B"
+  own_resolv_conf "$NS_A"
   ip link add "${NS_PREFIX}va" netns "$NS_A" type veth peer name "${NS_PREFIX}vb" netns "$NS_B"
   ip -n "$NS_A" addr add "$VETH_A/24" dev "${NS_PREFIX}va"
   ip -n "$NS_B" addr add "$VETH_B/24" dev "${NS_PREFIX}vb"
@@ -145,6 +155,7 @@ setup_routed() {
     ip -n "$ns" link set lo up
   done
   [ "$agent_nat" = agent-nat ] && { ip netns add "$NS_R2"; ip -n "$NS_R2" link set lo up; }
+  own_resolv_conf "$NS_A"
   # a's LAN.
   lan_link "$NS_A" "$IF_LAN_A" "$LAN_A" "$NS_R" "${NS_PREFIX}lr" "$LAN_R"
   # The public segment: a bridge in r carrying r's public address, s and b on its ports.

@@ -19,6 +19,7 @@ P_A=10.206.0.2
 P_B=10.207.0.1
 B_IP=10.207.0.2
 for ns in "$NS_A" "$NS_P" "$NS_B"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+own_resolv_conf "$NS_A"
 ip link add "${NS_PREFIX}ap" netns "$NS_A" type veth peer name "${NS_PREFIX}pa" netns "$NS_P"
 ip link add "${NS_PREFIX}bp" netns "$NS_B" type veth peer name "${NS_PREFIX}pb" netns "$NS_P"
 ip -n "$NS_A" addr add "$A_IP/24" dev "${NS_PREFIX}ap"

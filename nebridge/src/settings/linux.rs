@@ -1,5 +1,6 @@
 //! Applying merged [`NetworkSettings`] to a Linux TUN interface: addresses, MTU, link up and
-//! routes over rtnetlink; split DNS through systemd-resolved (`resolvectl`).
+//! routes over rtnetlink; split DNS through systemd-resolved (`resolvectl`), or, without
+//! it, `/etc/resolv.conf` managed directly ([`super::resolvconf`]).
 //!
 //! - **Included routes** go in the main table, out of the interface (through the route's
 //!   gateway when it has one).
@@ -11,8 +12,10 @@
 //!   a stock system end at an empty `default` table, making the destination unreachable.
 //! - The IPv4 `router` and DNS `domain_name` have no Linux equivalent and are ignored
 //!   (routes on a TUN need no gateway; the match domains already name the zone).
-//! - Split DNS shells out to `resolvectl` when systemd-resolved is running (see
-//!   [`SplitDns`]); otherwise it logs one WARN saying what will not resolve.
+//! - Split DNS shells out to `resolvectl` when systemd-resolved is running; otherwise it
+//!   puts the tunnel's resolver first in a plain-file `/etc/resolv.conf` (see
+//!   [`SplitDns`]); when neither can be done it logs one WARN saying what will not
+//!   resolve.
 //! - Every apply is a diff against what the previous one installed; [`LinuxNetworkConfig::teardown`]
 //!   removes all of it. The MTU and the link state are left as they are: the interface
 //!   belongs to the tunnel.
@@ -22,9 +25,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::merge::{Dns, NetworkSettings, Route};
+use super::resolvconf::{RESOLV_CONF, ResolvConf, ResolvConfError, Restored};
 use crate::netlink::{Netlink, NetlinkError};
 
 /// The settings applied to one interface, and how to undo them.
@@ -52,6 +56,8 @@ pub struct Plan {
 pub enum SplitDns {
     /// systemd-resolved is running; configure it with this `resolvectl`.
     Resolvectl(PathBuf),
+    /// No systemd-resolved, and `/etc/resolv.conf` is a plain file: manage it.
+    ResolvConf(ResolvConf),
     /// No supported resolver; `why` says what is missing.
     Unavailable { why: String },
 }
@@ -71,6 +77,12 @@ pub enum ApplyError {
         command: String,
         detail: String,
     },
+    #[error("interface {interface}: DNS: {source}")]
+    ResolvConf {
+        interface: String,
+        #[source]
+        source: ResolvConfError,
+    },
 }
 
 impl LinuxNetworkConfig {
@@ -89,6 +101,17 @@ impl LinuxNetworkConfig {
             interface: interface.clone(),
             source,
         })?;
+        if let SplitDns::ResolvConf(rc) = &split_dns {
+            match rc.recover() {
+                Ok(Some(pid)) => {
+                    warn!(path = %rc.path().display(), pid, "restored the resolver configuration a codervpn that is gone (pid {pid}) left behind")
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(ApplyError::ResolvConf { interface, source });
+                }
+            }
+        }
         Ok(Self {
             interface,
             netlink,
@@ -243,6 +266,7 @@ impl LinuxNetworkConfig {
                 debug!(interface = %self.interface, servers = ?dns.servers, "split DNS applied");
                 Ok(())
             }
+            SplitDns::ResolvConf(rc) => rc.apply(dns).map_err(|source| self.dns_err(source)),
             SplitDns::Unavailable { why } => {
                 warn!(interface = %self.interface, "{}", missing_resolver_message(why, dns));
                 Ok(())
@@ -256,7 +280,25 @@ impl LinuxNetworkConfig {
                 self.resolvectl(bin, &["revert".into(), self.interface.clone()])
                     .await
             }
+            SplitDns::ResolvConf(rc) => match rc.restore() {
+                Ok(Restored::Yes) => {
+                    info!(path = %rc.path().display(), "resolver configuration restored");
+                    Ok(())
+                }
+                Ok(Restored::NotOurs) => {
+                    warn!(path = %rc.path().display(), "another program rewrote it while the tunnel ran; left as it is");
+                    Ok(())
+                }
+                Err(source) => Err(self.dns_err(source)),
+            },
             SplitDns::Unavailable { .. } => Ok(()),
+        }
+    }
+
+    fn dns_err(&self, source: ResolvConfError) -> ApplyError {
+        ApplyError::ResolvConf {
+            interface: self.interface.clone(),
+            source,
         }
     }
 
@@ -291,12 +333,13 @@ impl LinuxNetworkConfig {
 
 impl SplitDns {
     /// `Resolvectl` when systemd-resolved's runtime directory exists and `resolvectl` is on
-    /// `PATH`; otherwise `Unavailable` saying which is missing.
+    /// `PATH`; else `ResolvConf` when `/etc/resolv.conf` is a plain file; otherwise
+    /// `Unavailable` saying what is missing.
     pub fn detect() -> Self {
         if !Path::new("/run/systemd/resolve").is_dir() {
-            return Self::Unavailable {
-                why: "systemd-resolved is not running".into(),
-            };
+            return Self::resolv_conf(RESOLV_CONF).unwrap_or_else(|why| Self::Unavailable {
+                why: format!("systemd-resolved is not running and {why}"),
+            });
         }
         let found = std::env::var_os("PATH").and_then(|path| {
             std::env::split_paths(&path)
@@ -309,6 +352,15 @@ impl SplitDns {
                 why: "systemd-resolved is running but resolvectl is not on PATH".into(),
             },
         }
+    }
+}
+
+impl SplitDns {
+    /// `ResolvConf` for `path` when it is a plain file; else why not.
+    pub fn resolv_conf(path: impl AsRef<Path>) -> Result<Self, String> {
+        let path = path.as_ref();
+        ResolvConf::manageable(path)?;
+        Ok(Self::ResolvConf(ResolvConf::new(path)))
     }
 }
 

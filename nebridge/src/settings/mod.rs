@@ -2,6 +2,7 @@
 
 pub mod linux;
 pub mod merge;
+pub mod resolvconf;
 
 pub use linux::{ApplyError, LinuxNetworkConfig, Plan, SplitDns};
 pub use merge::{Dns, InvalidSettings, IpSettings, NetworkSettings, Route};
