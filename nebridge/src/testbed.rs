@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Owner username.
     #[arg(long, default_value = "testy")]
     username: String,
+    /// The version `/api/v2/buildinfo` reports (compat mode checks a downloaded CLI's own
+    /// version against it).
+    #[arg(long, default_value = codervpn_testbed::DEFAULT_VERSION)]
+    server_version: String,
     /// DNS hostname suffix the deployment reports (default: unset, clients use `coder`).
     #[arg(long)]
     hostname_suffix: Option<String>,
@@ -89,6 +93,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             workspaces: args.workspaces,
             agents_per_workspace: args.agents,
             username: args.username,
+            version: args.server_version,
             hostname_suffix: args.hostname_suffix,
             tls: args.tls,
             stun: !args.no_stun,

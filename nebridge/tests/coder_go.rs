@@ -250,3 +250,72 @@ fn our_daemon_says_what_coders_tunnel_says_to_a_manager() {
         serde_json::json!(["coder", "coderlan"])
     );
 }
+
+/// Compat mode runs a downloaded CLI only when its `version --output=json` equals the
+/// server's version, as Coder Desktop requires (issue #14): the real `coder` v2.36.1
+/// passes against "v2.36.1" and is refused against any other; output that is not the
+/// JSON expected, a failing exit and a CLI that hangs are refused too (the hanging one
+/// killed within the timeout).
+#[test]
+fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
+    use codervpn_nebridge::compat::launch::{LaunchError, check_cli_version};
+    use std::time::{Duration, Instant};
+    let coder = coder_go("coder");
+    let t = Duration::from_secs(10);
+    check_cli_version(&coder, "v2.36.1", t).expect("the real CLI is v2.36.1");
+    for other in ["v2.36.0", "v2.36.1-rc.1", "2.36.1", ""] {
+        match check_cli_version(&coder, other, t) {
+            Err(LaunchError::VersionMismatch { binary, server, .. }) => {
+                assert_eq!((binary.as_str(), server.as_str()), ("v2.36.1", other));
+            }
+            r => panic!("server {other:?}: {r:?}"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fake = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    };
+    let cases = [
+        ("text", "echo 'Coder v2.36.1'", "not the JSON expected"),
+        (
+            "noversion",
+            "echo '{\"Version\": 2}'",
+            "not the JSON expected",
+        ),
+        (
+            "fails",
+            "echo '{\"version\":\"v2.36.1\"}'; exit 3",
+            "exited with exit status: 3",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let err = check_cli_version(&fake(name, body), "v2.36.1", t).unwrap_err();
+        assert!(
+            matches!(err, LaunchError::VersionUnreadable { .. }) && err.to_string().contains(want),
+            "{name}: {err}"
+        );
+    }
+    let hang = fake("hang", "echo $$ > \"$(dirname \"$0\")/pid\"; exec sleep 60");
+    let start = Instant::now();
+    let err = check_cli_version(&hang, "v2.36.1", Duration::from_millis(700)).unwrap_err();
+    assert!(err.to_string().contains("killed"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signal 0 only checks whether the process exists.
+    assert_ne!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the hanging CLI {pid} still runs"
+    );
+}

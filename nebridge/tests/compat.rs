@@ -442,7 +442,7 @@ async fn server_older_than_2_20_0_is_refused_before_downloading() {
     assert_eq!(
         err,
         format!(
-            "server version check failed: the Coder server at {} reports version \"v2.19.9\", below the minimum 2.20.0 compat mode supports",
+            "server version check failed: the Coder server at {} reports version \"v2.19.9\", below the minimum 2.20.0 compat mode supports for CoderVPN library",
             env.testbed.url()
         )
     );
@@ -642,6 +642,24 @@ async fn daemon_binary_is_verified_and_copied_to_a_private_executable() {
     let err = artifact.load_library().unwrap_err().to_string();
     assert!(err.contains("is not a tunnel library"), "{err}");
     assert!(!loaded(&bytes));
+}
+
+/// The CLI as a daemon needs a server of 2.24.2 or later (Coder Desktop's minimum since it
+/// runs the CLI); a 2.24.1 server is refused before anything is downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_mode_needs_a_server_of_2_24_2() {
+    let env = Env::start("v2.24.1").await;
+    let name = platform().file_name(ArtifactKind::Daemon);
+    env.testbed.publish(&name, payload("daemon"));
+    let err = fetch_verified(&env.config, ArtifactKind::Daemon, &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("reports version \"v2.24.1\", below the minimum 2.24.2 compat mode supports for Coder CLI (vpn-daemon)"),
+        "{err}"
+    );
+    assert_eq!(env.testbed.bin_bodies_served(&name), 0);
 }
 
 fn ok_json(body: &str) -> Vec<u8> {

@@ -117,8 +117,9 @@ compat-coder)
   minisign -G -W -p "$WORK/mini.pub" -s "$WORK/mini.key" >/dev/null
   cp "$CODER_GO/coder" "$WORK/$NAME"
   minisign -S -s "$WORK/mini.key" -m "$WORK/$NAME" -x "$WORK/$NAME.minisig" \
-    -t "codervpn-artifact file=$NAME version=2.24.3 platform=linux-x86_64" >/dev/null
-  start_testbed --workspaces 2 --publish "$NAME=$WORK/$NAME" --publish "$NAME.minisig=$WORK/$NAME.minisig"
+    -t "codervpn-artifact file=$NAME version=2.36.1 platform=linux-x86_64" >/dev/null
+  # The server runs the release the CLI is (compat mode requires the two to match).
+  start_testbed --workspaces 2 --server-version v2.36.1 --publish "$NAME=$WORK/$NAME" --publish "$NAME.minisig=$WORK/$NAME.minisig"
   AGENT_IP=$(json 'd["agents"][0]["ip"]')
   FQDN=$(json 'd["agents"][0]["fqdn"][1]'); FQDN=${FQDN%.}   # main.dev1.me.coder
   # a's own resolv.conf (ip netns exec bind-mounts it over /etc/resolv.conf): Coder's

@@ -69,6 +69,82 @@ pub enum LaunchError {
     },
     #[error("CoderVPN handshake with {what} failed: {reason}")]
     Handshake { what: String, reason: String },
+    #[error(
+        "version check failed: cannot read the version of {path} (`version --output=json`): {reason}"
+    )]
+    VersionUnreadable { path: String, reason: String },
+    #[error(
+        "version check failed: {path} is Coder {binary:?} but the server runs {server:?}; a CLI must match its server exactly (as Coder Desktop requires)"
+    )]
+    VersionMismatch {
+        path: String,
+        binary: String,
+        server: String,
+    },
+}
+
+/// How long `<cli> version --output=json` may take.
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of its output read.
+const MAX_VERSION_OUTPUT: u64 = 64 * 1024;
+
+/// Runs the (verified) CLI at `path` as `version --output=json` and requires its `version`
+/// to equal `server` exactly, as Coder Desktop for macOS does (`Validator.validateVersion`)
+/// before it runs a downloaded CLI as its daemon. A CLI that hangs is killed after
+/// `timeout`.
+pub fn check_cli_version(
+    path: &std::path::Path,
+    server: &str,
+    timeout: Duration,
+) -> Result<(), LaunchError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let unreadable = |reason: String| LaunchError::VersionUnreadable {
+        path: shown.clone(),
+        reason,
+    };
+    let mut child = Command::new(path)
+        .args(["version", "--output=json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| unreadable(e.to_string()))?;
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(s) = stdout {
+            let _ = s.take(MAX_VERSION_OUTPUT).read_to_end(&mut out);
+        }
+        out
+    });
+    if !wait_exit(&mut child, timeout) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(unreadable(format!("no answer within {timeout:?}; killed")));
+    }
+    let status = child.wait().map_err(|e| unreadable(e.to_string()))?;
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(unreadable(format!("it exited with {status}")));
+    }
+    #[derive(serde::Deserialize)]
+    struct VersionOutput {
+        version: String,
+    }
+    let parsed: VersionOutput = serde_json::from_slice(&out).map_err(|e| {
+        let head = String::from_utf8_lossy(&out[..out.len().min(80)]).into_owned();
+        unreadable(format!("not the JSON expected ({e}): {head:?}"))
+    })?;
+    if parsed.version != server {
+        return Err(LaunchError::VersionMismatch {
+            path: shown,
+            binary: parsed.version,
+            server: server.to_owned(),
+        });
+    }
+    tracing::info!(path = %shown, version = %parsed.version, "the CLI's version is the server's");
+    Ok(())
 }
 
 /// `dlopen`s the verified bytes and opens a tunnel on them.
@@ -123,6 +199,20 @@ pub async fn spawn_daemon(
         path: shown.clone(),
         source,
     };
+    // Only verified bytes get here (signature first); the version check runs them once.
+    let expected = artifact.server_version.raw.clone();
+    let checked_path = path.clone();
+    tokio::task::spawn_blocking(move || {
+        check_cli_version(&checked_path, &expected, VERSION_TIMEOUT)
+    })
+    .await
+    .map_err(|e| LaunchError::VersionUnreadable {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(&path);
+    })?;
     let (m2t_r, m2t_w) = pipe().map_err(spawn_err)?;
     let (t2m_r, t2m_w) = pipe().map_err(spawn_err)?;
     let keep: Vec<RawFd> = [m2t_r.as_raw_fd(), t2m_w.as_raw_fd()]
@@ -185,7 +275,7 @@ mod tests {
     /// A daemon artifact that records its pid and hangs without a handshake.
     fn hanging_daemon(dir: &std::path::Path) -> VerifiedArtifact {
         let script = format!(
-            "#!/bin/sh\necho $$ > {}/pid\nexec sleep 60\n",
+            "#!/bin/sh\n[ \"$1\" = version ] && {{ echo '{{\"version\":\"v2.36.1\"}}'; exit 0; }}\necho $$ > {}/pid\nexec sleep 60\n",
             dir.display()
         );
         VerifiedArtifact {

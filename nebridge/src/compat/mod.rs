@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! fetch_verified(config, ArtifactKind::Library, progress)
-//!   1. GET <server>/api/v2/buildinfo          server version, must be >= 2.20.0
+//!   1. GET <server>/api/v2/buildinfo          server version, must be >= 2.20.0 (library)
+//!                                             or >= 2.24.2 (the CLI as a daemon)
 //!   2. GET <server>/bin/coder-vpn-<os>-<arch>.<so|dylib>
 //!        If-None-Match: "<sha1 of the cached copy>"; 304 keeps the cache
 //!        200 streams into a temp file in the private cache dir (size cap, timeouts,
@@ -51,7 +52,8 @@ use url::Url;
 pub use download::{DownloadError, Limits, Progress, ensure_private_dir};
 pub use load::{CompatLibrary, CompatTunnel, LoadError, OpenTunnelError};
 pub use verify::{
-    MIN_SERVER_VERSION, SemVer, ServerVersion, TRUSTED_COMMENT_TAG, TrustedComment, VerifyError,
+    MIN_DAEMON_SERVER_VERSION, MIN_SERVER_VERSION, SemVer, ServerVersion, TRUSTED_COMMENT_TAG,
+    TrustedComment, VerifyError,
 };
 
 /// The header Coder reads the session token from.
@@ -146,6 +148,14 @@ impl ArtifactKind {
         match self {
             ArtifactKind::Library => "CoderVPN library",
             ArtifactKind::Daemon => "Coder CLI (vpn-daemon)",
+        }
+    }
+
+    /// The oldest server this kind of artifact is taken from.
+    pub fn min_server_version(self) -> SemVer {
+        match self {
+            ArtifactKind::Library => MIN_SERVER_VERSION,
+            ArtifactKind::Daemon => MIN_DAEMON_SERVER_VERSION,
         }
     }
 }
@@ -306,7 +316,12 @@ pub async fn fetch_verified(
         })?;
     let limits = config.limits();
     let server_version = verify::server_version(&client, &config.server, limits).await?;
-    verify::check_minimum(&config.server, &server_version)?;
+    verify::check_minimum(
+        &config.server,
+        &server_version,
+        kind.min_server_version(),
+        kind.describe(),
+    )?;
     let keys = if config.insecure_skip_verify {
         Vec::new()
     } else {

@@ -7,11 +7,20 @@ use url::Url;
 
 use super::download::{Limits, error_chain, request_error};
 
-/// The oldest Coder server compat mode accepts (dylib-abi-and-compat.md §5).
+/// The oldest Coder server compat mode accepts for the library (dylib-abi-and-compat.md
+/// §5; Coder Desktop for macOS before v0.8.0: `SignatureValidator.minimumCoderVersion`).
 pub const MIN_SERVER_VERSION: SemVer = SemVer {
     major: 2,
     minor: 20,
     patch: 0,
+};
+
+/// The oldest Coder server whose CLI compat mode runs as `vpn-daemon run` (Coder Desktop
+/// for macOS since v0.8.0: `Validator.minimumCoderVersion = "2.24.2"`).
+pub const MIN_DAEMON_SERVER_VERSION: SemVer = SemVer {
+    major: 2,
+    minor: 24,
+    patch: 2,
 };
 
 /// The first word of every trusted comment compat mode accepts.
@@ -142,9 +151,14 @@ pub enum VerifyError {
     #[error("server version check failed: cannot read {url}: {detail}")]
     BuildInfo { url: Url, detail: String },
     #[error(
-        "server version check failed: the Coder server at {server} reports version {raw:?}, below the minimum {MIN_SERVER_VERSION} compat mode supports"
+        "server version check failed: the Coder server at {server} reports version {raw:?}, below the minimum {minimum} compat mode supports for {what}"
     )]
-    ServerTooOld { server: Url, raw: String },
+    ServerTooOld {
+        server: Url,
+        raw: String,
+        minimum: SemVer,
+        what: &'static str,
+    },
     #[error("signature check failed: no minisign public keys are configured")]
     NoKeys,
     #[error(
@@ -211,12 +225,19 @@ pub async fn server_version(
     })
 }
 
-/// Refuses a server older than [`MIN_SERVER_VERSION`].
-pub fn check_minimum(server: &Url, version: &ServerVersion) -> Result<(), VerifyError> {
-    if version.semver < MIN_SERVER_VERSION {
+/// Refuses a server older than `minimum` (the artifact's, `what`).
+pub fn check_minimum(
+    server: &Url,
+    version: &ServerVersion,
+    minimum: SemVer,
+    what: &'static str,
+) -> Result<(), VerifyError> {
+    if version.semver < minimum {
         return Err(VerifyError::ServerTooOld {
             server: server.clone(),
             raw: version.raw.clone(),
+            minimum,
+            what,
         });
     }
     Ok(())
