@@ -154,7 +154,7 @@ pub enum VerifyError {
         "server version check failed: the Coder server at {server} reports version {raw:?}, below the minimum {minimum} compat mode supports for {what}"
     )]
     ServerTooOld {
-        server: Url,
+        server: String,
         raw: String,
         minimum: SemVer,
         what: &'static str,
@@ -234,7 +234,7 @@ pub fn check_minimum(
 ) -> Result<(), VerifyError> {
     if version.semver < minimum {
         return Err(VerifyError::ServerTooOld {
-            server: server.clone(),
+            server: server.to_string(),
             raw: version.raw.clone(),
             minimum,
             what,
