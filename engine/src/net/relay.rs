@@ -208,6 +208,16 @@ impl Relay {
         }
     }
 
+    /// Asks every connection to prove it is alive within `timeout` (after a wake); a silent
+    /// one is dropped and dialled again at once ([`DerpHandle::probe`]).
+    pub fn probe_all(&self, timeout: std::time::Duration) {
+        for (region, handle) in &self.conns {
+            if handle.probe(timeout).is_err() {
+                debug!(region, "DERP connection gone; nothing to probe");
+            }
+        }
+    }
+
     /// Every connected region with its connection's counters, by region id.
     pub fn connections(&self) -> Vec<(i64, DerpConnStats)> {
         let mut v: Vec<_> = self.conns.iter().map(|(r, h)| (*r, h.stats())).collect();

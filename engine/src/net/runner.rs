@@ -238,6 +238,11 @@ pub async fn run<D: Device>(
     );
     loop {
         if std::mem::take(&mut rebind) {
+            // Upstream's rebind pings every DERP connection and redials the silent ones:
+            // after a suspend a connection can look open and carry nothing.
+            if let Some(r) = &outbox.relay {
+                r.probe_all(super::derp::PROBE_TIMEOUT);
+            }
             udp = rebound(udp)?;
             outbox.fd = udp.raw_fd();
             let gro = udp.enable_gro();

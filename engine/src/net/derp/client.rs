@@ -111,6 +111,10 @@ pub enum ConnectError {
     },
     #[error("DERP server {url} closed the connection")]
     Eof { url: String },
+    #[error("DERP connection to {url}: a write took longer than {WRITE_TIMEOUT:?}")]
+    WriteTimeout { url: String },
+    #[error("DERP connection to {url}: no pong within {after:?} of a probe (stale after a wake?)")]
+    Stale { url: String, after: Duration },
     #[error("DERP connection to {url} failed: {source}")]
     Protocol {
         url: String,
@@ -177,11 +181,22 @@ pub struct DerpClosed;
 
 #[derive(Debug)]
 enum Command {
-    Send { to: NodePublicKey, packet: Bytes },
+    Send {
+        to: NodePublicKey,
+        packet: Bytes,
+    },
     Preferred(bool),
     Ping([u8; 8]),
+    /// Ping, and reconnect at once unless the pong comes within the duration.
+    Probe(Duration),
     Close,
 }
+
+/// A write to the server that takes longer than this ends the connection (upstream's
+/// `derp.Client` closes it after 5 s).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a probe waits for its pong (upstream's post-rebind DERP ping: 3 s).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl DerpHandle {
     /// Queues `packet` for `to`. Packets sent while reconnecting are dropped (DERP is a
@@ -217,6 +232,16 @@ impl DerpHandle {
             .send(Command::Ping(data))
             .await
             .map_err(|_| DerpClosed)
+    }
+
+    /// Checks the connection is alive (after a wake): a ping that must be answered within
+    /// `timeout`, else the connection is dropped and dialled again at once (upstream's
+    /// `maybeCloseDERPsOnRebind`). Never waits.
+    pub fn probe(&self, timeout: Duration) -> Result<(), DerpClosed> {
+        match self.tx.try_send(Command::Probe(timeout)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DerpClosed),
+        }
     }
 
     /// Closes the connection and stops reconnecting.
@@ -264,6 +289,7 @@ pub async fn connect_with(
         backoff: Backoff::default(),
         restart_hint: None,
         counters: Arc::default(),
+        probe: None,
     };
     let first = sup.dial_with_fallback().await?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -292,6 +318,8 @@ struct Supervisor {
     backoff: Backoff,
     restart_hint: Option<Duration>,
     counters: Arc<ConnCounters>,
+    /// A probe in flight: its ping data, and when it gives up.
+    probe: Option<([u8; 8], Instant, Duration)>,
 }
 
 enum End {
@@ -346,6 +374,8 @@ impl Supervisor {
                         Some(Command::Preferred(p)) => self.options.preferred = p,
                         Some(Command::Send { to, .. }) => trace!(to = %to.short(), "dropping packet while reconnecting"),
                         Some(Command::Ping(_)) => {}
+                        // A wake while waiting to redial: the network may be back; dial now.
+                        Some(Command::Probe(_)) => break,
                     },
                 }
             }
@@ -415,10 +445,13 @@ impl Supervisor {
         let (mut transport, mut core) = conn;
         let url = self.url.to_string();
         let mut timer = Timer::new();
+        self.probe = None;
         let result = 'conn: loop {
             while let Some(bytes) = core.poll_transmit() {
-                if let Err(source) = transport.write(bytes).await {
-                    break 'conn End::Failed(ConnectError::Io { url, source });
+                match tokio::time::timeout(WRITE_TIMEOUT, transport.write(bytes)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(source)) => break 'conn End::Failed(ConnectError::Io { url, source }),
+                    Err(_) => break 'conn End::Failed(ConnectError::WriteTimeout { url }),
                 }
             }
             while let Some(e) = core.poll_event() {
@@ -429,6 +462,11 @@ impl Supervisor {
                     ClientEvent::Connected { .. } => {
                         self.counters.connected.store(true, Ordering::Relaxed);
                         self.counters.connects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ClientEvent::Pong { data } if self.probe.is_some_and(|(d, ..)| d == data) => {
+                        self.probe = None;
+                        debug!("DERP probe answered; the connection is alive");
+                        continue;
                     }
                     _ => {}
                 }
@@ -447,7 +485,11 @@ impl Supervisor {
             if core.has_transmit() {
                 continue;
             }
-            timer.arm(core.poll_timeout());
+            let probe_deadline = self.probe.map(|(_, at, _)| at);
+            timer.arm(match (core.poll_timeout(), probe_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            });
             tokio::select! {
                 r = transport.read() => match r {
                     Ok(Read::Data(b)) => {
@@ -467,6 +509,13 @@ impl Supervisor {
                     }
                 },
                 () = timer.wait() => {
+                    if let Some((_, at, after)) = self.probe
+                        && at <= Instant::now()
+                    {
+                        self.probe = None;
+                        self.restart_hint = Some(Duration::ZERO);
+                        break End::Failed(ConnectError::Stale { url, after });
+                    }
                     if let Err(source) = core.handle_timeout(Instant::now()) {
                         break End::Failed(ConnectError::Protocol { url, source });
                     }
@@ -489,6 +538,15 @@ impl Supervisor {
                 core.note_preferred(p)
             }
             Some(Command::Ping(d)) => core.send_ping(d),
+            Some(Command::Probe(timeout)) => {
+                if self.probe.is_some() {
+                    return None;
+                }
+                let mut data = [0u8; 8];
+                OsRng.fill_bytes(&mut data);
+                self.probe = Some((data, Instant::now() + timeout, timeout));
+                core.send_ping(data)
+            }
         };
         match res {
             Ok(()) => None,

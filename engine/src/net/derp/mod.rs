@@ -30,8 +30,8 @@ pub mod table;
 mod transport;
 
 pub use client::{
-    ConnectOptions, DerpConnStats, DerpConnection, DerpEvent, DerpHandle, DerpTransport, connect,
-    connect_with,
+    ConnectError, ConnectOptions, DerpConnStats, DerpConnection, DerpEvent, DerpHandle,
+    DerpTransport, PROBE_TIMEOUT, WRITE_TIMEOUT, connect, connect_with,
 };
 pub use client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameType, PeerGoneReason, Policy};
