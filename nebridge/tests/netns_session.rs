@@ -111,3 +111,11 @@ fn diagnostics_show_a_derp_only_path_and_why() {
 fn up_without_resolved_manages_resolv_conf_and_restores_it() {
     script("resolv.sh", &[], "resolv ok");
 }
+
+/// With every path to an agent dead (the agent's host drops everything from the client),
+/// a TCP connect fails with EHOSTUNREACH within ~7 s instead of hanging, and the Coder
+/// Connect marker still resolves within 100 ms (issue #14).
+#[test]
+fn a_connect_to_an_agent_with_every_path_dead_fails_fast() {
+    script("failfast.sh", &[], "failfast ok");
+}

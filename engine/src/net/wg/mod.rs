@@ -7,6 +7,7 @@
 
 mod allowed_ips;
 pub mod config;
+pub mod unreachable;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -62,6 +63,8 @@ pub struct Counters {
     pub rejected: u64,
     /// Decrypted, but its source address is outside the sending peer's allowed IPs.
     pub source_not_allowed: u64,
+    /// ICMPv6 unreachable errors written to the device ([`unreachable`]).
+    pub unreachable_sent: u64,
 }
 
 /// What a peer's state looks like from outside.
@@ -90,11 +93,14 @@ struct Peer {
     /// Set by [`PeerSet::set_endpoint`]: the endpoint is chosen outside (disco) and neither
     /// roaming nor an upsert moves it.
     pinned: bool,
+    liveness: unreachable::Liveness,
 }
 
 impl Peer {
-    /// An authenticated datagram came from `from`: move there unless pinned.
+    /// An authenticated datagram came from `from`: the peer answers; move there unless
+    /// pinned.
     fn roam(&mut self, from: SocketAddr) {
+        self.liveness.received();
         if !self.pinned {
             self.endpoint = Some(from);
         }
@@ -112,6 +118,9 @@ pub struct PeerSet {
     routes: AllowedIps<u32>,
     next_index: u32,
     counters: Counters,
+    /// The last timer tick (rate limits for the ICMPv6 errors).
+    now: Instant,
+    icmp: Vec<u8>,
 }
 
 impl PeerSet {
@@ -128,6 +137,8 @@ impl PeerSet {
             routes: AllowedIps::new(),
             next_index: 1,
             counters: Counters::default(),
+            now: Instant::now(),
+            icmp: Vec::with_capacity(1280),
         }
     }
 
@@ -189,6 +200,7 @@ impl PeerSet {
                         endpoint: config.endpoint,
                         config: config.clone(),
                         pinned: false,
+                        liveness: Default::default(),
                     },
                 );
                 index
@@ -245,6 +257,8 @@ impl PeerSet {
         };
         let Some(&index) = self.routes.lookup(dst) else {
             self.counters.no_route += 1;
+            // Dropped, not answered: right after a join, an agent's name can resolve
+            // before its node has made it a peer, and TCP's retry then finds it.
             trace!(%dst, "no peer for destination");
             return;
         };
@@ -252,6 +266,15 @@ impl PeerSet {
             self.counters.no_route += 1;
             return;
         };
+        peer.liveness.sent();
+        if peer.liveness.dead() && unreachable::may_answer(&mut peer.liveness.last_error, self.now)
+        {
+            trace!(%dst, "peer does not answer; unreachable");
+            if unreachable::icmp6_unreachable(packet, &mut self.icmp) {
+                self.counters.unreachable_sent += 1;
+                emit(Emit::Tunnel(&self.icmp));
+            }
+        }
         match peer.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(data) => match peer.endpoint {
                 Some(to) => emit(Emit::Network { to, data }),
@@ -354,7 +377,10 @@ impl PeerSet {
             self.rate_limiter.reset_count();
             self.last_limiter_reset = Some(now);
         }
+        self.now = now;
         for peer in self.peers.values_mut() {
+            let session = peer.tunn.stats().0.is_some();
+            peer.liveness.tick(now, session);
             match peer.tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(data) => match peer.endpoint {
                     Some(to) => emit(Emit::Network { to, data }),

@@ -309,3 +309,73 @@ fn persistent_keepalive_is_sent_by_the_timers() {
     assert_eq!(out.net.len(), 1, "a keepalive");
     assert_eq!(out.net[0].1.len(), 32, "an empty data message");
 }
+
+fn tcp6_syn(src: &str, dst: &str) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+    p.extend_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p.extend_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p.extend_from_slice(&[
+        0xc0, 1, 0, 22, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 2, 0xff, 0xff, 0, 0, 0, 0,
+    ]);
+    p
+}
+
+#[test]
+fn a_silent_peer_gets_icmp6_unreachable_and_an_unowned_address_stays_dropped() {
+    let mut a = PeerSet::new(key(1));
+    a.upsert_peer(PeerConfig {
+        public_key: public(key(2)),
+        preshared_key: None,
+        allowed_ips: vec!["fd60:627a:a42b:1::2/128".parse().unwrap()],
+        endpoint: Some(B_ADDR.parse().unwrap()),
+        persistent_keepalive: None,
+    });
+    let mut buf = vec![0u8; 2048];
+    let syn = tcp6_syn("fd60:627a:a42b::1", "fd60:627a:a42b:1::2");
+    let t0 = Instant::now();
+    let mut send = |a: &mut PeerSet, packet: &[u8]| {
+        let mut out = Out::default();
+        a.encapsulate(packet, &mut buf, &mut sink(&mut out));
+        out
+    };
+    let first = send(&mut a, &syn);
+    assert!(
+        first.tun.is_empty(),
+        "the first packet waits for the handshake"
+    );
+    assert_eq!(first.net.len(), 1, "a handshake initiation");
+    let mut tick = |a: &mut PeerSet, secs: u64| {
+        let mut out = Out::default();
+        a.update_timers(
+            t0 + Duration::from_secs(secs),
+            &mut vec![0u8; 2048],
+            &mut sink(&mut out),
+        );
+    };
+    tick(&mut a, 0);
+    tick(&mut a, 4);
+    assert!(
+        send(&mut a, &syn).tun.is_empty(),
+        "4 s unanswered: still waiting"
+    );
+    tick(&mut a, 5);
+    let dead = send(&mut a, &syn);
+    assert_eq!(dead.tun.len(), 1, "5 s unanswered: unreachable");
+    let icmp = &dead.tun[0];
+    assert_eq!((icmp[6], icmp[40], icmp[41]), (58, 1, 3));
+    assert_eq!(&icmp[24..40], &syn[8..24], "back to the sender");
+    assert!(
+        send(&mut a, &syn).tun.is_empty(),
+        "rate-limited within a tick"
+    );
+    assert_eq!(a.counters().unreachable_sent, 1);
+
+    // No peer owns it (yet, right after a join): dropped, not answered.
+    tick(&mut a, 6);
+    let nobody = send(
+        &mut a,
+        &tcp6_syn("fd60:627a:a42b::1", "fd60:627a:a42b:9::9"),
+    );
+    assert!(nobody.tun.is_empty() && nobody.net.is_empty());
+    assert_eq!(a.counters().unreachable_sent, 1);
+}
