@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// tunnel on this address; workspace names resolve (e.g. `curl --socks5-hostname`).
     #[arg(long, env = "CODERVPN_SOCKS5")]
     socks5: Option<std::net::SocketAddr>,
+    /// When the manager sends no TUN (`tunnel_file_descriptor` 0, as Coder's Linux managers
+    /// do), make this interface and configure it ourselves, as Coder's Linux daemon does.
+    #[arg(long, default_value = codervpn_nebridge::daemon_net::DEFAULT_TUN_NAME)]
+    tun_name: String,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -58,6 +62,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             socks5: args.socks5,
             ..Default::default()
         });
+        let connector = codervpn_nebridge::daemon_net::SelfManaged {
+            inner: connector,
+            tun_name: args.tun_name,
+        };
         let opts = TunnelOptions::new(Arc::new(connector));
         anyhow::Ok(serve(conn, opts, signalled).await)
     })?;

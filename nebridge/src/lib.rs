@@ -3,6 +3,8 @@
 //! and the status surface. The `codervpn` binary builds on it.
 
 pub mod compat;
+#[cfg(target_os = "linux")]
+pub mod daemon_net;
 pub mod diag;
 pub mod embedded;
 pub mod netlink;

@@ -319,3 +319,16 @@ fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
         "the hanging CLI {pid} still runs"
     );
 }
+
+/// Coder's Linux daemon behaviour (issue #14): the same Go manager sends no TUN
+/// (`tunnel_file_descriptor` 0) to Coder's real `coder vpn-daemon run` and then to ours;
+/// both make `coder0` with the same address, MTU, route and first resolver (two documented
+/// differences: table 52 and the original resolvers), send the manager no settings, and
+/// leave nothing after the stop; ours killed with SIGKILL loses `coder0` with the process
+/// and its resolv.conf is put back by the next start (`tests/netns/coder0.sh`).
+#[test]
+fn our_daemon_makes_and_removes_coder0_as_coders_daemon_does() {
+    coder_go("coder");
+    coder_go("coderpeer");
+    common::netns_script("coder0.sh", &[], "coder0 ok");
+}

@@ -106,7 +106,14 @@ impl StartParams {
 #[derive(Clone)]
 pub struct ManagerLink {
     handle: Handle<TunnelSide>,
+    /// Applies network settings here instead of asking the manager (a daemon that
+    /// configures its own interface, as Coder's Linux daemon does).
+    local_settings: Option<LocalSettings>,
 }
+
+/// Applies a network settings request locally: `Ok` when applied, `Err(reason)` refuses.
+pub type LocalSettings =
+    std::sync::Arc<dyn Fn(NetworkSettingsRequest) -> BoxFuture<Result<(), String>> + Send + Sync>;
 
 /// A request to the manager that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,7 +128,16 @@ pub enum LinkError {
 
 impl ManagerLink {
     pub fn new(handle: Handle<TunnelSide>) -> Self {
-        Self { handle }
+        Self {
+            handle,
+            local_settings: None,
+        }
+    }
+
+    /// This link with network settings applied by `apply` and never sent to the manager.
+    pub fn with_local_settings(mut self, apply: LocalSettings) -> Self {
+        self.local_settings = Some(apply);
+        self
     }
 
     /// Sends an unsolicited `PeerUpdate` (one-way), waiting for queue space.
@@ -141,6 +157,9 @@ impl ManagerLink {
         &self,
         settings: NetworkSettingsRequest,
     ) -> Result<(), LinkError> {
+        if let Some(apply) = &self.local_settings {
+            return apply(settings).await.map_err(LinkError::Refused);
+        }
         let msg = TunnelMessage {
             rpc: None,
             msg: Some(tunnel_message::Msg::NetworkSettings(settings)),
