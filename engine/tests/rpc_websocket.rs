@@ -406,3 +406,45 @@ async fn answered_pings_keep_a_quiet_session_alive() {
     let back: RefreshResumeTokenResponse = client.unary("/t/Echo", &token(5)).await.unwrap();
     assert_eq!(back, token(5));
 }
+
+/// A wake's probe (issue #14): a silent peer is found within the probe's 3 s, not the
+/// keep-alive's 30 + 10 s; a live one answers and the session goes on.
+#[tokio::test(start_paused = true)]
+async fn a_probe_finds_a_silent_peer_within_its_deadline() {
+    use codervpn_engine::session::rpc::ProbeHandle;
+    let (c_io, s_io) = tokio::io::duplex(64 * 1024);
+    let client_ws = WebSocketStream::from_raw_socket(c_io, Role::Client, None).await;
+    let _silent = WebSocketStream::from_raw_socket(s_io, Role::Server, None).await;
+    let probe = ProbeHandle::default();
+    let mux = MuxClient::start(
+        WsByteStream::with_keepalive(client_ws, Some(KeepAliveConfig::default()))
+            .with_probe(Some(probe.clone())),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!mux.is_ended());
+    let start = tokio::time::Instant::now();
+    probe.probe(Duration::from_secs(3));
+    let err = mux.ended().await.unwrap_err();
+    assert!(
+        start.elapsed() <= Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        format!("{err:?}").contains("did not answer a ping within 3s"),
+        "{err:?}"
+    );
+
+    let (c_io, s_io) = tokio::io::duplex(64 * 1024);
+    let client_ws = WebSocketStream::from_raw_socket(c_io, Role::Client, None).await;
+    let server_ws = WebSocketStream::from_raw_socket(s_io, Role::Server, None).await;
+    tokio::spawn(serve_websocket(server_ws, Arc::new(echo_router())));
+    let probe = ProbeHandle::default();
+    let mux = MuxClient::start(
+        WsByteStream::with_keepalive(client_ws, Some(KeepAliveConfig::default()))
+            .with_probe(Some(probe.clone())),
+    );
+    probe.probe(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!mux.is_ended(), "a live peer answered the probe");
+}

@@ -119,3 +119,11 @@ fn up_without_resolved_manages_resolv_conf_and_restores_it() {
 fn a_connect_to_an_agent_with_every_path_dead_fails_fast() {
     script("failfast.sh", &[], "failfast ok");
 }
+
+/// A wake after the tailnet and DERP connections went silent (dead but open): both are
+/// probed, found dead within ~3 s and dialled again, and the agent answers over DERP
+/// again (issue #14).
+#[test]
+fn a_wake_redials_silent_tailnet_and_derp_connections() {
+    script("wake.sh", &[], "wake ok");
+}

@@ -243,6 +243,7 @@ pub async fn run<D: Device>(
             if let Some(r) = &outbox.relay {
                 r.probe_all(super::derp::PROBE_TIMEOUT);
             }
+            peers.reset_sessions();
             udp = rebound(udp)?;
             outbox.fd = udp.raw_fd();
             let gro = udp.enable_gro();

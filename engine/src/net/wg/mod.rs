@@ -222,6 +222,25 @@ impl PeerSet {
         )
     }
 
+    /// Drops every session (after a wake): the monotonic clock stood still while the
+    /// machine slept, so a session can look fresh here that the peer expired long ago;
+    /// the next packet to each peer starts a new handshake instead of waiting 15 s for
+    /// WireGuard to notice. Keys, endpoints and routes stay.
+    pub fn reset_sessions(&mut self) {
+        let fresh: Vec<(u32, Tunn)> = self
+            .peers
+            .iter()
+            .map(|(index, p)| (*index, self.new_tunn(&p.config, *index)))
+            .collect();
+        for (index, tunn) in fresh {
+            if let Some(p) = self.peers.get_mut(&index) {
+                p.tunn = tunn;
+                p.liveness = Default::default();
+            }
+        }
+        debug!(peers = self.peers.len(), "WireGuard sessions reset");
+    }
+
     /// Pins the peer's endpoint to `addr`: from now on only another call moves it (no
     /// roaming to a datagram's source, no change on upsert). Returns whether the peer exists.
     pub fn set_endpoint(&mut self, public_key: &[u8; 32], addr: SocketAddr) -> bool {

@@ -379,3 +379,20 @@ fn a_silent_peer_gets_icmp6_unreachable_and_an_unowned_address_stays_dropped() {
     assert!(nobody.tun.is_empty() && nobody.net.is_empty());
     assert_eq!(a.counters().unreachable_sent, 1);
 }
+
+#[test]
+fn after_a_session_reset_the_next_packet_starts_a_handshake() {
+    let mut p = pair();
+    let packet = ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"hello");
+    let first = send_a(&mut p, &packet);
+    let (_, at_b) = settle(&mut p, first);
+    assert_eq!(at_b.len(), 1, "delivered once the handshake completed");
+    let data = send_a(&mut p, &packet);
+    assert_eq!(data[0].1[0], 4, "a session: data goes out at once");
+    p.a.reset_sessions();
+    let after = send_a(&mut p, &packet);
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].1[0], 1, "no session: a handshake initiation");
+    let (_, at_b) = settle(&mut p, after);
+    assert_eq!(at_b.len(), 1, "and the packet arrives after it");
+}

@@ -300,9 +300,11 @@ async fn join(
     };
 
     // The control plane.
+    let tailnet_probe = crate::session::rpc::ProbeHandle::default();
     let dial = DialOptions {
         headers,
         tls: Some(tls),
+        probe: Some(tailnet_probe.clone()),
         ..Default::default()
     };
     let (ev_tx, ev_rx) = mpsc::channel(64);
@@ -378,6 +380,7 @@ async fn join(
         peers: Default::default(),
         regions: Vec::new(),
         netmon,
+        tailnet_probe,
     };
     diagnostics.set(Some(Tap {
         wg: owner.wg.clone(),

@@ -107,6 +107,8 @@ pub struct Owner {
     /// Host network changes ([`crate::net::netmon`]); `None` where there is no monitor
     /// or direct connections are off.
     pub netmon: Option<mpsc::Receiver<()>>,
+    /// Probes the tailnet websocket on a wake (a silent one is redialled).
+    pub tailnet_probe: crate::session::rpc::ProbeHandle,
 }
 
 impl Owner {
@@ -138,6 +140,9 @@ impl Owner {
                     }
                     Some(Control::Wake) => {
                         if self.rebind.allow(Instant::now(), self.timings.rebind_debounce) {
+                            // The coordinator's websocket must answer a ping within 3 s, or
+                            // the controller redials it (DERP: the runner probes on rebind).
+                            self.tailnet_probe.probe(crate::net::derp::PROBE_TIMEOUT);
                             self.refresh_endpoints(true).await;
                         } else {
                             info!(debounce = ?self.timings.rebind_debounce, "wake soon after the last rebind: not rebinding again");

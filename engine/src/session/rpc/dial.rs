@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use url::Url;
 
 use super::client::RpcClient;
-use super::keepalive::KeepAliveConfig;
+use super::keepalive::{KeepAliveConfig, ProbeHandle};
 use super::mux::MuxClient;
 use super::ws::{WsByteStream, websocket_config};
 use crate::net::proxy;
@@ -41,6 +41,8 @@ pub struct DialOptions {
     /// Websocket keep-alive; `None` turns it off. Default: ping after 30 s of quiet, dead
     /// after 10 s more (hashicorp/yamux's defaults).
     pub keepalive: Option<KeepAliveConfig>,
+    /// Probes the open websocket on demand (a wake).
+    pub probe: Option<ProbeHandle>,
 }
 
 impl Default for DialOptions {
@@ -50,6 +52,7 @@ impl Default for DialOptions {
             resume_token: None,
             tls: None,
             keepalive: Some(KeepAliveConfig::default()),
+            probe: None,
         }
     }
 }
@@ -254,18 +257,16 @@ pub async fn dial(base: &Url, opts: &DialOptions) -> Result<RpcClient, DialError
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, config)
             .await
             .map_err(ws_err)?;
-        RpcClient::new(MuxClient::start(WsByteStream::with_keepalive(
-            ws,
-            opts.keepalive,
-        )))
+        RpcClient::new(MuxClient::start(
+            WsByteStream::with_keepalive(ws, opts.keepalive).with_probe(opts.probe.clone()),
+        ))
     } else {
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, config)
             .await
             .map_err(ws_err)?;
-        RpcClient::new(MuxClient::start(WsByteStream::with_keepalive(
-            ws,
-            opts.keepalive,
-        )))
+        RpcClient::new(MuxClient::start(
+            WsByteStream::with_keepalive(ws, opts.keepalive).with_probe(opts.probe.clone()),
+        ))
     };
     tracing::debug!(url = %shown, "tailnet websocket open");
     Ok(rpc)

@@ -31,7 +31,7 @@ pub use call::{Call, CallError, CallEvent, Role};
 pub use client::{BidiSender, BidiStream, Responses, RpcClient};
 pub use codec::CODE_UNIMPLEMENTED;
 pub use dial::{DialError, DialOptions};
-pub use keepalive::KeepAliveConfig;
+pub use keepalive::{KeepAliveConfig, ProbeHandle};
 pub use mux::{MuxClient, MuxError};
 pub use server::{Requests, Router, Sink, Status};
 pub use tailnet::{TailnetClient, TailnetService};

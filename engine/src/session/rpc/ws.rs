@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::keepalive::{KeepAlive, KeepAliveAction, KeepAliveConfig};
+use super::keepalive::{KeepAlive, KeepAliveAction, KeepAliveConfig, ProbeHandle};
 use super::mux::MuxError;
 use super::server::{Router, serve_mux};
 
@@ -47,6 +47,7 @@ pub struct WsByteStream<S> {
     read_eof: bool,
     write: Vec<u8>,
     keepalive: Option<Liveness>,
+    probe: Option<ProbeHandle>,
 }
 
 /// The tokio side of [`KeepAlive`]: its timer and a ping waiting for room in the sink.
@@ -81,7 +82,14 @@ impl<S> WsByteStream<S> {
             read_eof: false,
             write: Vec::new(),
             keepalive,
+            probe: None,
         }
+    }
+
+    /// Also pings at once, with its own deadline, whenever `probe` asks (keep-alive only).
+    pub fn with_probe(mut self, probe: Option<ProbeHandle>) -> Self {
+        self.probe = probe;
+        self
     }
 }
 
@@ -91,6 +99,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
         let Some(live) = &mut self.keepalive else {
             return Ok(());
         };
+        if let Some(timeout) = self.probe.as_ref().and_then(|p| p.take(cx)) {
+            tracing::debug!(?timeout, "probing the tailnet websocket");
+            live.core.probe(timeout);
+            live.timer
+                .as_mut()
+                .reset(Instant::from_std(live.core.poll_timeout()));
+        }
         while live.timer.as_mut().poll(cx).is_ready() {
             match live.core.handle_timeout(Instant::now().into_std()) {
                 KeepAliveAction::Wait => {}
