@@ -63,7 +63,7 @@ pub struct Counters {
     pub rejected: u64,
     /// Decrypted, but its source address is outside the sending peer's allowed IPs.
     pub source_not_allowed: u64,
-    /// ICMPv6 unreachable errors written to the device ([`unreachable`]).
+    /// ICMPv6 unreachable errors written to the device ([`mod@unreachable`]).
     pub unreachable_sent: u64,
 }
 

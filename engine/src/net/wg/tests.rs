@@ -344,7 +344,7 @@ fn a_silent_peer_gets_icmp6_unreachable_and_an_unowned_address_stays_dropped() {
         "the first packet waits for the handshake"
     );
     assert_eq!(first.net.len(), 1, "a handshake initiation");
-    let mut tick = |a: &mut PeerSet, secs: u64| {
+    let tick = |a: &mut PeerSet, secs: u64| {
         let mut out = Out::default();
         a.update_timers(
             t0 + Duration::from_secs(secs),

@@ -5,7 +5,7 @@
 //! silently. Packets for an address no peer owns are still dropped, not answered: right
 //! after a join a name can resolve before the agent's node has made it a peer.
 //!
-//! [`Liveness`] tracks one peer: device packets sent, authenticated packets received; a
+//! `Liveness` tracks one peer: device packets sent, authenticated packets received; a
 //! peer is unreachable once it has left us unanswered for [`NO_SESSION_TIMEOUT`] with no
 //! session (its first handshake gets no reply), or for [`SESSION_TIMEOUT`] with one
 //! (WireGuard's own re-handshake after 15 s of silence failed too).
