@@ -167,14 +167,25 @@ impl ResolvConf {
     }
 }
 
-/// Whether process `pid` exists (`kill(pid, 0)`; EPERM means it does).
+/// Whether process `pid` runs: it exists (`kill(pid, 0)`; EPERM means it does) and is not
+/// a zombie (killed, not yet reaped by its parent).
 fn alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
         return false;
     };
     // SAFETY: signal 0 only checks for the process.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let rc = unsafe { libc::kill(raw, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // /proc/<pid>/stat: "pid (comm) S …"; the state follows the last ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => true,
+    }
 }
 
 /// The pid in our marker line, when `text` is a file we wrote.

@@ -130,3 +130,20 @@ fn symlinks_are_not_ours_to_manage() {
     assert!(why.contains("symlink"), "{why}");
     assert!(ResolvConf::manageable(&target).is_ok());
 }
+
+#[test]
+fn a_zombie_is_not_alive() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    // Exited, not reaped yet: a zombie.
+    for _ in 0..200 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.contains(") Z") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!alive(pid), "a zombie counts as gone");
+    child.wait().unwrap();
+    assert!(alive(std::process::id()));
+}
