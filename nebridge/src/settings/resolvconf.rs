@@ -181,7 +181,8 @@ fn alive(pid: u32) -> bool {
     // /proc/<pid>/stat: "pid (comm) S …"; the state follows the last ')'.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !matches!(
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()),
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
             Some('Z' | 'X')
         ),
         Err(_) => true,
