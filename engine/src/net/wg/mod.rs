@@ -97,10 +97,8 @@ struct Peer {
 }
 
 impl Peer {
-    /// An authenticated datagram came from `from`: the peer answers; move there unless
-    /// pinned.
+    /// An authenticated datagram came from `from`: move there unless pinned.
     fn roam(&mut self, from: SocketAddr) {
-        self.liveness.received();
         if !self.pinned {
             self.endpoint = Some(from);
         }
@@ -315,7 +313,14 @@ impl PeerSet {
         buf: &mut [u8],
         emit: &mut impl FnMut(Emit<'_>),
     ) {
-        let index = match Tunn::parse_incoming_packet(datagram) {
+        // Only a handshake response or data proves the peer hears us: a peer that cannot
+        // reach us keeps sending handshake initiations.
+        let parsed = Tunn::parse_incoming_packet(datagram);
+        let answers = matches!(
+            parsed,
+            Ok(Packet::HandshakeResponse(_) | Packet::PacketData(_))
+        );
+        let index = match parsed {
             Err(_) => {
                 self.counters.garbage += 1;
                 return;
@@ -347,7 +352,11 @@ impl PeerSet {
             return;
         };
         let index = index.unwrap_or_default();
-        match peer.tunn.decapsulate(Some(from.ip()), datagram, buf) {
+        let result = peer.tunn.decapsulate(Some(from.ip()), datagram, buf);
+        if answers && !matches!(result, TunnResult::Err(_)) {
+            peer.liveness.received();
+        }
+        match result {
             TunnResult::Done => peer.roam(from),
             TunnResult::Err(e) => {
                 self.counters.rejected += 1;
