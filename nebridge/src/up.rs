@@ -325,6 +325,8 @@ async fn up(
         );
     }
     let mut wakes = WakeWatch::new().context("watching for wake-ups (SIGUSR1)")?;
+    // Agents announced as available (once each, not at every status update).
+    let mut announced = std::collections::HashSet::new();
     loop {
         tokio::select! {
             () = &mut stop_signal => break,
@@ -332,7 +334,10 @@ async fn up(
             u = tunnel.updates.recv() => match u {
                 Some(u) => {
                     for a in &u.upserted_agents {
-                        if a.last_ping.is_none() && a.last_handshake.as_ref().is_some_and(|t| t.seconds < 0) {
+                        if a.last_ping.is_none()
+                            && a.last_handshake.as_ref().is_some_and(|t| t.seconds < 0)
+                            && announced.insert(a.id.clone())
+                        {
                             info!(agent = %a.name, fqdn = ?a.fqdn, "agent available");
                         }
                     }

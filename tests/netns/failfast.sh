@@ -18,6 +18,16 @@ setup_hosts
 start_testbed --workspaces 1
 AGENT_IP=$(json 'd["agents"][0]["ip"]')
 start_up
+# The agent must be a WireGuard peer before the paths die (its node comes through the
+# coordinator a moment after `up` connects; a packet for an address no peer owns is
+# dropped, not answered). The status document shows the peer's byte counters then.
+for _ in $(seq 100); do
+  ip netns exec "$NS_A" "$CODERVPN" status --json --socket "$WORK/status.sock" 2>/dev/null \
+    | python3 -c 'import json,sys; a=json.load(sys.stdin)["workspaces"][0]["agents"][0]; sys.exit(a["rx_bytes"] is None)' \
+    && PEER=1 && break
+  sleep 0.1
+done
+[ -n "${PEER:-}" ] || fail "the agent never became a WireGuard peer"
 
 ip netns exec "$NS_B" nft -f - <<NFT
 table inet cvpndead {
