@@ -407,7 +407,7 @@ impl PeerSet {
         }
         self.now = now;
         for peer in self.peers.values_mut() {
-            let session = peer.tunn.stats().0.is_some();
+            let session = peer.tunn.time_since_last_handshake().is_some();
             peer.liveness.tick(now, session);
             match peer.tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(data) => match peer.endpoint {

@@ -111,24 +111,15 @@ pub fn icmp6_unreachable(packet: &[u8], out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// The ICMPv6 checksum over the pseudo-header and `icmp`.
+/// The ICMPv6 checksum over the pseudo-header and `icmp` (the offload code's
+/// ones-complement sum).
 fn checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |b: &[u8]| {
-        for c in b.chunks(2) {
-            let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-            sum = sum.wrapping_add(u32::from(w));
-        }
-    };
-    add(src);
-    add(dst);
-    add(&(icmp.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, ICMPV6]);
-    add(icmp);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    use crate::device::offload::{fold, sum16};
+    let mut sum = sum16(src, 0);
+    sum = sum16(dst, sum);
+    sum = sum16(&(icmp.len() as u32).to_be_bytes(), sum);
+    sum += u32::from(ICMPV6);
+    !fold(sum16(icmp, sum))
 }
 
 #[cfg(test)]
