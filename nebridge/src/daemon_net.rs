@@ -14,15 +14,12 @@ use codervpn_engine::session::{
     BoxFuture, Connector, LocalSettings, ManagerLink, Session, StartParams,
 };
 use codervpn_proto::vpn;
-use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::settings::{LinuxNetworkConfig, NetworkSettings, SplitDns};
+use crate::settings::{LinuxNetworkConfig, SharedConfig, SplitDns};
 
 /// The interface Coder's Linux daemon makes.
 pub const DEFAULT_TUN_NAME: &str = "coder0";
-
-type Net = Arc<Mutex<(LinuxNetworkConfig, NetworkSettings)>>;
 
 /// Wraps a connector: starts without a TUN fd get our own interface.
 pub struct SelfManaged<C> {
@@ -55,7 +52,7 @@ impl<C: Connector> Connector for SelfManaged<C> {
                     tun: Some(tun),
                 }) as Box<dyn Session>),
                 Err(e) => {
-                    teardown(&net).await;
+                    net.teardown().await;
                     Err(e)
                 }
             }
@@ -64,42 +61,28 @@ impl<C: Connector> Connector for SelfManaged<C> {
 }
 
 /// Creates the TUN (with offloads, as `codervpn up` does) and its settings applier.
-fn make_interface(name: &str) -> Result<(OwnedFd, Net), String> {
+fn make_interface(name: &str) -> Result<(OwnedFd, SharedConfig), String> {
     let (fd, actual, _) = codervpn_engine::device::linux_tun::create_tun(name, true)
         .map_err(|e| format!("creating TUN interface {name}: {e} (is another tunnel using it?)"))?;
     let cfg = LinuxNetworkConfig::with_split_dns(actual.clone(), SplitDns::detect())
         .map_err(|e| e.to_string())?;
     info!(interface = %actual, "created our own TUN interface (the manager sent none)");
-    Ok((fd, Arc::new(Mutex::new((cfg, NetworkSettings::default())))))
+    Ok((fd, SharedConfig::new(cfg)))
 }
 
-/// Settings merged into what is applied and applied as a diff (manager-behaviour.md §5).
-fn local_settings(net: Net) -> LocalSettings {
+/// Settings applied here, never sent to the manager.
+fn local_settings(net: SharedConfig) -> LocalSettings {
     Arc::new(move |req: vpn::NetworkSettingsRequest| {
         let net = net.clone();
-        Box::pin(async move {
-            let mut guard = net.lock().await;
-            let (cfg, current) = &mut *guard;
-            let next = current.merged(&req).map_err(|e| e.to_string())?;
-            cfg.apply(&next).await.map_err(|e| e.to_string())?;
-            *current = next;
-            Ok(())
-        })
+        Box::pin(async move { net.apply(&req).await })
     })
-}
-
-async fn teardown(net: &Net) {
-    let mut guard = net.lock().await;
-    if let Err(e) = guard.0.teardown().await {
-        warn!(error = %e, "removing the network settings failed");
-    }
 }
 
 /// A session on our own interface: its settings come off after the session stops, and
 /// the interface goes with its descriptor.
 struct OwnInterface {
     inner: Box<dyn Session>,
-    net: Net,
+    net: SharedConfig,
     tun: Option<OwnedFd>,
 }
 
@@ -116,7 +99,7 @@ impl Session for OwnInterface {
         Box::pin(async move {
             let me = *self;
             let result = me.inner.shutdown().await;
-            teardown(&me.net).await;
+            me.net.teardown().await;
             drop(me.tun);
             info!("our own TUN interface removed");
             result

@@ -19,7 +19,7 @@ use codervpn_nebridge::diag::http as diag_http;
 use codervpn_nebridge::diag::logring::LogRing;
 use codervpn_nebridge::embedded;
 use codervpn_nebridge::settings::resolvconf::RESOLV_CONF;
-use codervpn_nebridge::settings::{LinuxNetworkConfig, NetworkSettings, SplitDns};
+use codervpn_nebridge::settings::{LinuxNetworkConfig, SharedConfig, SplitDns};
 use codervpn_nebridge::status::{StatusPublisher, StatusServer, TunnelState};
 use codervpn_nebridge::wake::{WakeReason, WakeWatch};
 use codervpn_proto::vpn;
@@ -181,10 +181,10 @@ async fn up(
         None
     };
     let net = match &tun {
-        Some((_, name)) => Some(Arc::new(tokio::sync::Mutex::new((
-            LinuxNetworkConfig::with_split_dns(name.clone(), args.dns.split_dns()?)?,
-            NetworkSettings::default(),
-        )))),
+        Some((_, name)) => Some(SharedConfig::new(LinuxNetworkConfig::with_split_dns(
+            name.clone(),
+            args.dns.split_dns()?,
+        )?)),
         None => None,
     };
     let mut publisher = StatusPublisher::new();
@@ -261,13 +261,10 @@ async fn up(
         let req = s.clone();
         let applier = applier.clone();
         Box::pin(async move {
-            let Some(n) = applier else { return Ok(()) };
-            let mut guard = n.lock().await;
-            let (cfg, current) = &mut *guard;
-            let next = current.merged(&req).map_err(|e| e.to_string())?;
-            cfg.apply(&next).await.map_err(|e| e.to_string())?;
-            *current = next;
-            Ok(())
+            match applier {
+                Some(n) => n.apply(&req).await,
+                None => Ok(()),
+            }
         })
     });
     let (mut tunnel, host) = launch(
@@ -525,12 +522,9 @@ fn forward_tunnel_log(l: vpn::Log) {
     }
 }
 
-async fn cleanup(net: &Option<Arc<tokio::sync::Mutex<(LinuxNetworkConfig, NetworkSettings)>>>) {
+async fn cleanup(net: &Option<SharedConfig>) {
     if let Some(n) = net {
-        let mut guard = n.lock().await;
-        if let Err(e) = guard.0.teardown().await {
-            warn!(error = %e, "removing the network settings failed");
-        }
+        n.teardown().await;
     }
 }
 
