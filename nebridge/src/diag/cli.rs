@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::netcheck;
 use super::statusdoc::{AgentDoc, PathDoc, StatusDoc};
@@ -106,31 +106,9 @@ pub fn resolve(doc: &StatusDoc, target: &str) -> anyhow::Result<(IpAddr, Option<
     Ok((ip, Some(one.clone())))
 }
 
-fn path_text(p: &Value) -> String {
-    match p["kind"].as_str() {
-        Some("direct") => format!("direct {}", p["endpoint"].as_str().unwrap_or("?")),
-        Some("derp") => match (p["region"].as_str(), p["region_id"].as_i64()) {
-            (Some(name), Some(id)) => format!("DERP({name}, {id})"),
-            (None, Some(id)) => format!("DERP({id})"),
-            _ => "DERP".to_owned(),
-        },
-        _ => "?".to_owned(),
-    }
-}
-
-fn doc_path_text(p: &Option<PathDoc>) -> String {
-    match p {
-        Some(PathDoc::Direct { endpoint }) => {
-            format!("direct {}", endpoint.as_deref().unwrap_or(""))
-                .trim_end()
-                .to_owned()
-        }
-        Some(PathDoc::Derp { region, region_id }) => match (region, region_id) {
-            (Some(n), Some(id)) => format!("DERP({n}, {id})"),
-            _ => "DERP".to_owned(),
-        },
-        None => "unknown".to_owned(),
-    }
+/// A path as `ping` shows it; "unknown" when the tunnel told none.
+fn path_text(p: Option<&PathDoc>) -> String {
+    p.map_or_else(|| "unknown".to_owned(), PathDoc::text)
 }
 
 /// `codervpn ping`.
@@ -224,8 +202,9 @@ fn disco_ping(
         timeout + Duration::from_secs(2),
     )?;
     let rtt = Duration::from_secs_f64(v["latency_ms"].as_f64().unwrap_or(0.0) / 1e3);
-    let direct = v["path"]["kind"] == "direct";
-    Ok((rtt, path_text(&v["path"]), direct))
+    let path: Option<PathDoc> = serde_json::from_value(v["path"].clone()).ok();
+    let direct = matches!(path, Some(PathDoc::Direct { .. }));
+    Ok((rtt, path_text(path.as_ref()), direct))
 }
 
 fn tcp_ping(
@@ -254,7 +233,7 @@ fn tcp_ping(
     let direct = matches!(path, Some(PathDoc::Direct { .. }));
     Ok((
         rtt,
-        format!("TCP :{port}, {}", doc_path_text(&path)),
+        format!("TCP :{port}, {}", path_text(path.as_ref())),
         direct,
     ))
 }

@@ -60,8 +60,18 @@ impl UpDiag {
         })
     }
 
-    async fn engine(&self) -> Option<EngineSnapshot> {
-        self.engine.as_ref()?.snapshot().await.ok()
+    /// The tunnel's status now and, with our engine, the engine's snapshot.
+    async fn views(&self) -> (Arc<StatusSnapshot>, Option<EngineSnapshot>) {
+        let snap = self.status.borrow().clone();
+        let engine = match &self.engine {
+            Some(e) => e.snapshot().await.ok(),
+            None => None,
+        };
+        (snap, engine)
+    }
+
+    fn doc(&self, snap: &StatusSnapshot, engine: Option<&EngineSnapshot>) -> statusdoc::StatusDoc {
+        statusdoc::build(snap, engine, &self.mode, SystemTime::now())
     }
 
     /// `text` without the token, header values or the session's private keys.
@@ -76,14 +86,11 @@ impl UpDiag {
     pub async fn answer(&self, req: Value) -> Value {
         match req.get("request").and_then(Value::as_str) {
             Some("status") => {
-                let snap = self.status.borrow().clone();
-                let engine = self.engine().await;
-                let doc = statusdoc::build(&snap, engine.as_ref(), &self.mode, SystemTime::now());
-                json!({ "kind": "status", "status": doc })
+                let (snap, engine) = self.views().await;
+                json!({ "kind": "status", "status": self.doc(&snap, engine.as_ref()) })
             }
             Some("metrics") => {
-                let snap = self.status.borrow().clone();
-                let engine = self.engine().await;
+                let (snap, engine) = self.views().await;
                 json!({ "kind": "metrics", "text": metrics::render(&snap, engine.as_ref()) })
             }
             Some("ping") => self.ping(&req).await,
@@ -122,12 +129,13 @@ impl UpDiag {
         match engine.ping(addr, timeout).await {
             Ok(r) => {
                 let path = match r.path {
-                    PongPath::Direct(a) => json!({ "kind": "direct", "endpoint": a.to_string() }),
-                    PongPath::Derp { region } => json!({
-                        "kind": "derp",
-                        "region_id": region,
-                        "region": region.and_then(|id| engine.region_name(id)),
-                    }),
+                    PongPath::Direct(a) => statusdoc::PathDoc::Direct {
+                        endpoint: Some(a.to_string()),
+                    },
+                    PongPath::Derp { region } => statusdoc::PathDoc::Derp {
+                        region_id: region,
+                        region: region.and_then(|id| engine.region_name(id)),
+                    },
                 };
                 json!({
                     "kind": "pong",
@@ -142,9 +150,8 @@ impl UpDiag {
 
     /// The files of a bug report this side knows (not yet redacted).
     async fn bugreport_files(&self) -> Vec<(String, String)> {
-        let snap = self.status.borrow().clone();
-        let engine = self.engine().await;
-        let doc = statusdoc::build(&snap, engine.as_ref(), &self.mode, SystemTime::now());
+        let (snap, engine) = self.views().await;
+        let doc = self.doc(&snap, engine.as_ref());
         let mut files = vec![
             (
                 "status.json".to_owned(),

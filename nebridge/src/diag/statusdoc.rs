@@ -109,6 +109,25 @@ pub enum PathDoc {
     },
 }
 
+impl PathDoc {
+    /// `direct 192.0.2.1:41641`, `DERP(Coder Embedded Relay, 999)`, `DERP(999)` or `DERP`.
+    pub fn text(&self) -> String {
+        match self {
+            PathDoc::Direct { endpoint: Some(e) } => format!("direct {e}"),
+            PathDoc::Direct { endpoint: None } => "direct".to_owned(),
+            PathDoc::Derp {
+                region: Some(name),
+                region_id: Some(id),
+            } => format!("DERP({name}, {id})"),
+            PathDoc::Derp {
+                region: None,
+                region_id: Some(id),
+            } => format!("DERP({id})"),
+            PathDoc::Derp { .. } => "DERP".to_owned(),
+        }
+    }
+}
+
 fn unix(t: SystemTime) -> Option<u64> {
     t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
