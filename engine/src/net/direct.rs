@@ -212,13 +212,7 @@ impl DirectPaths {
             (Path::Derp, Some(magic)) => Via::Derp(magic),
             (Path::Derp, None) => return Err(PingRefused::NoPath),
         };
-        let mut tx_id = TxId::default();
-        OsRng.fill_bytes(&mut tx_id);
-        let ping = Message::Ping(Ping {
-            tx_id,
-            node_key: Some(self.node_key),
-        });
-        let packet = disco::seal(&self.key, &peer.disco, &ping);
+        let (tx_id, packet) = sealed_ping(&self.key, self.node_key, &peer.disco);
         self.user_pings.insert(tx_id, (key, now));
         trace!(peer = %key_prefix(&key), ?to, "user ping");
         match to {
@@ -291,36 +285,24 @@ impl DirectPaths {
         };
         match (msg, via) {
             (Message::Ping(ping), _) => peer.paths.handle_ping(now, via, &ping),
-            (Message::Pong(pong), Via::Derp(_))
-                if self
-                    .relay_pings
-                    .get(&pong.tx_id)
-                    .is_some_and(|(k, _)| *k == key) =>
-            {
-                if let Some((_, sent)) = self.relay_pings.remove(&pong.tx_id) {
-                    let rtt = now.saturating_duration_since(sent);
+            (Message::Pong(pong), _) => {
+                if let Some(rtt) = matches!(via, Via::Derp(_))
+                    .then(|| take_pong(&mut self.relay_pings, &pong.tx_id, key, now))
+                    .flatten()
+                {
                     trace!(?rtt, "pong through DERP");
                     peer.relay_latency = Some(rtt);
-                }
-            }
-            (Message::Pong(pong), _)
-                if self
-                    .user_pings
-                    .get(&pong.tx_id)
-                    .is_some_and(|(k, _)| *k == key) =>
-            {
-                if let Some((_, sent)) = self.user_pings.remove(&pong.tx_id) {
-                    let latency = now.saturating_duration_since(sent);
+                } else if let Some(latency) = take_pong(&mut self.user_pings, &pong.tx_id, key, now)
+                {
                     self.user_pongs.push_back(UserPong {
                         tx_id: pong.tx_id,
                         latency,
                         via,
                     });
+                    return;
+                } else {
+                    peer.paths.handle_pong(now, via, &pong);
                 }
-                return;
-            }
-            (Message::Pong(pong), _) => {
-                peer.paths.handle_pong(now, via, &pong);
             }
             (Message::CallMeMaybe(cmm), Via::Derp(_)) => {
                 peer.paths.handle_call_me_maybe(now, &cmm.endpoints)
@@ -365,14 +347,8 @@ impl DirectPaths {
                 continue;
             }
             peer.next_relay_ping = now + RELAY_PING_INTERVAL;
-            let mut tx_id = TxId::default();
-            OsRng.fill_bytes(&mut tx_id);
+            let (tx_id, packet) = sealed_ping(&self.key, self.node_key, &peer.disco);
             self.relay_pings.insert(tx_id, (*key, now));
-            let ping = Message::Ping(Ping {
-                tx_id,
-                node_key: Some(self.node_key),
-            });
-            let packet = disco::seal(&self.key, &peer.disco, &ping);
             out(DiscoSend::Relay { magic, packet });
         }
     }
@@ -452,6 +428,36 @@ impl DirectPaths {
             }
         }
     }
+}
+
+/// A disco ping with a fresh transaction id, sealed from `key` to `to`.
+fn sealed_ping(
+    key: &DiscoPrivateKey,
+    node_key: NodePublicKey,
+    to: &DiscoPublicKey,
+) -> (TxId, Vec<u8>) {
+    let mut tx_id = TxId::default();
+    OsRng.fill_bytes(&mut tx_id);
+    let ping = Message::Ping(Ping {
+        tx_id,
+        node_key: Some(node_key),
+    });
+    (tx_id, disco::seal(key, to, &ping))
+}
+
+/// The round trip of the ping `tx_id` in `pings` when it was sent to `key`'s peer (and
+/// forgets it); `None` for a pong to someone else's or no ping.
+fn take_pong(
+    pings: &mut HashMap<TxId, ([u8; 32], Instant)>,
+    tx_id: &TxId,
+    key: [u8; 32],
+    now: Instant,
+) -> Option<Duration> {
+    if pings.get(tx_id).is_none_or(|(k, _)| *k != key) {
+        return None;
+    }
+    let (_, sent) = pings.remove(tx_id)?;
+    Some(now.saturating_duration_since(sent))
 }
 
 #[cfg(test)]
