@@ -25,15 +25,12 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use tracing::debug;
 
-use crate::zone::{Found, Zone};
+use crate::zone::{Found, NEGATIVE_TTL, Zone};
 
 /// TTL of AAAA answers, in seconds. Short, so that a removed agent or a moved
 /// `<workspace>.S.` shortcut stops resolving within a couple of seconds; the resolver is
 /// in-process, so re-asking is cheap.
 pub const TTL: u32 = 2;
-
-/// TTL of the SOA and its MINIMUM: how long resolvers cache NXDOMAIN / NODATA (RFC 2308).
-pub const NEGATIVE_TTL: u32 = 2;
 
 /// The UDP payload size we advertise in EDNS (the DNS Flag Day 2020 value).
 pub const DEFAULT_UDP_PAYLOAD: u16 = 1232;

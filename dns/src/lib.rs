@@ -32,7 +32,8 @@ pub use addr::{
     CODER_DNS_ADDR, CODER_SERVICE_PREFIX, TAILSCALE_SERVICE_PREFIX, coder_addr, parse_uuid,
     tailscale_addr,
 };
-pub use answer::{Answered, DEFAULT_UDP_PAYLOAD, NEGATIVE_TTL, Outcome, TTL, Transport};
+pub use answer::{Answered, DEFAULT_UDP_PAYLOAD, Outcome, TTL, Transport};
 pub use config::{ConfigError, DEFAULT_ALIAS, DEFAULT_SUFFIX, MAX_SUFFIX_LEN, ZoneConfig};
 pub use shared::SharedZone;
+pub use zone::NEGATIVE_TTL;
 pub use zone::{AgentInfo, CONNECT_MARKER, Lookup, NameError, Uuid, Zone, agent_fqdns};

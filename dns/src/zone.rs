@@ -18,6 +18,9 @@ pub const CONNECT_MARKER: &str = "is.coder--connect--enabled--right--now";
 /// Longest name in presentation form without the trailing dot (255 bytes on the wire).
 const MAX_NAME_LEN: usize = 253;
 
+/// TTL of the SOA and its MINIMUM: how long resolvers cache NXDOMAIN / NODATA (RFC 2308).
+pub const NEGATIVE_TTL: u32 = 2;
+
 /// One agent as the workspace state knows it. The number of agents in its workspace is
 /// counted from the list the zone is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,15 +316,7 @@ impl Suffix {
             std::iter::once(&b"hostmaster"[..]).chain(labels.iter().map(|l| &l[..])),
         )
         .unwrap_or_else(|_| Name::root());
-        let soa = SOA::new(
-            apex,
-            hostmaster,
-            serial,
-            3600,
-            600,
-            86400,
-            crate::answer::NEGATIVE_TTL,
-        );
+        let soa = SOA::new(apex, hostmaster, serial, 3600, 600, 86400, NEGATIVE_TTL);
         Self { labels, soa }
     }
 }

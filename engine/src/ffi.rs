@@ -10,6 +10,7 @@ use codervpn_proto::fd::{FdReader, FdWriter};
 use codervpn_proto::{Connection, TunnelSide, VersionList};
 use tracing::warn;
 
+use crate::device::dup;
 use crate::session::join::TailnetConnector;
 use crate::tunnel::{TunnelOptions, serve};
 
@@ -87,17 +88,6 @@ fn run_tunnel_thread(read: OwnedFd, write: OwnedFd, ready: std::sync::mpsc::Sync
         serve(conn, opts, std::future::pending()).await;
     });
     rt.shutdown_timeout(Duration::from_secs(1));
-}
-
-/// Duplicates `fd` (close-on-exec).
-pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC only reads `fd`; an invalid fd yields -1/EBADF.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a descriptor we just created and nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Takes ownership of an inherited descriptor (`--rpc-read-fd 3`), after checking that it

@@ -3,7 +3,9 @@
 //! - [`tunnel`]: the tunnel role of the CoderVPN protocol — manager requests in, session
 //!   lifecycle, peer updates, logs out.
 //! - [`session`]: joining a Coder deployment (the control plane).
-//! - [`net`]: the data plane (today: DERP relays).
+//! - [`net`]: the data plane: WireGuard, direct UDP paths and DERP relays.
+//! - [`transport`]: the one dialer (proxy, TCP, TLS, WebSocket) for the tailnet websocket
+//!   and DERP.
 //! - [`logs`]: forwarding `tracing` records to the manager as `Log` messages.
 //! - [`embedded`]: the manager side of an in-process tunnel, over the CoderVPN protocol.
 //! - [`ffi`]: the `OpenTunnel(readFD, writeFD)` export that makes this crate a drop-in for
@@ -15,6 +17,7 @@ pub mod ffi;
 pub mod logs;
 pub mod net;
 pub mod session;
+pub mod transport;
 pub mod tunnel;
 
 /// The Coder release this build matches, as `coder version --output=json` reports it.

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use codervpn_engine::net::derp::client::ConnectError;
+use codervpn_engine::net::derp::ConnectError;
 use codervpn_engine::net::derp::{
     ClientEvent, ConnectOptions, DerpConnection, DerpEvent, DerpServer, DerpTransport,
     NodePrivateKey, NodePublicKey, connect_with,
 };
-use codervpn_engine::net::tls;
+use codervpn_engine::transport::TransportError;
+use codervpn_engine::transport::tls;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
@@ -165,7 +166,16 @@ async fn certificate_for_another_name_is_refused_naming_the_host() {
     let err = connect_with(&url, &[], key, options(DerpTransport::Upgrade, &client))
         .await
         .unwrap_err();
-    assert!(matches!(err, ConnectError::Tls { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ConnectError::Transport {
+                source: TransportError::Tls { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let text = err.to_string();
     assert!(text.contains("127.0.0.1"), "{text}");
     assert!(text.contains("not valid for name"), "{text}");

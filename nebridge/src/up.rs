@@ -540,7 +540,7 @@ fn proxy_note(url: &url::Url) -> String {
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
         return String::new();
     };
-    match codervpn_engine::net::proxy::Proxies::from_env().select(url.scheme(), host, port) {
+    match codervpn_engine::transport::proxy::Proxies::from_env().select(url.scheme(), host, port) {
         Ok(Some(p)) => format!(" through proxy {}", p.shown),
         Ok(None) => String::new(),
         Err(e) => {

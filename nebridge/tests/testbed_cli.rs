@@ -61,7 +61,7 @@ fn serve_with_tls_prints_an_https_url_and_a_pem_ca_file() {
     );
     // It is the CA: trusting it, an HTTPS request to the testbed goes through.
     let trust =
-        codervpn_engine::net::tls::client_config_with_ca_file(std::path::Path::new(ca_file))
+        codervpn_engine::transport::tls::client_config_with_ca_file(std::path::Path::new(ca_file))
             .unwrap();
     let addr = url.trim_start_matches("https://");
     let conn = rustls::ClientConnection::new(trust, "127.0.0.1".try_into().unwrap()).unwrap();

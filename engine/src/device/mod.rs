@@ -16,7 +16,7 @@ pub mod userspace;
 use std::future::Future;
 use std::io;
 
-pub use fd::{FdDevice, Framing};
+pub use fd::{FdDevice, Framing, dup};
 pub use userspace::UserspaceDevice;
 
 /// One packet per call, in both directions.

@@ -6,7 +6,8 @@
 //!   shells (tailnet.md §11, §13.3).
 //! - [`disco`]: the disco codec and per-peer path machine; [`direct`]: their use in the
 //!   runner (direct UDP paths, DERP fallback); [`endpoints`]: the addresses we advertise.
-//! - [`tls`]: the one TLS trust configuration (system roots plus `SSL_CERT_FILE`).
+//!
+//! How the tunnel reaches a deployment's servers (proxy, TLS, WebSocket) is [`crate::transport`].
 
 pub mod derp;
 pub mod direct;
@@ -18,11 +19,9 @@ pub mod netcheck;
 pub mod netmon;
 pub mod packet_queues;
 pub mod pings;
-pub mod proxy;
 pub mod relay;
 pub mod runner;
 pub mod stun;
-pub mod tls;
 pub mod traffic;
 pub mod udp;
 pub mod udp_batch;

@@ -146,7 +146,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl Api {
     /// A client for `base` sending `Coder-Session-Token: token` and `headers` (in order,
     /// duplicates kept) on every request, trusting what `tls` trusts (the same
-    /// configuration the websocket and DERP use, [`crate::net::tls`]).
+    /// configuration the websocket and DERP use, [`crate::transport::tls`]).
     pub fn new(
         base: &Url,
         token: &str,

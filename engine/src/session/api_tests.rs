@@ -79,7 +79,7 @@ async fn a_get_lost_on_a_kept_alive_connection_is_sent_once_more() {
             });
         }
     });
-    let tls = crate::net::tls::default_client_config().unwrap();
+    let tls = crate::transport::tls::default_client_config().unwrap();
     let api = Api::new(&base, "token", &[], &tls).unwrap();
     assert_eq!(api.me().await.unwrap().username, "testy");
     assert_eq!(api.me().await.unwrap().username, "testy", "sent once more");
@@ -131,7 +131,7 @@ fn json_answer(body: &str) -> Vec<u8> {
 const ME: &str = r#"{"id":"9f6b6e0e-3c8e-4a9e-8c1d-2b3c4d5e6f70","username":"testy"}"#;
 
 fn api(base: &Url) -> Api {
-    let tls = crate::net::tls::default_client_config().unwrap();
+    let tls = crate::transport::tls::default_client_config().unwrap();
     Api::new(base, "s3cr3t-token", &[], &tls).unwrap()
 }
 

@@ -135,7 +135,9 @@ pub async fn probe(
     };
     let tls = match tls {
         Some(t) => t,
-        None => crate::net::tls::default_client_config().map_err(|e| failed(e.to_string()))?,
+        None => {
+            crate::transport::tls::default_client_config().map_err(|e| failed(e.to_string()))?
+        }
     };
     let api = Api::new(url, token, headers, &tls).map_err(|e| failed(e.to_string()))?;
     let info = api
@@ -150,7 +152,7 @@ pub async fn probe(
         .map(|r| (r.region, r.latency))
         .collect();
     let proxy = match (url.host_str(), url.port_or_known_default()) {
-        (Some(host), Some(port)) => crate::net::proxy::Proxies::from_env()
+        (Some(host), Some(port)) => crate::transport::proxy::Proxies::from_env()
             .select(url.scheme(), host, port)
             .ok()
             .flatten()

@@ -100,8 +100,9 @@ impl CaFiles {
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &ca.ca_pem)
             .map_err(|e| fail(&format!("writing {}", ca_file.display()), &e))?;
-        let client = codervpn_engine::net::tls::client_config_with_ca_pem(ca.ca_pem.as_bytes())
-            .map_err(|e| fail("client configuration", &e))?;
+        let client =
+            codervpn_engine::transport::tls::client_config_with_ca_pem(ca.ca_pem.as_bytes())
+                .map_err(|e| fail("client configuration", &e))?;
         let files = Self {
             ca_pem: ca.ca_pem,
             ca_file,

@@ -233,7 +233,7 @@ async fn start_over_https_trusting_the_testbed_ca_serves_an_agent_page_through_d
     .unwrap();
     assert_eq!(tb.url().scheme(), "https");
     let trust =
-        codervpn_engine::net::tls::client_config_with_ca_file(tb.ca_file().unwrap()).unwrap();
+        codervpn_engine::transport::tls::client_config_with_ca_file(tb.ca_file().unwrap()).unwrap();
     let opts = JoinOptions {
         tls: Some(trust),
         ..JoinOptions::default()

@@ -1,7 +1,7 @@
 //! The tokio shell around [`DerpClient`]: dials the server, performs the HTTP upgrade (or
 //! the WebSocket variant), runs the core over the stream, and reconnects with backoff when
 //! the connection drops (tailnet.md §11 "DERP transport", §13.3). `https`/`wss` URLs are
-//! dialed over rustls with the trust of [`crate::net::tls`] unless the caller brings its own.
+//! dialed over rustls with the trust of [`crate::transport::tls`] unless the caller brings its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,114 +14,16 @@ use tracing::{Instrument, debug, info_span, trace, warn};
 use url::Url;
 
 use super::client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
-use super::dial::{self, Stream};
+use super::dial::{self, ConnectError, ConnectOptions, DIAL_TIMEOUT, DerpTransport};
 use super::http::HttpError;
-use super::keys::{ClientInfo, NodePrivateKey, NodePublicKey};
+use super::keys::{NodePrivateKey, NodePublicKey};
 use super::transport::{Read, Timer, Transport};
-use crate::net::tls::TlsConfigError;
+use crate::transport::Stream;
 
-/// Time allowed for TCP connect, the TLS handshake (https) and the HTTP (or WebSocket)
-/// upgrade.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest reconnect delay (Go's magicsock: `backoff.NewBackoff(…, 5*time.Second)`).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const COMMAND_QUEUE: usize = 1024;
 const EVENT_QUEUE: usize = 1024;
-
-/// How to reach the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DerpTransport {
-    /// `GET /derp` with `Upgrade: DERP`; switches to WebSocket for good when the server
-    /// (or a proxy) answers 4xx, as upstream does.
-    Upgrade,
-    /// WebSocket with subprotocol `derp` (`derp_force_websockets`).
-    WebSocket,
-}
-
-/// Options beyond URL, headers and key.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    pub transport: DerpTransport,
-    /// The client-info JSON to present.
-    pub info: ClientInfo,
-    /// Send note-preferred `0x01` after every (re)connect: this is the home region.
-    pub preferred: bool,
-    /// Trust for `https`/`wss` URLs; `None` uses [`crate::net::tls::default_client_config`].
-    /// ALPN is always `http/1.1` only, whatever this configuration says.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    /// The name sent as SNI and checked against the certificate instead of the URL's host
-    /// (the node's `HostName` when dialing its `IPv4` literal, or its `CertName`).
-    pub server_name: Option<String>,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        Self {
-            transport: DerpTransport::Upgrade,
-            info: ClientInfo::default(),
-            preferred: false,
-            tls: None,
-            server_name: None,
-        }
-    }
-}
-
-/// Failure to establish (or keep) a DERP connection.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("cannot set up TLS for DERP: {source}")]
-    TlsConfig {
-        #[source]
-        source: TlsConfigError,
-    },
-    #[error("TLS handshake with DERP server {name} at {addr} failed: {source}")]
-    Tls {
-        name: String,
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("DERP URL {url} has an unsupported scheme (want http or https)")]
-    BadScheme { url: String },
-    #[error("cannot reach DERP server {addr}: {source}")]
-    Dial {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("DERP upgrade to {url} timed out after {DIAL_TIMEOUT:?}")]
-    Timeout { url: String },
-    #[error("DERP upgrade to {url} failed: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: HttpError,
-    },
-    #[error("WebSocket upgrade to {url} failed: {source}")]
-    WebSocket {
-        url: String,
-        #[source]
-        source: Box<tokio_tungstenite::tungstenite::Error>,
-    },
-    #[error("DERP connection to {url} broke: {source}")]
-    Io {
-        url: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("DERP server {url} closed the connection")]
-    Eof { url: String },
-    #[error("DERP connection to {url}: a write took longer than {WRITE_TIMEOUT:?}")]
-    WriteTimeout { url: String },
-    #[error("DERP connection to {url}: no pong within {after:?} of a probe (stale after a wake?)")]
-    Stale { url: String, after: Duration },
-    #[error("DERP connection to {url} failed: {source}")]
-    Protocol {
-        url: String,
-        #[source]
-        source: DerpClientError,
-    },
-}
 
 /// What the connection reports.
 #[derive(Debug, Clone)]
@@ -402,18 +304,15 @@ impl Supervisor {
         let url = self.url.to_string();
         match tokio::time::timeout(DIAL_TIMEOUT, self.dial_inner()).await {
             Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout { url }),
+            Err(_) => Err(ConnectError::Timeout {
+                url,
+                after: DIAL_TIMEOUT,
+            }),
         }
     }
 
     async fn dial_inner(&self) -> Result<Conn, ConnectError> {
-        let dialed = dial::open(
-            &self.url,
-            &self.headers,
-            &self.options,
-            self.options.transport,
-        )
-        .await?;
+        let dialed = dial::open(&self.url, &self.headers, &self.options).await?;
         let transport = dialed.transport;
         debug!(transport = transport.kind(), "DERP connection upgraded");
         let config = ClientConfig {
@@ -451,7 +350,12 @@ impl Supervisor {
                 match tokio::time::timeout(WRITE_TIMEOUT, transport.write(bytes)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(source)) => break 'conn End::Failed(ConnectError::Io { url, source }),
-                    Err(_) => break 'conn End::Failed(ConnectError::WriteTimeout { url }),
+                    Err(_) => {
+                        break 'conn End::Failed(ConnectError::WriteTimeout {
+                            url,
+                            after: WRITE_TIMEOUT,
+                        });
+                    }
                 }
             }
             while let Some(e) = core.poll_event() {

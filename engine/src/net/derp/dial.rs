@@ -1,25 +1,100 @@
-//! Opening one DERP connection: TCP, TLS for `https`/`wss` (rustls, SNI and certificate name
-//! = the node's host name or the caller's `CertName`, ALPN `http/1.1` only), then the plain
-//! `Upgrade: DERP` exchange or the WebSocket handshake with subprotocol `derp` (tailnet.md
-//! §13.3 "Connection setup").
+//! Opening one DERP connection (tailnet.md §13.3 "Connection setup"): the shared dialer of
+//! [`crate::transport`] (proxy, TCP, TLS with SNI and certificate name = the node's host
+//! name or the caller's `CertName`, ALPN `http/1.1` only), then the plain `Upgrade: DERP`
+//! exchange or the WebSocket handshake with subprotocol `derp`. Also what a dial is told
+//! ([`ConnectOptions`]) and how it fails ([`ConnectError`]).
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
-use super::client::{ConnectError, ConnectOptions, DerpTransport};
+use super::client_core::DerpClientError;
 use super::http::{self, HttpError};
-use super::keys::NodePublicKey;
+use super::keys::{ClientInfo, NodePublicKey};
 use super::transport::Transport;
-use crate::net::tls;
+use crate::transport::{self as dialer, Stream, TlsOptions, TransportError};
 
-/// A byte stream DERP runs over: plain TCP or TLS over TCP.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// Time allowed for TCP connect, the TLS handshake (https) and the HTTP (or WebSocket)
+/// upgrade.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The stream under every DERP transport.
-pub(crate) type Stream = Box<dyn Io>;
+/// How to reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DerpTransport {
+    /// `GET /derp` with `Upgrade: DERP`; switches to WebSocket for good when the server
+    /// (or a proxy) answers 4xx, as upstream does.
+    Upgrade,
+    /// WebSocket with subprotocol `derp` (`derp_force_websockets`).
+    WebSocket,
+}
+
+/// Options beyond URL, headers and key.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub transport: DerpTransport,
+    /// The client-info JSON to present.
+    pub info: ClientInfo,
+    /// Send note-preferred `0x01` after every (re)connect: this is the home region.
+    pub preferred: bool,
+    /// Trust for `https`/`wss` URLs; `None` uses [`crate::transport::tls::default_client_config`].
+    /// ALPN is always `http/1.1` only, whatever this configuration says.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name sent as SNI and checked against the certificate instead of the URL's host
+    /// (the node's `HostName` when dialing its `IPv4` literal, or its `CertName`).
+    pub server_name: Option<String>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            transport: DerpTransport::Upgrade,
+            info: ClientInfo::default(),
+            preferred: false,
+            tls: None,
+            server_name: None,
+        }
+    }
+}
+
+/// Failure to establish (or keep) a DERP connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Proxy, TCP, TLS or the WebSocket handshake failed.
+    #[error("cannot reach DERP server {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("DERP upgrade to {url} timed out after {after:?}")]
+    Timeout { url: String, after: Duration },
+    #[error("DERP upgrade to {url} failed: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: HttpError,
+    },
+    #[error("DERP connection to {url} broke: {source}")]
+    Io {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DERP server {url} closed the connection")]
+    Eof { url: String },
+    #[error("DERP connection to {url}: a write took longer than {after:?}")]
+    WriteTimeout { url: String, after: Duration },
+    #[error("DERP connection to {url}: no pong within {after:?} of a probe (stale after a wake?)")]
+    Stale { url: String, after: Duration },
+    #[error("DERP connection to {url} failed: {source}")]
+    Protocol {
+        url: String,
+        #[source]
+        source: DerpClientError,
+    },
+}
 
 /// An upgraded connection, ready for the client core.
 pub(crate) struct Dialed {
@@ -30,15 +105,23 @@ pub(crate) struct Dialed {
     pub(crate) leftover: Vec<u8>,
 }
 
-/// Connects to `url` and upgrades with `transport`, sending `headers` (tailnet.md §2).
+/// Connects to `url` and upgrades with `options.transport`, sending `headers` (tailnet.md
+/// §2).
 pub(crate) async fn open(
     url: &Url,
     headers: &[(String, String)],
     options: &ConnectOptions,
-    transport: DerpTransport,
 ) -> Result<Dialed, ConnectError> {
-    let io = connect(url, options).await?;
-    match transport {
+    let transport_err = |source| ConnectError::Transport {
+        url: url.to_string(),
+        source,
+    };
+    let tls = TlsOptions {
+        config: options.tls.clone(),
+        server_name: options.server_name.clone(),
+    };
+    let io = dialer::connect(url, &tls).await.map_err(transport_err)?;
+    match options.transport {
         DerpTransport::Upgrade => {
             let (io, resp, leftover) = upgrade(url, headers, io).await?;
             Ok(Dialed {
@@ -47,70 +130,19 @@ pub(crate) async fn open(
                 leftover,
             })
         }
-        DerpTransport::WebSocket => Ok(Dialed {
-            transport: Transport::websocket(websocket(url, headers, io).await?),
-            server_key: None,
-            leftover: Vec::new(),
-        }),
-    }
-}
-
-/// TCP to the URL's host and port (scheme default when absent), then TLS when the scheme
-/// asks for it.
-async fn connect(url: &Url, options: &ConnectOptions) -> Result<Stream, ConnectError> {
-    let url_s = url.to_string();
-    let tls = match url.scheme() {
-        "http" | "ws" => false,
-        "https" | "wss" => true,
-        _ => return Err(ConnectError::BadScheme { url: url_s }),
-    };
-    let Some(host) = url.host_str() else {
-        return Err(ConnectError::Http {
-            url: url_s.clone(),
-            source: HttpError::NoHost { url: url_s },
-        });
-    };
-    let host = host.trim_matches(['[', ']']);
-    let port = url.port().unwrap_or(if tls { 443 } else { 80 });
-    let addr = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    // Directly, or through the environment's HTTP proxy.
-    let tcp = crate::net::proxy::connect(url.scheme(), host, port)
-        .await
-        .map_err(|source| ConnectError::Dial {
-            addr: addr.clone(),
-            source,
-        })?;
-    let _ = tcp.set_nodelay(true);
-    if !tls {
-        return Ok(Box::new(tcp));
-    }
-    let config = match &options.tls {
-        Some(c) => c.clone(),
-        None => {
-            tls::default_client_config().map_err(|source| ConnectError::TlsConfig { source })?
+        DerpTransport::WebSocket => {
+            let req =
+                dialer::websocket_request(url, headers, Some("derp")).map_err(transport_err)?;
+            let ws = dialer::websocket(req, io, None)
+                .await
+                .map_err(transport_err)?;
+            Ok(Dialed {
+                transport: Transport::websocket(ws),
+                server_key: None,
+                leftover: Vec::new(),
+            })
         }
-    };
-    let name = options.server_name.as_deref().unwrap_or(host).to_owned();
-    let tls_err = |source| ConnectError::Tls {
-        name: name.clone(),
-        addr: addr.clone(),
-        source,
-    };
-    let server_name = tls::server_name(&name).map_err(|e| {
-        tls_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            e.to_string(),
-        ))
-    })?;
-    let stream = tokio_rustls::TlsConnector::from(tls::http1_only(&config))
-        .connect(server_name, tcp)
-        .await
-        .map_err(tls_err)?;
-    Ok(Box::new(stream))
+    }
 }
 
 /// `GET /derp` with `Upgrade: DERP`; returns the stream, the parsed `101` and whatever was
@@ -146,40 +178,4 @@ async fn upgrade(
     };
     let resp = http::parse_upgrade_response(&buf[..end], &buf[end..]).map_err(http_err)?;
     Ok((io, resp, buf.split_off(end)))
-}
-
-/// The WebSocket handshake (`ws`/`wss`, subprotocol `derp`) over `io`.
-async fn websocket(
-    url: &Url,
-    headers: &[(String, String)],
-    io: Stream,
-) -> Result<tokio_tungstenite::WebSocketStream<Stream>, ConnectError> {
-    let url_s = url.to_string();
-    let ws_err = |e| ConnectError::WebSocket {
-        url: url_s.clone(),
-        source: Box::new(e),
-    };
-    let mut ws_url = url.clone();
-    let scheme = match url.scheme() {
-        "http" => "ws",
-        "https" => "wss",
-        other => other,
-    };
-    let _ = ws_url.set_scheme(scheme);
-    let mut req = ws_url.as_str().into_client_request().map_err(ws_err)?;
-    for (name, value) in headers {
-        let bad = || ConnectError::Http {
-            url: url_s.clone(),
-            source: HttpError::BadHeader { name: name.clone() },
-        };
-        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
-        let v = HeaderValue::from_str(value).map_err(|_| bad())?;
-        req.headers_mut().append(n, v);
-    }
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("derp"));
-    let (ws, _resp) = tokio_tungstenite::client_async(req, io)
-        .await
-        .map_err(ws_err)?;
-    Ok(ws)
 }

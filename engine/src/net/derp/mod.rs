@@ -13,13 +13,13 @@
 //! | [`table`] | [`RelayTable`]: who is connected, who is owed a peer-gone |
 //! | [`http`] | the HTTP/1.1 upgrade exchange, as bytes |
 //! | [`client`] | tokio shell: [`client::connect`], reconnects with backoff |
-//! | `dial` | one connection: TCP, TLS (`https`/`wss`), upgrade or WebSocket |
+//! | [`dial`] | one connection over [`crate::transport`]: upgrade or WebSocket; its options and errors |
 //! | [`server`] | tokio shell: [`DerpServer`] (table task + a task per connection) |
 
 pub mod client;
 pub mod client_core;
 pub mod decoder;
-mod dial;
+pub mod dial;
 pub mod frame;
 pub mod http;
 pub mod keys;
@@ -30,12 +30,14 @@ pub mod table;
 mod transport;
 
 pub use client::{
-    ConnectError, ConnectOptions, DerpConnStats, DerpConnection, DerpEvent, DerpHandle,
-    DerpTransport, PROBE_TIMEOUT, WRITE_TIMEOUT, connect, connect_with,
+    DerpConnStats, DerpConnection, DerpEvent, DerpHandle, PROBE_TIMEOUT, WRITE_TIMEOUT, connect,
+    connect_with,
 };
 pub use client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
+pub use dial::{ConnectError, ConnectOptions, DIAL_TIMEOUT, DerpTransport};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameType, PeerGoneReason, Policy};
 pub use keys::{ClientInfo, NodePrivateKey, NodePublicKey, ServerInfo};
-pub use server::{ClientSummary, DerpServer, ServeError};
+pub use server::{DerpServer, ServeError};
 pub use server_core::{ServerConn, ServerConnConfig, ServerConnError, ServerConnEvent};
+pub use server_table::ClientSummary;
 pub use table::RelayTable;

@@ -28,7 +28,7 @@ use super::keys::{NodePrivateKey, NodePublicKey, ServerInfo};
 use super::server_core::{
     KEEP_ALIVE_MAX_JITTER, ServerConn, ServerConnConfig, ServerConnError, ServerConnEvent,
 };
-use super::server_table::{Routes, TableCmd, ToConn, run_table};
+use super::server_table::{ClientSummary, Routes, TableCmd, ToConn, run_table};
 use super::table::ConnId;
 use super::transport::{Read, Timer, Transport};
 
@@ -56,17 +56,6 @@ pub enum ServeError {
     WriteTimeout,
     #[error("the DERP server is shut down")]
     ServerClosed,
-}
-
-/// A connected client, as the table sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientSummary {
-    pub key: NodePublicKey,
-    pub conn: ConnId,
-    /// Whether this connection carries the key's traffic (the last one registered).
-    pub active: bool,
-    /// Whether the client said this is its home region.
-    pub preferred: bool,
 }
 
 /// Handle to a running DERP server. Cheap to clone.

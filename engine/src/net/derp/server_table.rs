@@ -11,8 +11,18 @@ use tracing::debug;
 
 use super::frame::PeerGoneReason;
 use super::keys::NodePublicKey;
-use super::server::ClientSummary;
 use super::table::{ConnId, RelayTable};
+
+/// A connected client, as the table sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSummary {
+    pub key: NodePublicKey,
+    pub conn: ConnId,
+    /// Whether this connection carries the key's traffic (the last one registered).
+    pub active: bool,
+    /// Whether the client said this is its home region.
+    pub preferred: bool,
+}
 
 /// What the table publishes after every change: key → the active connection's queue.
 #[derive(Debug, Default)]

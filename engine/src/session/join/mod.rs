@@ -56,7 +56,7 @@ pub struct JoinOptions {
     /// Owner timings (status interval, READY timeout, LOST timeout).
     pub timings: owner::OwnerTimings,
     /// Trust for REST, the tailnet websocket and DERP over `https`; `None`: system roots
-    /// plus `SSL_CERT_FILE` ([`crate::net::tls::default_client_config`]).
+    /// plus `SSL_CERT_FILE` ([`crate::transport::tls::default_client_config`]).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Advertise loopback addresses as endpoints too (peers on the same host: tests).
     pub loopback_endpoints: bool,
@@ -177,7 +177,7 @@ async fn join(
     let deadline = tokio::time::Instant::now() + opts.first_dial_deadline;
     let tls = match &opts.tls {
         Some(c) => c.clone(),
-        None => crate::net::tls::default_client_config().map_err(|e| e.to_string())?,
+        None => crate::transport::tls::default_client_config().map_err(|e| e.to_string())?,
     };
     let api = Api::new(&params.coder_url, &params.api_token, &params.headers, &tls)
         .map_err(|e| e.to_string())?;
@@ -241,7 +241,7 @@ async fn join(
         let _ = stop_plane.wait_for(|s| *s).await;
     };
     let stack = if params.tunnel_fd >= 0 {
-        let fd = crate::ffi::dup(params.tunnel_fd).map_err(|e| {
+        let fd = crate::device::dup(params.tunnel_fd).map_err(|e| {
             format!(
                 "duplicating tunnel_file_descriptor {}: {e}",
                 params.tunnel_fd

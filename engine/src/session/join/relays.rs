@@ -45,7 +45,7 @@ pub async fn measure(map: &DerpMap) -> Vec<RegionLatency> {
             let start = Instant::now();
             // Through the HTTP proxy when the environment names one for this relay: the
             // path the relay connection will take (proxy and CONNECT included).
-            let connect = crate::net::proxy::connect(url.scheme(), &host, port);
+            let connect = crate::transport::proxy::connect(url.scheme(), &host, port);
             let r = tokio::time::timeout(PROBE_TIMEOUT, connect).await;
             match r {
                 Ok(Ok(_)) => Some((
@@ -82,7 +82,7 @@ pub struct RegionDialer {
     pub headers: Vec<(String, String)>,
     pub key: [u8; 32],
     pub force_websockets: bool,
-    /// Trust for `https` nodes (`None`: the default of [`crate::net::tls`]).
+    /// Trust for `https` nodes (`None`: the default of [`crate::transport::tls`]).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub wg: mpsc::Sender<WgCommand>,
     pub inbound: mpsc::Sender<RelayIn>,

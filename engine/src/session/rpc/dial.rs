@@ -1,25 +1,22 @@
 //! Dialing the tailnet websocket (tailnet.md §4.1): `GET <base>/api/v2/tailnet?version=2.3
-//! [&resume_token=…]` with the caller's headers, over TCP or rustls (the shared trust of
-//! [`crate::net::tls`], or a caller-supplied `rustls::ClientConfig`), then a yamux client session as an [`RpcClient`]. An HTTP error
-//! answer to the upgrade is a [`DialError::Http`] with its status and body.
-//!
-//! The TCP connection goes through `HTTPS_PROXY` / `HTTP_PROXY` as Go's would
-//! ([`crate::net::proxy`]). Not here: the connect proof (a `403` with `Coder-Connect-Auth-Required` is
-//! reported like any other `403`).
+//! [&resume_token=…]` with the caller's headers, through the shared dialer of
+//! [`crate::transport`] (the environment's proxy, TCP, rustls with the shared trust or a
+//! caller-supplied `rustls::ClientConfig`), then a yamux client session as an
+//! [`RpcClient`]. An HTTP error answer to the upgrade is a [`DialError::Http`] with its
+//! status and body. Not here: the connect proof (a `403` with
+//! `Coder-Connect-Auth-Required` is reported like any other `403`).
 
 use std::io;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use url::Url;
 
 use super::client::RpcClient;
 use super::keepalive::{KeepAliveConfig, ProbeHandle};
 use super::mux::MuxClient;
 use super::ws::{WsByteStream, websocket_config};
-use crate::net::proxy;
+use crate::transport::{self, TlsOptions, TransportError};
 
 /// The tailnet API version this client speaks (tailnet.md §4.3).
 pub const TAILNET_VERSION: &str = "2.3";
@@ -57,10 +54,10 @@ impl Default for DialOptions {
     }
 }
 
-/// The shared trust configuration ([`crate::net::tls::default_client_config`]: system roots
+/// The shared trust configuration ([`crate::transport::tls::default_client_config`]: system roots
 /// plus `SSL_CERT_FILE`). No ALPN: the websocket upgrade is HTTP/1.1.
 pub fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, DialError> {
-    crate::net::tls::default_client_config().map_err(|e| DialError::TlsConfig {
+    crate::transport::tls::default_client_config().map_err(|e| DialError::TlsConfig {
         reason: e.to_string(),
     })
 }
@@ -201,75 +198,57 @@ pub async fn dial(base: &Url, opts: &DialOptions) -> Result<RpcClient, DialError
         u.set_query(None);
         u.to_string()
     };
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| DialError::InvalidUrl {
-            url: shown.clone(),
-            reason: e.to_string(),
-        })?;
-    for (name, value) in &opts.headers {
-        let invalid = |reason: String| DialError::InvalidHeader {
-            name: name.clone(),
-            reason,
-        };
-        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| invalid("the value is not valid in an HTTP header".into()))?;
-        request.headers_mut().append(header, value);
-    }
-    let port = url.port_or_known_default().unwrap_or(80);
-    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-        return Err(DialError::InvalidUrl {
-            url: shown,
-            reason: "no host".into(),
-        });
+    let request = transport::websocket_request(&url, &opts.headers, None)
+        .map_err(|e| DialError::from_transport(&shown, e))?;
+    let tls = TlsOptions {
+        config: opts.tls.clone(),
+        server_name: None,
     };
-    // Directly, or through the environment's HTTP proxy ([`proxy`]).
-    let tcp = proxy::connect(url.scheme(), host, port)
-        .await
-        .map_err(|source| DialError::Connect {
-            addr: format!("{host}:{port}"),
-            url: shown.clone(),
-            source,
-        })?;
-    let _ = tcp.set_nodelay(true);
     tracing::debug!(url = %shown, "dialing the tailnet websocket");
-    let config = Some(websocket_config());
-    let ws_err = |e| handshake_error(&shown, e);
-    let rpc = if url.scheme() == "wss" {
-        let tls = match &opts.tls {
-            Some(c) => c.clone(),
-            None => default_tls_config()?,
-        };
-        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
-        let tls_err = |source| DialError::Tls {
-            host: host.to_owned(),
-            url: shown.clone(),
-            source,
-        };
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(tls_err)?;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, config)
-            .await
-            .map_err(ws_err)?;
-        RpcClient::new(MuxClient::start(
-            WsByteStream::with_keepalive(ws, opts.keepalive).with_probe(opts.probe.clone()),
-        ))
-    } else {
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, config)
-            .await
-            .map_err(ws_err)?;
-        RpcClient::new(MuxClient::start(
-            WsByteStream::with_keepalive(ws, opts.keepalive).with_probe(opts.probe.clone()),
-        ))
-    };
+    let io = transport::connect(&url, &tls)
+        .await
+        .map_err(|e| DialError::from_transport(&shown, e))?;
+    let ws = transport::websocket(request, io, Some(websocket_config()))
+        .await
+        .map_err(|e| DialError::from_transport(&shown, e))?;
+    let rpc = RpcClient::new(MuxClient::start(
+        WsByteStream::with_keepalive(ws, opts.keepalive).with_probe(opts.probe.clone()),
+    ));
     tracing::debug!(url = %shown, "tailnet websocket open");
     Ok(rpc)
+}
+
+impl DialError {
+    /// The dialer's error as this dial reports it: an HTTP answer to the upgrade becomes
+    /// [`DialError::Http`] (whose status decides whether to retry).
+    fn from_transport(url: &str, e: TransportError) -> Self {
+        let url = url.to_owned();
+        match e {
+            TransportError::BadScheme { scheme } => Self::InvalidUrl {
+                url,
+                reason: format!("unsupported scheme {scheme:?}"),
+            },
+            TransportError::NoHost => Self::InvalidUrl {
+                url,
+                reason: "no host".into(),
+            },
+            TransportError::Request { source } => Self::InvalidUrl {
+                url,
+                reason: source.to_string(),
+            },
+            TransportError::TlsConfig { source } => Self::TlsConfig {
+                reason: source.to_string(),
+            },
+            TransportError::InvalidHeader { name, reason } => Self::InvalidHeader { name, reason },
+            TransportError::Connect { addr, source } => Self::Connect { addr, url, source },
+            TransportError::Tls { name, source, .. } => Self::Tls {
+                host: name,
+                url,
+                source,
+            },
+            TransportError::WebSocket { source } => handshake_error(&url, *source),
+        }
+    }
 }
 
 fn handshake_error(url: &str, e: tungstenite::Error) -> DialError {
