@@ -20,6 +20,7 @@ mod phy;
 mod stack;
 
 pub mod forward;
+#[cfg(any(test, feature = "test-servers"))]
 pub mod services;
 pub mod socks5;
 

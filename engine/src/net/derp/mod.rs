@@ -23,8 +23,11 @@ pub mod dial;
 pub mod frame;
 pub mod http;
 pub mod keys;
+#[cfg(any(test, feature = "test-servers"))]
 pub mod server;
+#[cfg(any(test, feature = "test-servers"))]
 pub mod server_core;
+#[cfg(any(test, feature = "test-servers"))]
 mod server_table;
 pub mod table;
 mod transport;
@@ -37,7 +40,10 @@ pub use client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
 pub use dial::{ConnectError, ConnectOptions, DIAL_TIMEOUT, DerpTransport};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameType, PeerGoneReason, Policy};
 pub use keys::{ClientInfo, NodePrivateKey, NodePublicKey, ServerInfo};
+#[cfg(any(test, feature = "test-servers"))]
 pub use server::{DerpServer, ServeError};
+#[cfg(any(test, feature = "test-servers"))]
 pub use server_core::{ServerConn, ServerConnConfig, ServerConnError, ServerConnEvent};
+#[cfg(any(test, feature = "test-servers"))]
 pub use server_table::ClientSummary;
 pub use table::RelayTable;

@@ -27,7 +27,12 @@ pub(crate) enum Command {
     CloseSend,
     Close,
     Cancel,
-    Error { code: u64, text: String },
+    /// A server's error answer.
+    #[cfg(any(test, feature = "test-servers"))]
+    Error {
+        code: u64,
+        text: String,
+    },
 }
 
 /// What the call task reports.
@@ -204,6 +209,7 @@ fn apply(call: &mut Call, cmd: Command) {
         Command::CloseSend => call.close_send(),
         Command::Close => call.close(),
         Command::Cancel => call.cancel(),
+        #[cfg(any(test, feature = "test-servers"))]
         Command::Error { code, text } => call.send_error(code, &text),
     }
 }

@@ -21,6 +21,7 @@ pub mod dial;
 mod driver;
 pub mod keepalive;
 pub mod mux;
+#[cfg(any(test, feature = "test-servers"))]
 pub mod server;
 pub mod tailnet;
 pub mod ws;
@@ -33,8 +34,11 @@ pub use codec::CODE_UNIMPLEMENTED;
 pub use dial::{DialError, DialOptions};
 pub use keepalive::{KeepAliveConfig, ProbeHandle};
 pub use mux::{MuxClient, MuxError};
+#[cfg(any(test, feature = "test-servers"))]
 pub use server::{Requests, Router, Sink, Status};
-pub use tailnet::{TailnetClient, TailnetService};
+pub use tailnet::TailnetClient;
+#[cfg(any(test, feature = "test-servers"))]
+pub use tailnet::TailnetService;
 pub use ws::WsByteStream;
 
 /// A client call that failed.

@@ -1,6 +1,7 @@
 //! Service `coder.tailnet.v2.Tailnet` (tailnet.md §4.2): the typed client the VPN uses and
 //! the trait a server (the testbed) implements.
 
+#[cfg(any(test, feature = "test-servers"))]
 use std::sync::Arc;
 
 use codervpn_proto::tailnet::{
@@ -12,7 +13,9 @@ use url::Url;
 use super::RpcError;
 use super::client::{BidiStream, Responses, RpcClient};
 use super::dial::{self, DialError, DialOptions};
+#[cfg(any(test, feature = "test-servers"))]
 use super::server::{Requests, Router, Sink, Status};
+#[cfg(any(test, feature = "test-servers"))]
 use crate::session::BoxFuture;
 
 /// dRPC method paths.
@@ -84,6 +87,7 @@ impl TailnetClient {
     }
 }
 
+#[cfg(any(test, feature = "test-servers"))]
 /// The server side of `coder.tailnet.v2.Tailnet`. Every method defaults to the generated
 /// drpc stub's answer, code 12 `Unimplemented`. Returning `Ok` ends a stream with
 /// close-send; `Err` sends the status as an error packet.
@@ -124,6 +128,7 @@ pub trait TailnetService: Send + Sync + 'static {
     }
 }
 
+#[cfg(any(test, feature = "test-servers"))]
 /// A router serving `service`'s four methods (`PostTelemetry` is not routed, so it gets
 /// drpcmux's unknown-rpc error).
 pub fn router<S: TailnetService>(service: Arc<S>) -> Router {

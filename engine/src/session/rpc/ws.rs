@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+#[cfg(any(test, feature = "test-servers"))]
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -24,7 +25,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::keepalive::{KeepAlive, KeepAliveAction, KeepAliveConfig, ProbeHandle};
+#[cfg(any(test, feature = "test-servers"))]
 use super::mux::MuxError;
+#[cfg(any(test, feature = "test-servers"))]
 use super::server::{Router, serve_mux};
 
 /// Largest binary message we send.
@@ -245,6 +248,7 @@ fn ws_io_error(e: tungstenite::Error) -> io::Error {
     }
 }
 
+#[cfg(any(test, feature = "test-servers"))]
 /// Serves the tailnet dRPC API on an already-upgraded websocket until the connection ends.
 pub async fn serve_websocket<S>(ws: WebSocketStream<S>, router: Arc<Router>) -> Result<(), MuxError>
 where
