@@ -35,7 +35,7 @@
 //! `insecure_skip_verify` skips the signature and trusted-comment checks (never the server
 //! version check) and logs a WARN every time it is used.
 //!
-//! Not implemented: the macOS code-signing checks of §6.1 (`macos_codesign_checks` is a
+//! Not implemented: the macOS code-signing checks of dylib-abi-and-compat.md §6.1 (`macos_codesign_checks` is a
 //! stub that passes and logs a WARN).
 
 mod download;

@@ -340,7 +340,7 @@ async fn join(
     // DERP after the tailnet (upstream's order: REST, tailnet websocket, then relays).
     dialer.spawn(&info.derp_map, home, true);
 
-    // Network settings: the router's, then DNS (§8).
+    // Network settings: the router's, then DNS (codervpn-protocol.md §8).
     link.network_settings(settings::router(self_addr, settings::TUNNEL_MTU))
         .await
         .map_err(|e| format!("applying the tunnel's address and route: {e}"))?;

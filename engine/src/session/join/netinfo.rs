@@ -1,6 +1,6 @@
 //! What the session publishes about its network position: the STUN servers the data plane
 //! probes (from the DERP map), and our endpoints and per-region latencies from the local
-//! interfaces plus the data plane's [`NetReport`] (tailnet.md §13, issue #8).
+//! interfaces plus the data plane's [`NetReport`] (tailnet.md §5, §11; issue #8).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
