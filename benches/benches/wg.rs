@@ -9,6 +9,7 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 
+use codervpn_engine::net::path::Via;
 use codervpn_engine::net::wg::{Emit, PeerConfig, PeerSet, public_key};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
@@ -85,13 +86,13 @@ fn handshake(p: &mut Pair, packet: &[u8]) -> bool {
     for _ in 0..4 {
         let mut to_a = Vec::new();
         for d in to_b.drain(..) {
-            p.b.decapsulate(p.a_addr, &d, &mut buf, &mut |e| match e {
+            p.b.decapsulate(Via::Udp(p.a_addr), &d, &mut buf, &mut |e| match e {
                 Emit::Network { data, .. } => to_a.push(data.to_vec()),
                 Emit::Tunnel(_) => delivered = true,
             });
         }
         for d in to_a {
-            p.a.decapsulate(p.b_addr, &d, &mut buf, &mut |e| {
+            p.a.decapsulate(Via::Udp(p.b_addr), &d, &mut buf, &mut |e| {
                 if let Emit::Network { data, .. } = e {
                     to_b.push(data.to_vec());
                 }
@@ -161,7 +162,7 @@ fn encap_decap(c: &mut Criterion) {
                 },
                 |d| {
                     let mut n = 0;
-                    p.b.decapsulate(p.a_addr, d, &mut dec, &mut |e| {
+                    p.b.decapsulate(Via::Udp(p.a_addr), d, &mut dec, &mut |e| {
                         if let Emit::Tunnel(t) = e {
                             n = t.len();
                         }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use boringtun::x25519::{PublicKey, StaticSecret};
+use codervpn_engine::net::path::Via;
 use codervpn_engine::net::wg::{Emit, PeerConfig, PeerSet};
 
 struct Counting;
@@ -86,12 +87,17 @@ fn steady_state_encapsulate_and_decapsulate_do_not_allocate() {
             });
             // Handshake messages flow back and forth until the session is up.
             let mut back = Vec::new();
-            b.decapsulate(a_addr, &wire[..len], &mut buf_b, &mut |e| match e {
-                Emit::Network { data, .. } => back.push(data.to_vec()),
-                Emit::Tunnel(_) => delivered += 1,
-            });
+            b.decapsulate(
+                Via::Udp(a_addr),
+                &wire[..len],
+                &mut buf_b,
+                &mut |e| match e {
+                    Emit::Network { data, .. } => back.push(data.to_vec()),
+                    Emit::Tunnel(_) => delivered += 1,
+                },
+            );
             for d in back {
-                a.decapsulate(b_addr, &d, &mut buf_a, &mut |_| {});
+                a.decapsulate(Via::Udp(b_addr), &d, &mut buf_a, &mut |_| {});
             }
         }
         delivered

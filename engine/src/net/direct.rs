@@ -1,7 +1,7 @@
 //! Direct paths for the data plane (issue #8): one disco [`PeerPaths`] per peer that has a
 //! disco key, fed the disco packets that arrive over UDP and through DERP; its transmits are
 //! sealed here and handed back to the runner to send, and its path changes move the peer's
-//! WireGuard endpoint between the direct address and the peer's DERP magic endpoint.
+//! WireGuard endpoint between the direct address and DERP ([`Via`]).
 //!
 //! While a peer is on DERP, a disco ping crosses the relay every [`RELAY_PING_INTERVAL`]
 //! so its latency through DERP can be reported (`LastPing` with `did_p2p = false`).
@@ -9,7 +9,7 @@
 //! Sans-IO: the runner passes the time in and sends what [`DirectPaths`] emits.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
@@ -24,15 +24,14 @@ use super::disco::{
 
 /// How often a peer on DERP is pinged through the relay (the status ping interval).
 pub const RELAY_PING_INTERVAL: Duration = Duration::from_secs(5);
+use super::path::DERP_MAGIC_IP;
 use super::wg::{PeerSet, key_prefix};
 
 /// A sealed disco packet to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiscoSend {
-    /// Over the UDP socket.
-    Udp { to: SocketAddr, packet: Vec<u8> },
-    /// Through DERP, to the peer behind this magic endpoint.
-    Relay { magic: SocketAddr, packet: Vec<u8> },
+pub struct DiscoSend {
+    pub to: Via,
+    pub packet: Vec<u8>,
 }
 
 /// Disco packets that were dropped, by reason.
@@ -71,8 +70,7 @@ pub struct UserPong {
     pub tx_id: TxId,
     /// From sending the ping to its pong.
     pub latency: Duration,
-    /// The way the pong came back: directly from this address, or through DERP (the
-    /// peer's magic endpoint).
+    /// The way the pong came back: directly from this address, or through DERP.
     pub via: Via,
 }
 
@@ -91,8 +89,10 @@ pub const USER_PING_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct DiscoPeer {
     disco: DiscoPublicKey,
-    /// The peer's DERP magic endpoint, when it has one.
-    magic: Option<SocketAddr>,
+    /// The path through DERP, once the peer has a relay route.
+    relay: Option<Via>,
+    /// The region our connection received the peer's last relayed disco packet on.
+    relayed_from: Option<i64>,
     paths: PeerPaths,
     path: Path,
     /// Round-trip of the last answered ping through DERP.
@@ -122,8 +122,8 @@ impl DirectPaths {
         self.own_endpoints = endpoints;
     }
 
-    /// Sets (or updates) a peer's disco key, its node endpoints and its magic endpoint. A new
-    /// disco key starts the peer's path state afresh (on DERP).
+    /// Sets (or updates) a peer's disco key, its node endpoints and whether it has a DERP
+    /// route. A new disco key starts the peer's path state afresh (on DERP).
     #[allow(clippy::too_many_arguments)]
     pub fn set_peer(
         &mut self,
@@ -131,7 +131,7 @@ impl DirectPaths {
         key: [u8; 32],
         disco: DiscoPublicKey,
         endpoints: &[SocketAddr],
-        magic: Option<SocketAddr>,
+        relayed: bool,
         wg: &mut PeerSet,
         out: &mut impl FnMut(DiscoSend),
     ) {
@@ -146,7 +146,8 @@ impl DirectPaths {
                 key,
                 DiscoPeer {
                     disco,
-                    magic,
+                    relay: None,
+                    relayed_from: None,
                     paths: PeerPaths::new(self.config.clone()),
                     path: Path::Derp,
                     relay_latency: None,
@@ -158,11 +159,16 @@ impl DirectPaths {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        peer.magic = magic.or(peer.magic);
+        if relayed {
+            peer.relay = Some(Via::Derp(NodePublicKey::from_bytes(key)));
+        }
         // Pin the endpoint to the current path, so roaming does not move it behind our back.
-        match (peer.path, peer.magic) {
-            (Path::Direct { addr, .. }, _) | (Path::Derp, Some(addr)) => {
-                wg.set_endpoint(&key, addr);
+        match (peer.path, peer.relay) {
+            (Path::Direct { addr, .. }, _) => {
+                wg.set_endpoint(&key, Via::Udp(addr));
+            }
+            (Path::Derp, Some(via)) => {
+                wg.set_endpoint(&key, via);
             }
             (Path::Derp, None) => {}
         }
@@ -207,18 +213,15 @@ impl DirectPaths {
         out: &mut impl FnMut(DiscoSend),
     ) -> Result<TxId, PingRefused> {
         let peer = self.peers.get(&key).ok_or(PingRefused::NoDisco)?;
-        let to = match (peer.path, peer.magic) {
+        let to = match (peer.path, peer.relay) {
             (Path::Direct { addr, .. }, _) => Via::Udp(addr),
-            (Path::Derp, Some(magic)) => Via::Derp(magic),
+            (Path::Derp, Some(via)) => via,
             (Path::Derp, None) => return Err(PingRefused::NoPath),
         };
         let (tx_id, packet) = sealed_ping(&self.key, self.node_key, &peer.disco);
         self.user_pings.insert(tx_id, (key, now));
         trace!(peer = %key_prefix(&key), ?to, "user ping");
-        match to {
-            Via::Udp(to) => out(DiscoSend::Udp { to, packet }),
-            Via::Derp(magic) => out(DiscoSend::Relay { magic, packet }),
-        }
+        out(DiscoSend { to, packet });
         Ok(tx_id)
     }
 
@@ -244,10 +247,13 @@ impl DirectPaths {
         self.deliver(now, key, Via::Udp(from), packet, wg, out);
     }
 
-    /// A disco packet relayed by DERP from the node `from`.
+    /// A disco packet relayed by DERP from the node `from`, received on our connection to
+    /// `region`.
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_relayed(
         &mut self,
         now: Instant,
+        region: i64,
         from: &NodePublicKey,
         packet: &[u8],
         wg: &mut PeerSet,
@@ -255,16 +261,17 @@ impl DirectPaths {
     ) {
         let key = *from.as_bytes();
         let sender = disco::sender(packet);
-        let Some(peer) = self.peers.get(&key).filter(|p| Some(p.disco) == sender) else {
+        let Some(peer) = self.peers.get_mut(&key).filter(|p| Some(p.disco) == sender) else {
             self.dropped.unknown_sender += 1;
             trace!(from = %from.short(), "relayed disco packet from an unknown key dropped");
             return;
         };
-        let Some(magic) = peer.magic else {
+        let Some(via) = peer.relay else {
             self.dropped.unknown_sender += 1;
             return;
         };
-        self.deliver(now, key, Via::Derp(magic), packet, wg, out);
+        peer.relayed_from = Some(region);
+        self.deliver(now, key, via, packet, wg, out);
     }
 
     /// Opens a disco packet from `key`'s peer, which arrived over `via`, and feeds it to
@@ -340,7 +347,7 @@ impl DirectPaths {
         self.user_pings
             .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < USER_PING_TIMEOUT);
         for (key, peer) in &mut self.peers {
-            let Some(magic) = peer.magic.filter(|_| peer.path == Path::Derp) else {
+            let Some(via) = peer.relay.filter(|_| peer.path == Path::Derp) else {
                 continue;
             };
             if peer.next_relay_ping > now {
@@ -349,7 +356,7 @@ impl DirectPaths {
             peer.next_relay_ping = now + RELAY_PING_INTERVAL;
             let (tx_id, packet) = sealed_ping(&self.key, self.node_key, &peer.disco);
             self.relay_pings.insert(tx_id, (*key, now));
-            out(DiscoSend::Relay { magic, packet });
+            out(DiscoSend { to: via, packet });
         }
     }
 
@@ -392,20 +399,26 @@ impl DirectPaths {
                     }),
                     Via::Udp(to),
                 ),
-                Transmit::Pong { to, tx_id, src } => (Message::Pong(Pong { tx_id, src }), to),
+                Transmit::Pong { to, tx_id, src } => {
+                    let src = src.unwrap_or_else(|| {
+                        let region = peer.relayed_from.unwrap_or_default();
+                        SocketAddr::new(
+                            IpAddr::V4(DERP_MAGIC_IP),
+                            u16::try_from(region).unwrap_or(0),
+                        )
+                    });
+                    (Message::Pong(Pong { tx_id, src }), to)
+                }
                 Transmit::CallMeMaybe => {
-                    let Some(magic) = peer.magic else { continue };
+                    let Some(via) = peer.relay else { continue };
                     let cmm = CallMeMaybe {
                         endpoints: self.own_endpoints.clone(),
                     };
-                    (Message::CallMeMaybe(cmm), Via::Derp(magic))
+                    (Message::CallMeMaybe(cmm), via)
                 }
             };
             let packet = disco::seal(&self.key, &peer.disco, &msg);
-            match to {
-                Via::Udp(to) => out(DiscoSend::Udp { to, packet }),
-                Via::Derp(magic) => out(DiscoSend::Relay { magic, packet }),
-            }
+            out(DiscoSend { to, packet });
         }
         let Some(path) = peer.paths.poll_path_change() else {
             return;
@@ -418,12 +431,12 @@ impl DirectPaths {
                     return;
                 }
                 info!(peer = %key_prefix(key), %addr, ?latency, "path to {} is direct via {addr}", key_prefix(key));
-                wg.set_endpoint(key, addr);
+                wg.set_endpoint(key, Via::Udp(addr));
             }
             Path::Derp => {
                 info!(peer = %key_prefix(key), "path to {} is DERP", key_prefix(key));
-                if let Some(magic) = peer.magic {
-                    wg.set_endpoint(key, magic);
+                if let Some(via) = peer.relay {
+                    wg.set_endpoint(key, via);
                 }
             }
         }

@@ -10,9 +10,6 @@ use crate::net::wg::{PeerConfig, PeerSet};
 
 const A_UDP: &str = "10.0.0.1:1000";
 const B_UDP: &str = "10.0.0.2:2000";
-/// Each side's magic endpoint for the other.
-const A_MAGIC_FOR_B: &str = "127.3.3.40:1";
-const B_MAGIC_FOR_A: &str = "127.3.3.40:7";
 
 struct Side {
     node: [u8; 32],
@@ -54,18 +51,21 @@ impl Net {
         let now = Instant::now();
         let mut queue = VecDeque::new();
         let (a_node, b_node) = (a.node, b.node);
-        for (me, peer, peer_disco, magic, to_a) in [
-            (&mut a, b_node, b_disco, A_MAGIC_FOR_B, false),
-            (&mut b, a_node, a_disco, B_MAGIC_FOR_A, true),
+        for (me, peer, peer_disco, to_a) in [
+            (&mut a, b_node, b_disco, false),
+            (&mut b, a_node, a_disco, true),
         ] {
-            let magic: SocketAddr = magic.parse().unwrap();
-            me.wg.upsert_peer(PeerConfig {
-                public_key: peer,
-                preshared_key: None,
-                allowed_ips: vec![],
-                endpoint: Some(magic),
-                persistent_keepalive: None,
-            });
+            let relay = Via::Derp(NodePublicKey::from_bytes(peer));
+            me.wg.upsert_peer_via(
+                PeerConfig {
+                    public_key: peer,
+                    preshared_key: None,
+                    allowed_ips: vec![],
+                    endpoint: None,
+                    persistent_keepalive: None,
+                },
+                Some(relay),
+            );
             let peer_udp = if to_a { A_UDP } else { B_UDP };
             me.direct
                 .set_own_endpoints(vec![if to_a { B_UDP } else { A_UDP }.parse().unwrap()]);
@@ -74,7 +74,7 @@ impl Net {
                 peer,
                 peer_disco,
                 &[peer_udp.parse().unwrap()],
-                Some(magic),
+                true,
                 &mut me.wg,
                 &mut |s| queue.push_back((to_a, s)),
             );
@@ -99,18 +99,19 @@ impl Net {
             };
             let queue = &mut self.queue;
             let mut out = |s| queue.push_back((!to_a, s));
-            match send {
-                DiscoSend::Udp { to, packet } => {
+            let DiscoSend { to, packet } = send;
+            match to {
+                Via::Udp(to) => {
                     if self.udp_up && to == me.udp {
                         me.direct
                             .handle_udp(self.now, other.udp, &packet, &mut me.wg, &mut out);
                     }
                 }
-                DiscoSend::Relay { packet, .. } => {
+                Via::Derp(_) => {
                     self.now += self.relay_delay;
                     let from = NodePublicKey::from_bytes(other.node);
                     me.direct
-                        .handle_relayed(self.now, &from, &packet, &mut me.wg, &mut out);
+                        .handle_relayed(self.now, 1, &from, &packet, &mut me.wg, &mut out);
                 }
             }
         }
@@ -135,22 +136,27 @@ impl Net {
         self.a.direct.path(&self.b.node).unwrap()
     }
 
-    fn a_endpoint(&self) -> Option<SocketAddr> {
+    fn a_endpoint(&self) -> Option<Via> {
         self.a.wg.stats().next().unwrap().endpoint
+    }
+
+    /// A's path to B through DERP.
+    fn a_relay(&self) -> Option<Via> {
+        Some(Via::Derp(NodePublicKey::from_bytes(self.b.node)))
     }
 }
 
 #[test]
 fn reachable_udp_endpoint_becomes_the_wireguard_endpoint() {
     let mut net = Net::new();
-    assert_eq!(net.a_endpoint(), Some(A_MAGIC_FOR_B.parse().unwrap()));
+    assert_eq!(net.a_endpoint(), net.a_relay());
     net.pump();
     assert!(
         matches!(net.a_path(), Path::Direct { addr, .. } if addr == B_UDP.parse().unwrap()),
         "{:?}",
         net.a_path()
     );
-    assert_eq!(net.a_endpoint(), Some(B_UDP.parse().unwrap()));
+    assert_eq!(net.a_endpoint(), Some(Via::Udp(B_UDP.parse().unwrap())));
     assert!(matches!(
         net.b.direct.path(&net.a.node),
         Some(Path::Direct { .. })
@@ -158,7 +164,7 @@ fn reachable_udp_endpoint_becomes_the_wireguard_endpoint() {
 }
 
 #[test]
-fn blocked_udp_falls_back_to_the_magic_endpoint_and_recovers() {
+fn blocked_udp_falls_back_to_derp_and_recovers() {
     let mut net = Net::new();
     net.pump();
     assert!(matches!(net.a_path(), Path::Direct { .. }));
@@ -166,12 +172,12 @@ fn blocked_udp_falls_back_to_the_magic_endpoint_and_recovers() {
     net.udp_up = false;
     net.run_for(Duration::from_secs(10));
     assert_eq!(net.a_path(), Path::Derp);
-    assert_eq!(net.a_endpoint(), Some(A_MAGIC_FOR_B.parse().unwrap()));
+    assert_eq!(net.a_endpoint(), net.a_relay());
 
     net.udp_up = true;
     net.run_for(Duration::from_secs(10));
     assert!(matches!(net.a_path(), Path::Direct { .. }));
-    assert_eq!(net.a_endpoint(), Some(B_UDP.parse().unwrap()));
+    assert_eq!(net.a_endpoint(), Some(Via::Udp(B_UDP.parse().unwrap())));
 }
 
 #[test]
@@ -182,10 +188,10 @@ fn upsert_does_not_move_a_pinned_direct_endpoint() {
         public_key: net.b.node,
         preshared_key: None,
         allowed_ips: vec![],
-        endpoint: Some(A_MAGIC_FOR_B.parse().unwrap()),
+        endpoint: Some("192.0.2.9:9".parse().unwrap()),
         persistent_keepalive: None,
     });
-    assert_eq!(net.a_endpoint(), Some(B_UDP.parse().unwrap()));
+    assert_eq!(net.a_endpoint(), Some(Via::Udp(B_UDP.parse().unwrap())));
 }
 
 #[test]
@@ -216,7 +222,7 @@ fn forged_and_unknown_disco_packets_are_counted_and_change_nothing() {
     let node_b = NodePublicKey::from_bytes(net.b.node);
     net.a
         .direct
-        .handle_relayed(net.now, &node_b, &packet, &mut net.a.wg, &mut |s| {
+        .handle_relayed(net.now, 1, &node_b, &packet, &mut net.a.wg, &mut |s| {
             sent.push(s)
         });
     assert!(sent.is_empty(), "nothing answered: {sent:?}");
@@ -240,15 +246,16 @@ fn network_change_re_probes_and_the_direct_path_returns() {
         .direct
         .network_changed(net.now, &mut net.a.wg, &mut |s| sent.push(s));
     assert!(
-        sent.iter()
-            .any(|s| matches!(s, DiscoSend::Udp { to, .. } if *to == B_UDP.parse().unwrap())),
+        sent.iter().any(
+            |s| matches!(s, DiscoSend { to: Via::Udp(to), .. } if *to == B_UDP.parse().unwrap())
+        ),
         "the peer is pinged at once: {sent:?}"
     );
     assert_eq!(net.a_path(), Path::Derp, "no trust until it answers");
     net.queue.extend(sent.into_iter().map(|s| (false, s)));
     net.pump();
     assert!(matches!(net.a_path(), Path::Direct { .. }));
-    assert_eq!(net.a_endpoint(), Some(B_UDP.parse().unwrap()));
+    assert_eq!(net.a_endpoint(), Some(Via::Udp(B_UDP.parse().unwrap())));
 }
 
 #[test]
@@ -301,12 +308,18 @@ fn a_user_ping_goes_the_current_way_and_its_pong_moves_no_path() {
         .unwrap();
     assert!(matches!(
         net.queue.back(),
-        Some((false, DiscoSend::Relay { .. }))
+        Some((
+            false,
+            DiscoSend {
+                to: Via::Derp(_),
+                ..
+            }
+        ))
     ));
     net.pump();
     let pong = net.a.direct.poll_user_pong().expect("a pong through DERP");
     assert_eq!(pong.tx_id, tx);
-    assert!(matches!(pong.via, Via::Derp(m) if m == A_MAGIC_FOR_B.parse().unwrap()));
+    assert!(matches!(pong.via, Via::Derp(m) if m == NodePublicKey::from_bytes(net.b.node)));
     assert!(
         pong.latency >= Duration::from_millis(20),
         "{:?}",
@@ -330,7 +343,9 @@ fn a_user_ping_goes_the_current_way_and_its_pong_moves_no_path() {
         .direct
         .user_ping(net.now, net.b.node, &mut |s| queue.push_back((false, s)))
         .unwrap();
-    assert!(matches!(net.queue.back(), Some((false, DiscoSend::Udp { to, .. })) if *to == addr));
+    assert!(
+        matches!(net.queue.back(), Some((false, DiscoSend { to: Via::Udp(to), .. })) if *to == addr)
+    );
     net.pump();
     let pong = net.a.direct.poll_user_pong().expect("a direct pong");
     assert_eq!(pong.via, Via::Udp(B_UDP.parse().unwrap()));

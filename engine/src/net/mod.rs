@@ -9,6 +9,7 @@
 //!
 //! How the tunnel reaches a deployment's servers (proxy, TLS, WebSocket) is [`crate::transport`].
 
+pub mod command;
 pub mod derp;
 pub mod direct;
 pub mod disco;
@@ -17,8 +18,11 @@ pub mod dns_tcp;
 pub mod endpoints;
 pub mod netcheck;
 pub mod netmon;
+pub mod outbox;
 pub mod packet_queues;
+pub mod path;
 pub mod pings;
+pub mod plane;
 pub mod relay;
 pub mod runner;
 pub mod stun;

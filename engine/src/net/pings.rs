@@ -66,8 +66,8 @@ impl PendingPings {
             };
             let path = match pong.via {
                 Via::Udp(addr) => PongPath::Direct(addr),
-                Via::Derp(magic) => PongPath::Derp {
-                    region: relay.and_then(|r| r.region_via(magic)),
+                Via::Derp(key) => PongPath::Derp {
+                    region: relay.and_then(|r| r.region_of(&key)),
                 },
             };
             let _ = reply.send(Ok(PingReply {

@@ -1,25 +1,21 @@
-//! DERP as a WireGuard path (tailnet.md §11). The peer set only knows socket addresses, so
-//! every peer reached through a relay gets a *magic* endpoint, `127.3.3.40:<slot>` (the
-//! address Tailscale's magicsock uses for DERP), and the runner hands datagrams for a magic
-//! endpoint to the DERP connection of the peer's region instead of the UDP socket. Packets
-//! the relays deliver come back in through one channel and enter the peer set as if they
-//! had arrived from the sender's magic endpoint. For peers with a disco key the endpoint is
-//! pinned: disco ([`super::direct`]) moves it between a direct address and the magic one.
+//! DERP as a WireGuard path (tailnet.md §11): which peer is reached through which region's
+//! connection. The peer set and disco address a relayed peer as [`Via::Derp`] with its
+//! node key; this table picks the connection (the peer's own region when we have one,
+//! else our home region) and queues the packet on it. Packets the relays deliver come back
+//! in through one channel; the runner hands them to the path layer's demux as coming
+//! [`Via::Derp`] from their sender.
 //!
 //! Sans-IO apart from the non-blocking queue sends: the DERP connections themselves are
 //! tokio tasks owned by whoever created them (the session).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, trace};
 
 use super::derp::{DerpConnStats, DerpHandle, NodePublicKey};
-
-/// The address every relayed endpoint lives on; the port is the peer's slot.
-pub const MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
+use super::path::Via;
 
 /// A packet a relay delivered.
 #[derive(Debug)]
@@ -32,7 +28,7 @@ pub struct RelayIn {
 /// Relayed packets that could not be sent, by reason.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RelayCounters {
-    /// To a magic endpoint that names no slot (the peer was removed meanwhile).
+    /// To a node no route is held for (the peer was removed meanwhile).
     pub no_route: u64,
     /// No connection to the peer's region nor to the home region.
     pub no_region: u64,
@@ -42,27 +38,15 @@ pub struct RelayCounters {
     pub unknown_sender: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Route {
-    key: NodePublicKey,
-    region: i64,
-}
-
 /// The relays the data plane can send through, and which peer goes through which.
 #[derive(Debug)]
 pub struct Relay {
     conns: HashMap<i64, DerpHandle>,
     home: Option<i64>,
-    /// Index = slot = magic port; slot 0 is never used.
-    slots: Vec<Option<Route>>,
-    by_key: HashMap<NodePublicKey, u16>,
+    /// The region each routed node is reached through.
+    routes: HashMap<NodePublicKey, i64>,
     inbound: mpsc::Receiver<RelayIn>,
     counters: RelayCounters,
-}
-
-/// True for an endpoint that stands for a DERP path.
-pub fn is_magic(addr: &SocketAddr) -> bool {
-    addr.ip() == IpAddr::V4(MAGIC_IP)
 }
 
 impl Relay {
@@ -72,8 +56,7 @@ impl Relay {
         Self {
             conns: HashMap::new(),
             home: None,
-            slots: vec![None],
-            by_key: HashMap::new(),
+            routes: HashMap::new(),
             inbound,
             counters: RelayCounters::default(),
         }
@@ -119,90 +102,61 @@ impl Relay {
         self.conns.remove(&region)
     }
 
-    /// Routes `key` through `region` and returns its magic endpoint; `None` once 65 535
-    /// peers hold a slot.
-    pub fn route(&mut self, key: NodePublicKey, region: i64) -> Option<SocketAddr> {
-        let slot = match self.by_key.get(&key) {
-            Some(&slot) => slot,
-            None => {
-                let slot = match self.slots.iter().skip(1).position(Option::is_none) {
-                    Some(i) => i + 1,
-                    None => {
-                        self.slots.push(None);
-                        self.slots.len() - 1
-                    }
-                };
-                let slot = u16::try_from(slot).ok()?;
-                self.by_key.insert(key, slot);
-                slot
-            }
-        };
-        self.slots[usize::from(slot)] = Some(Route { key, region });
-        debug!(peer = %key.short(), region, slot, "relay route");
-        Some(SocketAddr::new(IpAddr::V4(MAGIC_IP), slot))
+    /// Routes `key` through `region` and returns the path to it.
+    pub fn route(&mut self, key: NodePublicKey, region: i64) -> Via {
+        if self.routes.insert(key, region) != Some(region) {
+            debug!(peer = %key.short(), region, "relay route");
+        }
+        Via::Derp(key)
     }
 
-    /// Stops routing `key`; its slot is reused later.
+    /// Stops routing `key`.
     pub fn unroute(&mut self, key: &NodePublicKey) {
-        if let Some(slot) = self.by_key.remove(key) {
-            self.slots[usize::from(slot)] = None;
+        self.routes.remove(key);
+    }
+
+    /// Whether a route is held for `key`.
+    pub fn is_routed(&self, key: &NodePublicKey) -> bool {
+        self.routes.contains_key(key)
+    }
+
+    /// Whether a packet relayed from `from` may enter: only nodes we route for are
+    /// believed (counted when not).
+    pub fn admit(&mut self, from: &NodePublicKey) -> bool {
+        if self.routes.contains_key(from) {
+            return true;
         }
+        self.counters.unknown_sender += 1;
+        trace!(from = %from.short(), "relayed packet from a node we route nothing for");
+        false
     }
 
-    /// The magic endpoint of a routed peer (not counted when there is none).
-    pub fn endpoint(&self, key: &NodePublicKey) -> Option<SocketAddr> {
-        let slot = self.by_key.get(key)?;
-        Some(SocketAddr::new(IpAddr::V4(MAGIC_IP), *slot))
-    }
-
-    /// The magic endpoint a packet from `from` is attributed to.
-    pub fn source(&mut self, from: &NodePublicKey) -> Option<SocketAddr> {
-        match self.by_key.get(from) {
-            Some(&slot) => Some(SocketAddr::new(IpAddr::V4(MAGIC_IP), slot)),
-            None => {
-                self.counters.unknown_sender += 1;
-                trace!(from = %from.short(), "relayed packet from a node we route nothing for");
-                None
-            }
-        }
-    }
-
-    /// Queues `data` for the peer behind the magic endpoint `to`. Never waits.
-    pub fn send(&mut self, to: SocketAddr, data: &[u8]) {
-        let route = self
-            .slots
-            .get(usize::from(to.port()))
-            .copied()
-            .flatten()
-            .filter(|_| is_magic(&to));
-        let Some(route) = route else {
+    /// Queues `data` for the node `to`. Never waits.
+    pub fn send(&mut self, to: &NodePublicKey, data: &[u8]) {
+        let Some(region) = self.routes.get(to) else {
             self.counters.no_route += 1;
             return;
         };
         let conn = self
             .conns
-            .get(&route.region)
+            .get(region)
             .or_else(|| self.home.and_then(|h| self.conns.get(&h)));
         let Some(conn) = conn else {
             self.counters.no_region += 1;
             return;
         };
-        match conn.try_send(route.key, Bytes::copy_from_slice(data)) {
+        match conn.try_send(*to, Bytes::copy_from_slice(data)) {
             Ok(true) => {}
             Ok(false) | Err(_) => self.counters.queue_full += 1,
         }
     }
 
-    /// The region whose connection carries packets to the magic endpoint `magic` (the
-    /// peer's own when connected, else the home region).
-    pub fn region_via(&self, magic: SocketAddr) -> Option<i64> {
-        let route = self
-            .slots
-            .get(usize::from(magic.port()))
-            .copied()
-            .flatten()?;
-        if self.conns.contains_key(&route.region) {
-            Some(route.region)
+    /// The region whose connection carries packets to `key` (the peer's own when
+    /// connected, else the home region).
+    pub fn region_of(&self, key: &NodePublicKey) -> Option<i64> {
+        let region = self.routes.get(key)?;
+        if self.conns.contains_key(region) {
+            Some(*region)
         } else {
             self.home
         }
@@ -272,30 +226,28 @@ mod tests {
     }
 
     #[test]
-    fn routed_peers_get_distinct_magic_endpoints_and_slots_are_reused() {
+    fn routes_are_by_key_and_unrouted_senders_are_counted() {
         let (_tx, rx) = mpsc::channel(1);
         let mut r = Relay::new(rx);
-        let a = r.route(key(1), 999).unwrap();
-        let b = r.route(key(2), 999).unwrap();
-        assert!(is_magic(&a) && is_magic(&b));
-        assert_ne!(a, b);
-        assert_eq!(r.route(key(1), 1), Some(a), "re-routing keeps the slot");
-        assert_eq!(r.source(&key(2)), Some(b));
+        assert_eq!(r.route(key(1), 999), Via::Derp(key(1)));
+        r.route(key(2), 998);
+        assert!(r.is_routed(&key(1)) && r.admit(&key(2)));
+        r.route(key(1), 1);
         r.unroute(&key(1));
-        assert_eq!(r.source(&key(1)), None);
+        assert!(!r.admit(&key(1)));
         assert_eq!(r.counters().unknown_sender, 1);
-        assert_eq!(r.route(key(3), 999), Some(a), "freed slot reused");
+        assert_eq!(r.region_of(&key(1)), None);
     }
 
     #[test]
     fn sends_without_a_route_or_region_are_counted_not_panics() {
         let (_tx, rx) = mpsc::channel(1);
         let mut r = Relay::new(rx);
-        r.send("127.3.3.40:9".parse().unwrap(), b"x");
-        r.send("10.0.0.1:1".parse().unwrap(), b"x");
-        assert_eq!(r.counters().no_route, 2);
-        let to = r.route(key(1), 999).unwrap();
-        r.send(to, b"x");
+        r.send(&key(9), b"x");
+        assert_eq!(r.counters().no_route, 1);
+        r.route(key(1), 999);
+        r.send(&key(1), b"x");
         assert_eq!(r.counters().no_region, 1);
+        assert_eq!(r.region_of(&key(1)), None, "no connection and no home");
     }
 }

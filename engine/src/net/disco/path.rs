@@ -27,6 +27,7 @@ use rand_core::{OsRng, RngCore};
 use tracing::{debug, trace};
 
 use super::codec::{Ping, Pong, TxId};
+pub use crate::net::path::Via;
 
 /// Timing and policy. The defaults are upstream's (`magicsock.go`).
 #[derive(Clone, Debug)]
@@ -61,15 +62,6 @@ impl Default for PathConfig {
     }
 }
 
-/// Where a disco message came from or goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Via {
-    /// Directly over UDP, from or to this address.
-    Udp(SocketAddr),
-    /// Through DERP; the address is the magic endpoint the caller uses for that relay path.
-    Derp(SocketAddr),
-}
-
 /// The path WireGuard packets to the peer should take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -84,11 +76,13 @@ pub enum Path {
 pub enum Transmit {
     /// A ping with our node key; discovery pings always go over UDP.
     Ping { to: SocketAddr, tx_id: TxId },
-    /// A pong to a ping, back the way the ping came; `src` is where the ping came from.
+    /// A pong to a ping, back the way the ping came; `src` is where the ping came from
+    /// over UDP, `None` through DERP (the caller names the relay, as upstream does with its
+    /// DERP magic address).
     Pong {
         to: Via,
         tx_id: TxId,
-        src: SocketAddr,
+        src: Option<SocketAddr>,
     },
     /// A call-me-maybe through DERP, carrying our current endpoints (the caller knows them).
     CallMeMaybe,
@@ -192,9 +186,9 @@ impl PeerPaths {
                 if !self.config.disable_direct && (room || self.candidates.contains_key(&addr)) {
                     self.candidates.entry(addr).or_default().from_ping = true;
                 }
-                addr
+                Some(addr)
             }
-            Via::Derp(addr) => addr,
+            Via::Derp(_) => None,
         };
         self.transmits.push_back(Transmit::Pong {
             to: from,

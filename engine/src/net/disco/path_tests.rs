@@ -8,7 +8,6 @@ use super::path::*;
 
 const A: &str = "198.51.100.1:41641";
 const B: &str = "10.0.0.2:41641";
-const DERP: &str = "127.3.3.40:1";
 /// A ping from the peer (old clients send no node key).
 const PING: Ping = Ping {
     tx_id: [4; 12],
@@ -276,7 +275,8 @@ fn ping_is_answered_the_way_it_came_and_its_source_becomes_a_candidate() {
     let t0 = Instant::now();
     let mut p = PeerPaths::new(PathConfig::default());
     p.handle_ping(t0, Via::Udp(addr(A)), &PING);
-    p.handle_ping(t0, Via::Derp(addr(DERP)), &PING);
+    let relay = Via::Derp(crate::net::derp::NodePublicKey::from_bytes([9; 32]));
+    p.handle_ping(t0, relay, &PING);
     let (_, others) = drain(&mut p);
     assert_eq!(
         others,
@@ -284,12 +284,12 @@ fn ping_is_answered_the_way_it_came_and_its_source_becomes_a_candidate() {
             Transmit::Pong {
                 to: Via::Udp(addr(A)),
                 tx_id: [4; 12],
-                src: addr(A)
+                src: Some(addr(A))
             },
             Transmit::Pong {
-                to: Via::Derp(addr(DERP)),
+                to: relay,
                 tx_id: [4; 12],
-                src: addr(DERP)
+                src: None
             },
         ]
     );

@@ -1,6 +1,6 @@
 //! The WireGuard peer set: one boringtun `Tunn` per peer, cryptokey routing by allowed IPs,
 //! endpoint roaming, timers and counters. Sans-IO: packets in, packets out through an
-//! `emit` sink; sockets and the packet device belong to the shell (`super::wg_runner`).
+//! `emit` sink; sockets and the packet device belong to the shell (`super::runner`).
 //!
 //! boringtun keeps its own clock inside `Tunn` (it has no way to pass time in); everything
 //! this module times itself takes `now` from the caller.
@@ -21,6 +21,8 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 use tracing::{debug, trace};
+
+use super::path::Via;
 
 pub use allowed_ips::AllowedIps;
 
@@ -44,7 +46,7 @@ pub struct PeerConfig {
 /// Something to write: a datagram to the network, or a packet to the device.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Emit<'a> {
-    Network { to: SocketAddr, data: &'a [u8] },
+    Network { to: Via, data: &'a [u8] },
     Tunnel(&'a [u8]),
 }
 
@@ -73,7 +75,7 @@ pub struct PeerStats {
     pub public_key: [u8; 32],
     /// The addresses routed to the peer.
     pub allowed_ips: Vec<IpNet>,
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Via>,
     pub since_last_handshake: Option<Duration>,
     pub tx_bytes: usize,
     pub rx_bytes: usize,
@@ -89,7 +91,7 @@ pub struct PeerStats {
 struct Peer {
     tunn: Tunn,
     config: PeerConfig,
-    endpoint: Option<SocketAddr>,
+    endpoint: Option<Via>,
     /// Set by [`PeerSet::set_endpoint`]: the endpoint is chosen outside (disco) and neither
     /// roaming nor an upsert moves it.
     pinned: bool,
@@ -98,7 +100,7 @@ struct Peer {
 
 impl Peer {
     /// An authenticated datagram came from `from`: move there unless pinned.
-    fn roam(&mut self, from: SocketAddr) {
+    fn roam(&mut self, from: Via) {
         if !self.pinned {
             self.endpoint = Some(from);
         }
@@ -165,6 +167,12 @@ impl PeerSet {
     /// Adds a peer, or updates one with the same key in place (its sessions survive; its
     /// allowed IPs and endpoint are replaced).
     pub fn upsert_peer(&mut self, config: PeerConfig) {
+        self.upsert_peer_via(config, None);
+    }
+
+    /// [`Self::upsert_peer`] for a peer that is also reachable through `fallback` (DERP):
+    /// its endpoint becomes the configured UDP address, else `fallback` (unless pinned).
+    pub fn upsert_peer_via(&mut self, config: PeerConfig, fallback: Option<Via>) {
         let index = match self.by_key.get(&config.public_key) {
             Some(&index) => {
                 self.routes.retain(|i| *i != index);
@@ -179,7 +187,7 @@ impl PeerSet {
                         p.tunn = tunn;
                     }
                     if !p.pinned {
-                        p.endpoint = config.endpoint.or(p.endpoint);
+                        p.endpoint = config.endpoint.map(Via::Udp).or(fallback).or(p.endpoint);
                     }
                     p.config = config.clone();
                 }
@@ -195,7 +203,7 @@ impl PeerSet {
                     index,
                     Peer {
                         tunn,
-                        endpoint: config.endpoint,
+                        endpoint: config.endpoint.map(Via::Udp).or(fallback),
                         config: config.clone(),
                         pinned: false,
                         liveness: Default::default(),
@@ -241,7 +249,7 @@ impl PeerSet {
 
     /// Pins the peer's endpoint to `addr`: from now on only another call moves it (no
     /// roaming to a datagram's source, no change on upsert). Returns whether the peer exists.
-    pub fn set_endpoint(&mut self, public_key: &[u8; 32], addr: SocketAddr) -> bool {
+    pub fn set_endpoint(&mut self, public_key: &[u8; 32], addr: Via) -> bool {
         let Some(peer) = self
             .by_key
             .get(public_key)
@@ -308,7 +316,7 @@ impl PeerSet {
     /// datagram moves the peer's endpoint to its source (roaming).
     pub fn decapsulate(
         &mut self,
-        from: SocketAddr,
+        from: Via,
         datagram: &[u8],
         buf: &mut [u8],
         emit: &mut impl FnMut(Emit<'_>),
@@ -329,7 +337,7 @@ impl PeerSet {
                 // Check the MACs (and the rate limit) before spending a DH on the sender.
                 if self
                     .rate_limiter
-                    .verify_packet(Some(from.ip()), datagram, buf)
+                    .verify_packet(Some(from.source_ip()), datagram, buf)
                     .is_err()
                 {
                     self.counters.rejected += 1;
@@ -352,7 +360,7 @@ impl PeerSet {
             return;
         };
         let index = index.unwrap_or_default();
-        let result = peer.tunn.decapsulate(Some(from.ip()), datagram, buf);
+        let result = peer.tunn.decapsulate(Some(from.source_ip()), datagram, buf);
         if answers && !matches!(result, TunnResult::Err(_)) {
             peer.liveness.received();
         }

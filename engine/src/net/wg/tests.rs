@@ -69,7 +69,11 @@ struct Out {
 
 fn sink(out: &mut Out) -> impl FnMut(Emit<'_>) + '_ {
     |e| match e {
-        Emit::Network { to, data } => out.net.push((to, data.to_vec())),
+        Emit::Network {
+            to: Via::Udp(to),
+            data,
+        } => out.net.push((to, data.to_vec())),
+        Emit::Network { to, .. } => panic!("no DERP in these tests: {to}"),
         Emit::Tunnel(data) => out.tun.push(data.to_vec()),
     }
 }
@@ -83,13 +87,23 @@ fn settle(p: &mut Pair, mut to_b: Vec<(SocketAddr, Vec<u8>)>) -> (Vec<Vec<u8>>, 
     for _ in 0..10 {
         let mut out = Out::default();
         for (_, d) in to_b.drain(..) {
-            p.b.decapsulate(A_ADDR.parse().unwrap(), &d, &mut buf, &mut sink(&mut out));
+            p.b.decapsulate(
+                Via::Udp(A_ADDR.parse().unwrap()),
+                &d,
+                &mut buf,
+                &mut sink(&mut out),
+            );
         }
         at_b.append(&mut out.tun);
         to_a.append(&mut out.net);
         let mut out = Out::default();
         for (_, d) in to_a.drain(..) {
-            p.a.decapsulate(B_ADDR.parse().unwrap(), &d, &mut buf, &mut sink(&mut out));
+            p.a.decapsulate(
+                Via::Udp(B_ADDR.parse().unwrap()),
+                &d,
+                &mut buf,
+                &mut sink(&mut out),
+            );
         }
         at_a.append(&mut out.tun);
         to_b.append(&mut out.net);
@@ -138,7 +152,7 @@ fn data_flows_both_ways_after_the_handshake_and_endpoint_is_learnt() {
     assert_eq!(out.net[0].0, A_ADDR.parse().unwrap());
     let mut at_a = Out::default();
     p.a.decapsulate(
-        B_ADDR.parse().unwrap(),
+        Via::Udp(B_ADDR.parse().unwrap()),
         &out.net[0].1,
         &mut buf,
         &mut sink(&mut at_a),
@@ -169,11 +183,11 @@ fn garbage_and_truncated_datagrams_are_dropped_and_counted() {
         &[4, 0, 0, 0][..],
         &[0xff; 64][..],
     ] {
-        p.b.decapsulate(from, junk, &mut buf, &mut sink(&mut out));
+        p.b.decapsulate(Via::Udp(from), junk, &mut buf, &mut sink(&mut out));
     }
     let data = send_a(&mut p, &ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"payload"));
     let truncated = &data[0].1[..data[0].1.len() - 5];
-    p.b.decapsulate(from, truncated, &mut buf, &mut sink(&mut out));
+    p.b.decapsulate(Via::Udp(from), truncated, &mut buf, &mut sink(&mut out));
     assert!(out.tun.is_empty() && out.net.is_empty());
     let c = p.b.counters();
     assert_eq!(c.garbage + c.rejected + c.unknown_peer, 6, "{c:?}");
@@ -211,7 +225,7 @@ fn datagram_for_an_unknown_peer_is_dropped() {
     );
     let mut out = Out::default();
     p.b.decapsulate(
-        "192.0.2.9:1".parse().unwrap(),
+        Via::Udp("192.0.2.9:1".parse().unwrap()),
         &init.net[0].1,
         &mut buf,
         &mut sink(&mut out),
@@ -255,9 +269,17 @@ fn endpoint_roams_to_the_source_of_authenticated_datagrams() {
     let mut buf = vec![0u8; 2048];
     let mut out = Out::default();
     let new_addr: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-    p.b.decapsulate(new_addr, &data[0].1, &mut buf, &mut sink(&mut out));
+    p.b.decapsulate(
+        Via::Udp(new_addr),
+        &data[0].1,
+        &mut buf,
+        &mut sink(&mut out),
+    );
     assert_eq!(out.tun.len(), 1);
-    assert_eq!(p.b.stats().next().unwrap().endpoint, Some(new_addr));
+    assert_eq!(
+        p.b.stats().next().unwrap().endpoint,
+        Some(Via::Udp(new_addr))
+    );
 }
 
 #[test]
