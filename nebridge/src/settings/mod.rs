@@ -1,21 +1,62 @@
-//! Network settings from the tunnel: the merge model (sans-IO) and the Linux backend.
+//! Network settings from the tunnel: the merge model (sans-IO), the one seam every OS
+//! backend sits behind ([`HostNetwork`]), and the Linux backend.
 
 pub mod linux;
 pub mod merge;
 pub mod resolvconf;
 
+use futures_util::future::BoxFuture;
+
 pub use linux::{ApplyError, LinuxNetworkConfig, Plan, SplitDns};
+
+/// The host's network configuration for one tunnel interface: what an OS backend does
+/// with the settings the tunnel asks for (addresses, routes, MTU, split DNS). Linux:
+/// [`LinuxNetworkConfig`] (netlink, then systemd-resolved or `/etc/resolv.conf`). The rest
+/// of the manager only talks to this trait (through [`SharedConfig`]).
+pub trait HostNetwork: Send + 'static {
+    /// The interface the settings are for.
+    fn interface(&self) -> &str;
+    /// Brings the host to `settings`, undoing what an earlier apply installed and
+    /// `settings` no longer has.
+    fn apply<'a>(&'a mut self, settings: &'a NetworkSettings) -> BoxFuture<'a, Result<(), String>>;
+    /// Removes everything an apply installed.
+    fn teardown(&mut self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+impl HostNetwork for LinuxNetworkConfig {
+    fn interface(&self) -> &str {
+        LinuxNetworkConfig::interface(self)
+    }
+
+    fn apply<'a>(&'a mut self, settings: &'a NetworkSettings) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            LinuxNetworkConfig::apply(self, settings)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn teardown(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            LinuxNetworkConfig::teardown(self)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
 
 /// One interface's settings as the tunnel asked for them: each request merged into what
 /// is applied and applied as a diff (manager-behaviour.md §5), all removed by
 /// [`SharedConfig::teardown`]. Cheap to clone; requests are applied one at a time.
 #[derive(Clone)]
-pub struct SharedConfig(std::sync::Arc<tokio::sync::Mutex<(LinuxNetworkConfig, NetworkSettings)>>);
+pub struct SharedConfig(
+    std::sync::Arc<tokio::sync::Mutex<(Box<dyn HostNetwork>, NetworkSettings)>>,
+);
 
 impl SharedConfig {
-    pub fn new(config: LinuxNetworkConfig) -> Self {
+    pub fn new(host: impl HostNetwork) -> Self {
         Self(std::sync::Arc::new(tokio::sync::Mutex::new((
-            config,
+            Box::new(host),
             NetworkSettings::default(),
         ))))
     }
@@ -28,7 +69,7 @@ impl SharedConfig {
         let mut guard = self.0.lock().await;
         let (cfg, current) = &mut *guard;
         let next = current.merged(req).map_err(|e| e.to_string())?;
-        cfg.apply(&next).await.map_err(|e| e.to_string())?;
+        cfg.apply(&next).await?;
         *current = next;
         Ok(())
     }
@@ -37,7 +78,7 @@ impl SharedConfig {
     pub async fn teardown(&self) {
         let mut guard = self.0.lock().await;
         if let Err(e) = guard.0.teardown().await {
-            tracing::warn!(error = %e, "removing the network settings failed");
+            tracing::warn!(error = %e, interface = guard.0.interface(), "removing the network settings failed");
         }
     }
 }
