@@ -63,7 +63,18 @@ impl SendBatch {
         self.count += 1;
     }
 
-    fn clear(&mut self) {
+    /// The destination, once a datagram is in.
+    pub fn to(&self) -> Option<SocketAddr> {
+        self.to
+    }
+
+    /// The datagrams, in order.
+    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+        self.buf.chunks(self.seg.max(1)).take(self.count)
+    }
+
+    /// Empties the batch (what [`flush`] does after sending).
+    pub fn clear(&mut self) {
         self.buf.clear();
         self.count = 0;
         self.to = None;

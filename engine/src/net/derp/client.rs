@@ -53,6 +53,24 @@ pub struct DerpHandle {
     counters: Arc<ConnCounters>,
 }
 
+/// The far end of a [`DerpHandle::detached`] handle.
+#[cfg(any(test, feature = "test-servers"))]
+#[derive(Debug)]
+pub struct DetachedRelay(mpsc::Receiver<Command>);
+
+#[cfg(any(test, feature = "test-servers"))]
+impl DetachedRelay {
+    /// The next packet sent on the handle (other commands are dropped), if any.
+    pub fn try_recv(&mut self) -> Option<(NodePublicKey, Bytes)> {
+        loop {
+            match self.0.try_recv().ok()? {
+                Command::Send { to, packet } => return Some((to, packet)),
+                _ => continue,
+            }
+        }
+    }
+}
+
 /// How a connection has fared so far (for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DerpConnStats {
@@ -118,6 +136,19 @@ impl DerpHandle {
             Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(DerpClosed),
         }
+    }
+
+    /// A handle with no connection behind it, for simulations that play the relay
+    /// themselves: what is sent on it comes out of the returned [`DetachedRelay`].
+    #[cfg(any(test, feature = "test-servers"))]
+    pub fn detached(public_key: NodePublicKey) -> (Self, DetachedRelay) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let handle = Self {
+            tx,
+            public_key,
+            counters: Arc::default(),
+        };
+        (handle, DetachedRelay(rx))
     }
 
     /// Sets whether this server is the home region (sent now and after every reconnect).

@@ -32,6 +32,8 @@ mod server_table;
 pub mod table;
 mod transport;
 
+#[cfg(any(test, feature = "test-servers"))]
+pub use client::DetachedRelay;
 pub use client::{
     DerpConnStats, DerpConnection, DerpEvent, DerpHandle, PROBE_TIMEOUT, WRITE_TIMEOUT, connect,
     connect_with,
