@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use codervpn_engine::net::derp::frame::{Frame, FrameDecoder, Policy};
+use codervpn_engine::net::derp::decoder::{FrameDecoder, Policy};
+use codervpn_engine::net::derp::frame::Frame;
 use codervpn_engine::net::derp::{
     ClientEvent, ConnectOptions, DerpEvent, DerpHandle, DerpServer, DerpTransport, NodePrivateKey,
     NodePublicKey, PeerGoneReason, connect_with,

@@ -23,7 +23,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use codervpn_engine::net::derp::frame::{Frame, FrameDecoder, FrameError, Policy, RawFrame};
+use codervpn_engine::net::derp::decoder::{FrameDecoder, Policy};
+use codervpn_engine::net::derp::frame::{Frame, FrameError, RawFrame};
 use codervpn_engine::net::derp::keys::{ClientInfo, NodePrivateKey, ServerInfo};
 use codervpn_engine::net::derp::{
     ClientConfig, DerpClient, DerpClientError, ServerConn, ServerConnConfig, ServerConnError,

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, trace};
 
-use super::frame::{
-    self, Frame, FrameDecoder, FrameError, FrameType, PeerGoneReason, Policy, SERVER_KEY_MAX_LEN,
-};
+use super::decoder::{FrameDecoder, Policy};
+use super::frame::{self, Frame, FrameError, FrameType, PeerGoneReason, SERVER_KEY_MAX_LEN};
 use super::keys::{
     BoxError, ClientInfo, InfoJsonError, KEY_LEN, NodePrivateKey, NodePublicKey, ServerInfo,
 };

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::*;
-use crate::net::derp::frame::{Frame, FrameDecoder, Policy, RawFrame};
+use crate::net::derp::decoder::{FrameDecoder, Policy};
+use crate::net::derp::frame::{Frame, RawFrame};
 
 struct Server {
     key: NodePrivateKey,

@@ -2,7 +2,8 @@
 //! out; frames in, bytes out.
 //!
 //! A frame is a 1-byte type, a 4-byte big-endian length of the rest, then the payload.
-//! [`FrameDecoder`] cuts a byte stream into frames under a [`Policy`] that holds the limits
+//! [`FrameDecoder`](super::decoder::FrameDecoder) cuts a byte stream into frames under a
+//! [`Policy`](super::decoder::Policy) that holds the limits
 //! of one side of the connection; [`Frame::parse`] gives a frame's payload its structure;
 //! [`Frame::encode`] and the `encode_*` helpers write frames.
 
@@ -12,8 +13,6 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::keys::{KEY_LEN, NONCE_LEN, NodePublicKey};
-
-pub use super::decoder::{FrameDecoder, Policy};
 
 /// `DERP🔑`: the 8 bytes that open a server-key frame.
 pub const MAGIC: [u8; 8] = *b"DERP\xf0\x9f\x94\x91";

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::*;
+use crate::net::derp::decoder::{FrameDecoder, Policy};
 
 fn key(b: u8) -> NodePublicKey {
     NodePublicKey::from_bytes([b; 32])

@@ -39,8 +39,9 @@ pub use client::{
     connect_with,
 };
 pub use client_core::{ClientConfig, ClientEvent, DerpClient, DerpClientError};
+pub use decoder::{FrameDecoder, Policy};
 pub use dial::{ConnectError, ConnectOptions, DIAL_TIMEOUT, DerpTransport};
-pub use frame::{Frame, FrameDecoder, FrameError, FrameType, PeerGoneReason, Policy};
+pub use frame::{Frame, FrameError, FrameType, PeerGoneReason};
 pub use keys::{ClientInfo, NodePrivateKey, NodePublicKey, ServerInfo};
 #[cfg(any(test, feature = "test-servers"))]
 pub use server::{DerpServer, ServeError};

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, trace};
 
-use super::frame::{self, Frame, FrameDecoder, FrameError, PeerGoneReason, Policy};
+use super::decoder::{FrameDecoder, Policy};
+use super::frame::{self, Frame, FrameError, PeerGoneReason};
 use super::keys::{
     BoxError, ClientInfo, InfoJsonError, KEY_LEN, NodePrivateKey, NodePublicKey, ServerInfo,
 };

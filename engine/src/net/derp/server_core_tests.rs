@@ -6,7 +6,8 @@ use bytes::BytesMut;
 
 use super::*;
 use crate::net::derp::client_core::{ClientConfig, ClientEvent, DerpClient};
-use crate::net::derp::frame::{FrameDecoder, RawFrame};
+use crate::net::derp::decoder::FrameDecoder;
+use crate::net::derp::frame::RawFrame;
 
 fn server_key() -> NodePrivateKey {
     NodePrivateKey::from_bytes([0x51; 32])
