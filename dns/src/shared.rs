@@ -1,4 +1,4 @@
-//! The current zone, swapped whole (STYLE.md §2): the owner of the workspace state builds a
+//! The current zone, swapped whole (docs/ARCHITECTURE.md "Principles": one owner per piece of state): the owner of the workspace state builds a
 //! new [`Zone`] and stores it; each query answers from the zone it loaded, so it never sees
 //! half an update.
 

@@ -1,4 +1,4 @@
-//! The DERP client connection as a value you feed (STYLE.md §1; Go: `derp/derp_client.go`).
+//! The DERP client connection as a value you feed (docs/ARCHITECTURE.md "Principles"; Go: `derp/derp_client.go`).
 //! No sockets, no clock, no tasks: [`DerpClient::handle_input`] takes bytes read from the
 //! upgraded stream, [`DerpClient::poll_transmit`] gives bytes to write, events and the idle
 //! deadline come out of [`DerpClient::poll_event`] and [`DerpClient::poll_timeout`].

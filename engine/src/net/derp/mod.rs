@@ -1,7 +1,7 @@
 //! DERP: the relay every tailnet peer can reach over HTTP(S), addressing peers by node key
 //! (tailnet.md §11, §13.3; Go: coder/tailscale `derp/`, `derp/derphttp/`).
 //!
-//! Sans-IO cores, tokio shells (STYLE.md §1):
+//! Sans-IO cores, tokio shells (docs/ARCHITECTURE.md "Principles"):
 //!
 //! | module | what |
 //! |---|---|
