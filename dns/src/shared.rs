@@ -1,6 +1,6 @@
-//! The current zone, swapped whole (docs/ARCHITECTURE.md "Principles": one owner per piece of state): the owner of the workspace state builds a
-//! new [`Zone`] and stores it; each query answers from the zone it loaded, so it never sees
-//! half an update.
+//! The current zone, swapped whole (docs/ARCHITECTURE.md "Principles": one owner per piece
+//! of state): the owner of the workspace state builds a new [`Zone`] and stores it; each
+//! query answers from the zone it loaded, so it never sees half an update.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
