@@ -49,6 +49,7 @@ pub async fn run<D: Device>(
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let mut commands_open = true;
     info!(
         peers = plane.peer_count(),
         port = udp.local_port().unwrap_or(0),
@@ -100,10 +101,13 @@ pub async fn run<D: Device>(
                 }
             }
             _ = tick.tick() => plane.handle_timeout(now()),
-            cmd = commands.recv() => {
-                if let Some(cmd) = cmd
-                    && plane.handle_command(now(), cmd) == Control::Rebind
-                {
+            cmd = commands.recv(), if commands_open => {
+                let Some(cmd) = cmd else {
+                    // Nobody can command the plane any more; it runs until shutdown.
+                    commands_open = false;
+                    continue;
+                };
+                if plane.handle_command(now(), cmd) == Control::Rebind {
                     // Flush first: what was queued was meant for the old socket's peers too.
                     shell.flush(&udp, &mut plane);
                     udp = rebound(udp)?;

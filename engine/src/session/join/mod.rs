@@ -10,6 +10,7 @@
 pub mod controller;
 pub mod netinfo;
 pub mod owner;
+pub mod owner_core;
 mod rebind;
 pub mod relays;
 pub mod settings;
@@ -360,33 +361,32 @@ async fn join(
     };
     let (snap_tx, snap_rx) = watch::channel(PeerUpdate::default());
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
+    let core = owner_core::OwnerCore::new(
+        WorkspaceState::new(&me.username, zone_cfg),
+        self_node,
+        info.derp_map.clone(),
+        home,
+        opts.timings.clone(),
+        endpoint_source,
+        latencies,
+    );
     let owner = owner::Owner {
-        rebind: rebind::RebindGate::default(),
+        core,
         link,
-        state: WorkspaceState::new(&me.username, zone_cfg),
         zone: zone.clone(),
         wg: wg_tx,
         snapshot: snap_tx,
-        self_node,
-        derp_map: info.derp_map,
         dialer,
-        home_region: home,
-        timings: opts.timings.clone(),
-        endpoints: endpoint_source,
         net: net_rx,
-        latencies,
-        home: netinfo::HomeChooser::new(opts.timings.home_history),
-        requests: None,
-        peers: Default::default(),
-        regions: Vec::new(),
         netmon,
         tailnet_probe,
+        requests: None,
     };
     diagnostics.set(Some(Tap {
         wg: owner.wg.clone(),
         control: control_rx,
         net: owner.net.clone(),
-        regions: owner
+        regions: info
             .derp_map
             .regions
             .iter()
