@@ -247,7 +247,7 @@ async fn join(
                 params.tunnel_fd
             )
         })?;
-        let framing = tunnel_fd_framing(&fd);
+        let framing = Framing::of_handed_over(std::os::fd::AsFd::as_fd(&fd));
         let device = FdDevice::new(fd, framing).map_err(|e| {
             format!(
                 "using tunnel_file_descriptor {} as a packet device: {e}",
@@ -483,32 +483,6 @@ pub struct TailnetSession {
     controller: tokio::task::JoinHandle<()>,
     owner: tokio::task::JoinHandle<()>,
     diagnostics: Diagnostics,
-}
-
-/// How packets are framed on a manager's TUN descriptor: utun's family prefix on macOS; on
-/// Linux what the descriptor was opened with (a `virtio_net_hdr` when the manager asked
-/// for offloads, as `codervpn up` does), bare packets when that cannot be read.
-fn tunnel_fd_framing(fd: &std::os::fd::OwnedFd) -> Framing {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsFd;
-        match crate::device::linux_tun::framing_of(fd.as_fd()) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(error = %e, "cannot read the TUN's flags; taking bare IP packets");
-                Framing::Raw
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = fd;
-        if cfg!(target_os = "macos") {
-            Framing::Utun
-        } else {
-            Framing::Raw
-        }
-    }
 }
 
 /// How long stop waits for `disconnect` to go out before cutting everything.
