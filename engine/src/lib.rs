@@ -3,6 +3,8 @@
 //! - [`tunnel`]: the tunnel role of the CoderVPN protocol — manager requests in, session
 //!   lifecycle, peer updates, logs out.
 //! - [`session`]: joining a Coder deployment (the control plane).
+//! - [`connect`]: the one place a data plane is put together (device, UDP socket, relays,
+//!   disco, DNS) and started.
 //! - [`net`]: the data plane: WireGuard, direct UDP paths and DERP relays.
 //! - [`transport`]: the one dialer (proxy, TCP, TLS, WebSocket) for the tailnet websocket
 //!   and DERP.
@@ -11,6 +13,7 @@
 //! - [`ffi`]: the `OpenTunnel(readFD, writeFD)` export that makes this crate a drop-in for
 //!   Coder's Go dylib.
 
+pub mod connect;
 pub mod device;
 pub mod embedded;
 pub mod ffi;

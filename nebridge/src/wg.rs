@@ -6,15 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use codervpn_engine::device::linux_tun::create_tun;
+use codervpn_engine::connect::{self, DataPlaneSpec, DeviceSpec};
 use codervpn_engine::device::userspace::forward::{self, ForwardSpec};
 use codervpn_engine::device::userspace::{UserspaceConfig, socks5};
-use codervpn_engine::device::{FdDevice, UserspaceDevice};
-use codervpn_engine::net::runner;
-use codervpn_engine::net::udp::Udp;
-use codervpn_engine::net::wg::PeerSet;
 use codervpn_engine::net::wg::config::WgConfig;
 use codervpn_nebridge::netlink::Netlink;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -66,129 +63,132 @@ pub fn run(cmd: WgCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    if args.userspace {
-        rt.block_on(up_userspace(cfg, args.socks5, args.forward))
-    } else {
-        rt.block_on(up(cfg, args.name))
-    }
+    rt.block_on(up(cfg, args))
 }
 
-async fn up(cfg: WgConfig, name: String) -> anyhow::Result<()> {
-    let signalled = crate::daemon::terminate_signal()?;
-    let (fd, name, framing) =
-        create_tun(&name, true).context("creating the TUN interface (are you root?)")?;
-    let nl = Netlink::connect()?;
-    let index = nl.link_index(&name).await?;
+/// Brings the tunnel up — on a TUN configured here, or in a userspace stack with its
+/// listeners — and runs it until SIGINT/SIGTERM.
+async fn up(cfg: WgConfig, args: UpArgs) -> anyhow::Result<()> {
     let mtu = cfg.mtu.unwrap_or(DEFAULT_MTU);
-    for addr in &cfg.addresses {
-        nl.add_address(index, *addr).await?;
-    }
-    nl.set_mtu_and_up(index, mtu).await?;
-    for peer in &cfg.peers {
-        for net in &peer.allowed_ips {
-            if net.prefix_len() == 0 {
-                warn!(%net, "not routing a default route through {name}: that needs policy routing, which codervpn does not install");
-                continue;
-            }
-            if cfg.addresses.iter().any(|a| a.trunc() == net.trunc()) {
-                continue; // the address already brought this route
-            }
-            nl.add_route(index, *net).await?;
-        }
-    }
-    let udp = Udp::bind(cfg.listen_port.unwrap_or(0))?;
-    let port = udp.local_port()?;
-    let mut peers = PeerSet::new(cfg.private_key);
+    let addresses = cfg.addresses.clone();
+    let allowed: Vec<IpNet> = cfg
+        .peers
+        .iter()
+        .flat_map(|p| p.allowed_ips.clone())
+        .collect();
     let count = cfg.peers.len();
-    for peer in cfg.peers {
-        peers.upsert_peer(peer);
-    }
-    let device = FdDevice::new(fd, framing)?;
-    let addrs: Vec<String> = cfg.addresses.iter().map(ToString::to_string).collect();
+    let (device, listeners) = if args.userspace {
+        let mut stack_cfg = UserspaceConfig::new(addresses.clone());
+        stack_cfg.mtu = usize::try_from(mtu).context("MTU")?;
+        stack_cfg.reachable = addresses
+            .iter()
+            .map(IpNet::trunc)
+            .chain(allowed.clone())
+            .collect();
+        let listeners = bind_listeners(args.socks5, &args.forward).await?;
+        (DeviceSpec::Userspace(stack_cfg), listeners)
+    } else {
+        (DeviceSpec::Tun { name: args.name }, Vec::new())
+    };
+    let spec = DataPlaneSpec {
+        udp_port: cfg.listen_port.unwrap_or(0),
+        peers: cfg.peers,
+        ..DataPlaneSpec::new(cfg.private_key, device)
+    };
+    let plane = connect::start(spec, crate::daemon::terminate_signal()?).await?;
+    let mut servers = tokio::task::JoinSet::new();
+    let what = match (&plane.interface, &plane.stack) {
+        (Some(name), _) => {
+            configure_tun(name, &addresses, &allowed, mtu).await?;
+            name.clone()
+        }
+        (None, Some(stack)) => {
+            for (listener, remote) in listeners {
+                let local = listener.local_addr()?;
+                match remote {
+                    None => {
+                        eprintln!("SOCKS5 listening on {local}");
+                        servers.spawn(socks5::serve(listener, stack.clone()));
+                    }
+                    Some(remote) => {
+                        eprintln!("forward listening on {local} -> {remote} through the tunnel");
+                        servers.spawn(forward::serve(listener, remote, stack.clone()));
+                    }
+                }
+            }
+            "userspace tunnel".to_owned()
+        }
+        (None, None) => bail!("the data plane has neither a TUN nor a userspace stack"),
+    };
+    let addrs: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    // Printed last: scripts wait for this line to know every listener is up.
     eprintln!(
-        "{name} up: {}, MTU {mtu}, UDP port {port}, {count} peer(s). Ctrl-C to stop.",
+        "{what} up: {}, MTU {mtu}, UDP port {}, {count} peer(s). Ctrl-C to stop.",
         if addrs.is_empty() {
             "no address".to_owned()
         } else {
             addrs.join(", ")
-        }
+        },
+        plane.udp_port,
     );
-    let (_cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
-    runner::run(peers, device, udp, cmd_rx, Default::default(), signalled).await?;
-    // Closing the TUN descriptor removes the interface with its addresses and routes.
-    info!("{name} down");
+    let result = plane.task.await.context("the data plane task")?;
+    // The runner dropped the device: a TUN goes with its addresses and routes, a userspace
+    // stack stops and its open connections end.
+    servers.shutdown().await;
+    result?;
+    info!("{what} down");
     Ok(())
 }
 
-/// The tunnel in a userspace stack: no TUN, no netlink, no root.
-async fn up_userspace(
-    cfg: WgConfig,
+/// Binds the userspace listeners before anything runs (a taken port is an error at start):
+/// each with its `--forward` target, or none for SOCKS5.
+async fn bind_listeners(
     socks: Option<SocketAddr>,
-    forwards: Vec<ForwardSpec>,
-) -> anyhow::Result<()> {
+    forwards: &[ForwardSpec],
+) -> anyhow::Result<Vec<(TcpListener, Option<SocketAddr>)>> {
     if socks.is_none() && forwards.is_empty() {
         warn!(
             "--userspace without --socks5 or --forward: the tunnel will answer pings and nothing else"
         );
     }
-    let mtu = cfg.mtu.unwrap_or(DEFAULT_MTU);
-    let mut stack_cfg = UserspaceConfig::new(cfg.addresses.clone());
-    stack_cfg.mtu = usize::try_from(mtu).context("MTU")?;
-    stack_cfg.reachable = cfg
-        .addresses
-        .iter()
-        .map(|a| a.trunc())
-        .chain(cfg.peers.iter().flat_map(|p| p.allowed_ips.iter().copied()))
-        .collect();
-    // Bind every listener before anything runs: a taken port is an error at start.
-    let socks_listener = match socks {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the SOCKS5 listener on {addr}"))?,
-        ),
-        None => None,
-    };
-    let mut forward_listeners = Vec::with_capacity(forwards.len());
-    for spec in &forwards {
+    let mut listeners = Vec::with_capacity(forwards.len() + 1);
+    if let Some(addr) = socks {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the SOCKS5 listener on {addr}"))?;
+        listeners.push((listener, None));
+    }
+    for spec in forwards {
         let listener = TcpListener::bind(spec.local)
             .await
             .with_context(|| format!("binding the listener of --forward {spec}"))?;
-        forward_listeners.push((listener, spec.remote));
+        listeners.push((listener, Some(spec.remote)));
     }
-    let (device, stack) =
-        UserspaceDevice::new(stack_cfg).context("setting up the userspace stack")?;
-    let udp = Udp::bind(cfg.listen_port.unwrap_or(0))?;
-    let port = udp.local_port()?;
-    let mut peers = PeerSet::new(cfg.private_key);
-    let count = cfg.peers.len();
-    for peer in cfg.peers {
-        peers.upsert_peer(peer);
+    Ok(listeners)
+}
+
+/// Gives the TUN `name` its addresses, MTU and the peers' routes, and brings it up.
+async fn configure_tun(
+    name: &str,
+    addresses: &[IpNet],
+    allowed: &[IpNet],
+    mtu: u32,
+) -> anyhow::Result<()> {
+    let nl = Netlink::connect()?;
+    let index = nl.link_index(name).await?;
+    for addr in addresses {
+        nl.add_address(index, *addr).await?;
     }
-    let stop = crate::daemon::terminate_signal()?;
-    let mut servers = tokio::task::JoinSet::new();
-    if let Some(listener) = socks_listener {
-        eprintln!("SOCKS5 listening on {}", listener.local_addr()?);
-        servers.spawn(socks5::serve(listener, stack.clone()));
+    nl.set_mtu_and_up(index, mtu).await?;
+    for net in allowed {
+        if net.prefix_len() == 0 {
+            warn!(%net, "not routing a default route through {name}: that needs policy routing, which codervpn does not install");
+            continue;
+        }
+        if addresses.iter().any(|a| a.trunc() == net.trunc()) {
+            continue; // the address already brought this route
+        }
+        nl.add_route(index, *net).await?;
     }
-    for (listener, remote) in forward_listeners {
-        eprintln!(
-            "forward listening on {} -> {remote} through the tunnel",
-            listener.local_addr()?
-        );
-        servers.spawn(forward::serve(listener, remote, stack.clone()));
-    }
-    let addrs: Vec<String> = cfg.addresses.iter().map(ToString::to_string).collect();
-    // Printed last: scripts wait for this line to know every listener is up.
-    eprintln!(
-        "userspace tunnel up: {}, MTU {mtu}, UDP port {port}, {count} peer(s). Ctrl-C to stop.",
-        addrs.join(", ")
-    );
-    let (_cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
-    let result = runner::run(peers, device, udp, cmd_rx, Default::default(), stop).await;
-    // The runner dropped the device: the stack stops and open connections end.
-    servers.shutdown().await;
-    result?;
-    info!("userspace tunnel down");
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! standing in for either in tests).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -24,6 +24,31 @@ pub enum Framing {
     /// A 10-byte `virtio_net_hdr` before each packet (Linux `IFF_VNET_HDR` with TSO
     /// enabled): reads may be TCP super packets, cut into segments here.
     Vnet,
+}
+
+impl Framing {
+    /// How packets are framed on a TUN descriptor a manager handed over: utun's family
+    /// prefix on macOS; on Linux what the descriptor was opened with (a `virtio_net_hdr`
+    /// when the manager asked for offloads, as `codervpn up` does), bare packets when that
+    /// cannot be read.
+    pub fn of_handed_over(fd: BorrowedFd<'_>) -> Framing {
+        #[cfg(target_os = "linux")]
+        {
+            super::linux_tun::framing_of(fd).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the TUN's flags; taking bare IP packets");
+                Framing::Raw
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = fd;
+            if cfg!(target_os = "macos") {
+                Framing::Utun
+            } else {
+                Framing::Raw
+            }
+        }
+    }
 }
 
 /// macOS address family numbers, as utun uses them.

@@ -10,16 +10,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use codervpn_dns::{coder_addr, tailscale_addr};
+use codervpn_engine::connect::{self, DataPlaneSpec, DeviceSpec};
+use codervpn_engine::device::userspace::UserspaceConfig;
 use codervpn_engine::device::userspace::services::{AgentServer, AgentServices};
-use codervpn_engine::device::userspace::{UserspaceConfig, UserspaceDevice};
 use codervpn_engine::net::derp::{self, ConnectOptions, NodePrivateKey};
 use codervpn_engine::net::disco::{DiscoPrivateKey, DiscoPublicKey, PathConfig};
-use codervpn_engine::net::endpoints::local_endpoints;
 use codervpn_engine::net::netcheck::StunServer;
-use codervpn_engine::net::relay::{self, Relay};
-use codervpn_engine::net::runner::{self, NetReport, RunOptions, WgCommand};
-use codervpn_engine::net::udp::Udp;
-use codervpn_engine::net::wg::{PeerConfig, PeerSet};
+use codervpn_engine::net::relay;
+use codervpn_engine::net::runner::{NetReport, WgCommand};
+use codervpn_engine::net::wg::PeerConfig;
 use codervpn_engine::session::join::netinfo::our_endpoints;
 use codervpn_engine::session::node::{
     NodeInfo, decode_disco_key, decode_node_key, derp_latency_key, parse_endpoints, parse_prefixes,
@@ -136,7 +135,37 @@ async fn start_agent(
     ];
     let mut cfg = UserspaceConfig::new(addresses.clone());
     cfg.mtu = AGENT_MTU;
-    let (device, stack) = UserspaceDevice::new(cfg).map_err(|e| e.to_string())?;
+    let disco = DiscoPrivateKey::generate();
+    let span = info_span!("sim_agent", agent = %name, workspace = %workspace);
+    // Dropping stop_tx (an error below, or the agent dropped) stops the data plane.
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let plane = connect::start(
+        DataPlaneSpec {
+            relay: true,
+            disco: Some(disco.clone()),
+            loopback_endpoints: net.loopback_endpoints,
+            paths: PathConfig {
+                disable_direct: net.disable_direct,
+                ..PathConfig::default()
+            },
+            ..DataPlaneSpec::new(key.to_bytes(), DeviceSpec::Userspace(cfg))
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    )
+    .instrument(span.clone())
+    .await
+    .map_err(|e| format!("the agent's data plane: {e}"))?;
+    let stack = plane
+        .stack
+        .clone()
+        .ok_or("the agent has no userspace stack")?;
+    let inbound = plane
+        .relay_inbound
+        .clone()
+        .ok_or("the agent has no relays")?;
+    let cmd_tx = plane.commands.clone();
     let services = AgentServer::bind(
         &stack,
         AgentServices {
@@ -159,26 +188,12 @@ async fn start_agent(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let (in_tx, in_rx) = mpsc::channel(1024);
-    let mut relay = Relay::new(in_rx);
-    relay.add_region(crate::EMBEDDED_REGION_ID, conn.handle.clone(), true);
-    let udp = Udp::bind(0).map_err(|e| format!("binding the agent's UDP socket: {e}"))?;
-    let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let span = info_span!("sim_agent", agent = %name, workspace = %workspace);
-    let disco = DiscoPrivateKey::generate();
-    let endpoints = if net.disable_direct {
-        Vec::new()
-    } else {
-        let port = udp
-            .local_port()
-            .map_err(|e| format!("the agent's UDP port: {e}"))?;
-        local_endpoints(port, net.loopback_endpoints)
-            .map_err(|e| format!("listing the agent's interface addresses: {e}"))?
-    };
-    debug!(?endpoints, "agent endpoints");
     let _ = cmd_tx
-        .send(WgCommand::SetOwnEndpoints(endpoints.clone()))
+        .send(WgCommand::AddRelay {
+            region: crate::EMBEDDED_REGION_ID,
+            handle: conn.handle.clone(),
+            home: true,
+        })
         .await;
     let node = NodeInfo {
         id: i64::from_le_bytes(id.0[8..].try_into().unwrap_or_default()) & i64::MAX,
@@ -187,10 +202,9 @@ async fn start_agent(
         preferred_derp: crate::EMBEDDED_REGION_ID,
         derp_latency: vec![(derp_latency_key(crate::EMBEDDED_REGION_ID, false), 0.001)],
         addresses,
-        endpoints,
+        endpoints: plane.endpoints.clone(),
     };
     let events = coordinator.register_agent(id, node.to_proto());
-    let (report_tx, report_rx) = watch::channel(NetReport::default());
     if let Some(addr) = net.stun.filter(|_| !net.disable_direct) {
         let server = StunServer {
             region: crate::EMBEDDED_REGION_ID,
@@ -201,7 +215,7 @@ async fn start_agent(
             publish_stun_endpoints(
                 id,
                 node,
-                report_rx,
+                plane.report.clone(),
                 cmd_tx.clone(),
                 coordinator.clone(),
                 net,
@@ -209,9 +223,8 @@ async fn start_agent(
             .instrument(span.clone()),
         );
     }
-    let peers = PeerSet::new(key.to_bytes());
     tokio::spawn(
-        relay::forward_events(crate::EMBEDDED_REGION_ID, conn.events, in_tx)
+        relay::forward_events(crate::EMBEDDED_REGION_ID, conn.events, inbound)
             .instrument(span.clone()),
     );
     tokio::spawn(
@@ -221,20 +234,7 @@ async fn start_agent(
     tokio::spawn(services.serve().instrument(span.clone()));
     tokio::spawn(
         async move {
-            let stop = async {
-                let _ = stop_rx.await;
-            };
-            let opts = RunOptions {
-                dns: None,
-                relay: Some(relay),
-                disco: Some(disco),
-                paths: PathConfig {
-                    disable_direct: net.disable_direct,
-                    ..PathConfig::default()
-                },
-                report: Some(report_tx),
-            };
-            if let Err(e) = runner::run(peers, device, udp, cmd_rx, opts, stop).await {
+            if let Ok(Err(e)) = plane.task.await {
                 warn!(error = %e, "agent data plane failed");
             }
             derp_handle.close().await;

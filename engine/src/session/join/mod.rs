@@ -34,14 +34,10 @@ use super::node::NodeInfo;
 use super::peers::WorkspaceState;
 use super::rpc::DialOptions;
 use super::{BoxFuture, Connector, ManagerLink, Session, StartParams};
-use crate::device::userspace::{self, StackHandle, UserspaceConfig, UserspaceDevice};
-use crate::device::{FdDevice, Framing};
+use crate::connect::{self, DataPlane, DataPlaneSpec, DeviceSpec};
+use crate::device::userspace::{self, StackHandle, UserspaceConfig};
 use crate::net::derp::NodePrivateKey;
 use crate::net::disco::{DiscoPrivateKey, PathConfig};
-use crate::net::relay::Relay;
-use crate::net::runner::{self, NetReport, RunOptions, WgCommand};
-use crate::net::udp::Udp;
-use crate::net::wg::PeerSet;
 
 /// How a tunnel joins.
 #[derive(Debug, Clone)]
@@ -204,25 +200,52 @@ async fn join(
     headers.extend(params.headers.iter().cloned());
 
     // The data plane.
-    let (wg_tx, wg_rx) = mpsc::channel(256);
-    let (in_tx, in_rx) = mpsc::channel(1024);
-    let (net_tx, net_rx) = watch::channel(NetReport::default());
-    let run_opts = RunOptions {
-        dns: Some(zone.clone()),
-        relay: Some(Relay::new(in_rx)),
-        disco: Some(disco.clone()),
-        paths: PathConfig {
-            disable_direct: info.disable_direct_connections,
-            ..PathConfig::default()
-        },
-        report: Some(net_tx),
+    let device = if params.tunnel_fd >= 0 {
+        DeviceSpec::HandedOver {
+            fd: params.tunnel_fd,
+        }
+    } else {
+        let mut cfg = UserspaceConfig::new(vec![self_net]);
+        cfg.mtu = settings::TUNNEL_MTU as usize;
+        DeviceSpec::Userspace(cfg)
     };
-    let udp = Udp::bind(0).map_err(|e| format!("binding the UDP socket: {e}"))?;
-    let endpoints = own_endpoints(
-        &udp,
-        info.disable_direct_connections,
-        opts.loopback_endpoints,
-    );
+    let mut stop_plane = stop_rx.clone();
+    let plane = connect::start(
+        DataPlaneSpec {
+            relay: true,
+            disco: Some(disco.clone()),
+            loopback_endpoints: opts.loopback_endpoints,
+            dns: Some(zone.clone()),
+            paths: PathConfig {
+                disable_direct: info.disable_direct_connections,
+                ..PathConfig::default()
+            },
+            ..DataPlaneSpec::new(key.to_bytes(), device)
+        },
+        async move {
+            let _ = stop_plane.wait_for(|s| *s).await;
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let DataPlane {
+        commands: wg_tx,
+        relay_inbound,
+        stack,
+        endpoints,
+        report: net_rx,
+        task,
+        ..
+    } = plane;
+    let in_tx = relay_inbound.ok_or("the data plane has no relays")?;
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = task.await {
+            warn!(error = %e, "data plane stopped");
+        }
+    });
+    if info.disable_direct_connections {
+        info!("direct connections are disabled by the deployment; DERP only");
+    }
     let endpoint_source = (!info.disable_direct_connections).then_some(owner::EndpointSource {
         loopback: opts.loopback_endpoints,
     });
@@ -233,54 +256,23 @@ async fn join(
             .ok(),
         None => None,
     };
-    let _ = wg_tx
-        .send(WgCommand::SetOwnEndpoints(endpoints.clone()))
-        .await;
-    let peers = PeerSet::new(key.to_bytes());
-    let mut stop_plane = stop_rx.clone();
-    let plane_stop = async move {
-        let _ = stop_plane.wait_for(|s| *s).await;
-    };
-    let stack = if params.tunnel_fd >= 0 {
-        let fd = crate::device::dup(params.tunnel_fd).map_err(|e| {
-            format!(
-                "duplicating tunnel_file_descriptor {}: {e}",
-                params.tunnel_fd
-            )
-        })?;
-        let framing = tunnel_fd_framing(&fd);
-        let device = FdDevice::new(fd, framing).map_err(|e| {
-            format!(
-                "using tunnel_file_descriptor {} as a packet device: {e}",
-                params.tunnel_fd
-            )
-        })?;
-        tokio::spawn(run_plane(peers, device, udp, wg_rx, run_opts, plane_stop));
-        None
-    } else {
-        let mut cfg = UserspaceConfig::new(vec![self_net]);
-        cfg.mtu = settings::TUNNEL_MTU as usize;
-        let (device, stack) = UserspaceDevice::new(cfg).map_err(|e| e.to_string())?;
-        if let Some(addr) = opts.socks5 {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot serve SOCKS5 on {addr}: {e}"))?;
-            info!(%addr, "SOCKS5 proxy into the tunnel (workspace names resolve)");
-            let connector = ZoneConnector {
-                stack: stack.clone(),
-                zone: zone.clone(),
-            };
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = userspace::socks5::serve(listener, connector) => {}
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-            });
-        }
-        tokio::spawn(run_plane(peers, device, udp, wg_rx, run_opts, plane_stop));
-        Some(stack)
-    };
+    if let (Some(addr), Some(stack)) = (opts.socks5, &stack) {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot serve SOCKS5 on {addr}: {e}"))?;
+        info!(%addr, "SOCKS5 proxy into the tunnel (workspace names resolve)");
+        let connector = ZoneConnector {
+            stack: stack.clone(),
+            zone: zone.clone(),
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = userspace::socks5::serve(listener, connector) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
 
     // DERP: home region by latency, connected in the background.
     let measured = relays::measure(&info.derp_map).await;
@@ -412,42 +404,6 @@ async fn join(
     ))
 }
 
-/// The endpoints we publish first: every usable interface address with the UDP socket's
-/// port (STUN's follow); none when direct connections are disabled.
-fn own_endpoints(udp: &Udp, disabled: bool, loopback: bool) -> Vec<SocketAddr> {
-    if disabled {
-        info!("direct connections are disabled by the deployment; DERP only");
-        return Vec::new();
-    }
-    let port = match udp.local_port() {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(error = %e, "no UDP port to advertise; DERP only");
-            return Vec::new();
-        }
-    };
-    let net = NetReport {
-        port,
-        ..Default::default()
-    };
-    let eps = netinfo::our_endpoints(&net, loopback).unwrap_or_default();
-    info!(endpoints = ?eps, "advertising direct endpoints");
-    eps
-}
-
-async fn run_plane<D: crate::device::Device>(
-    peers: PeerSet,
-    device: D,
-    udp: Udp,
-    commands: mpsc::Receiver<WgCommand>,
-    opts: RunOptions,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    if let Err(e) = runner::run(peers, device, udp, commands, opts, stop).await {
-        warn!(error = %e, "data plane stopped");
-    }
-}
-
 /// Connects through the userspace stack; resolves workspace names from the zone.
 #[derive(Clone)]
 struct ZoneConnector {
@@ -483,32 +439,6 @@ pub struct TailnetSession {
     controller: tokio::task::JoinHandle<()>,
     owner: tokio::task::JoinHandle<()>,
     diagnostics: Diagnostics,
-}
-
-/// How packets are framed on a manager's TUN descriptor: utun's family prefix on macOS; on
-/// Linux what the descriptor was opened with (a `virtio_net_hdr` when the manager asked
-/// for offloads, as `codervpn up` does), bare packets when that cannot be read.
-fn tunnel_fd_framing(fd: &std::os::fd::OwnedFd) -> Framing {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsFd;
-        match crate::device::linux_tun::framing_of(fd.as_fd()) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(error = %e, "cannot read the TUN's flags; taking bare IP packets");
-                Framing::Raw
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = fd;
-        if cfg!(target_os = "macos") {
-            Framing::Utun
-        } else {
-            Framing::Raw
-        }
-    }
 }
 
 /// How long stop waits for `disconnect` to go out before cutting everything.
