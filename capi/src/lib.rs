@@ -3,7 +3,7 @@
 //! Coder deployment and calls back with network settings, peer updates and logs;
 //! `codervpn_stop` tears everything down.
 //!
-//! Internally a session is the engine's embedded mode ([`codervpn_engine::embedded`]):
+//! Internally a session is the engine's embedded mode ([`codervpn_engine::host::embedded`]):
 //! the engine runs in-process and is driven over a socket pair with the CoderVPN protocol,
 //! the same frames `codervpn up` and a compat tunnel see, on a Tokio runtime the session
 //! owns. The header `include/codervpn.h` is generated from this file by cbindgen
@@ -205,7 +205,7 @@ pub extern "C" fn codervpn_version() -> *const c_char {
             let v = format!(
                 "codervpn {} (Coder {})",
                 env!("CARGO_PKG_VERSION"),
-                codervpn_engine::CODER_VERSION
+                codervpn_engine::host::CODER_VERSION
             );
             CString::new(v).unwrap_or_default()
         })

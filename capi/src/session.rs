@@ -5,10 +5,10 @@ use std::ffi::{CStr, c_char, c_void};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use codervpn_engine::embedded::{self, Handlers};
-use codervpn_engine::session::StartParams;
-use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
-use codervpn_engine::tunnel::TunnelExit;
+use codervpn_engine::host::StartParams;
+use codervpn_engine::host::TunnelExit;
+use codervpn_engine::host::embedded::{self, Handlers};
+use codervpn_engine::host::{JoinOptions, TailnetConnector};
 use codervpn_proto::manager::ManagerClient;
 use codervpn_proto::vpn;
 use prost::Message;
@@ -159,8 +159,8 @@ impl Session {
         ctx: *mut c_void,
     ) -> Result<Self, Error> {
         refuse_runtime_thread()?;
-        codervpn_engine::logs::install_subscriber();
-        codervpn_engine::ffi::ignore_sigpipe_if_default();
+        codervpn_engine::host::install_subscriber();
+        codervpn_engine::host::ignore_sigpipe_if_default();
         let host = Host { callbacks, ctx };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

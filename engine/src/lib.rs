@@ -10,6 +10,7 @@
 //!   and DERP.
 //! - [`logs`]: forwarding `tracing` records to the manager as `Log` messages.
 //! - [`embedded`]: the manager side of an in-process tunnel, over the CoderVPN protocol.
+//! - [`host`]: the API the `codervpn` binary and the C API use (nothing else).
 //! - [`ffi`]: the `OpenTunnel(readFD, writeFD)` export that makes this crate a drop-in for
 //!   Coder's Go dylib.
 
@@ -17,6 +18,7 @@ pub mod connect;
 pub mod device;
 pub mod embedded;
 pub mod ffi;
+pub mod host;
 pub mod logs;
 pub mod net;
 pub mod session;

@@ -200,3 +200,40 @@ fn no_two_files_import_each_other() {
         cycles.into_iter().collect::<Vec<_>>().join("\n")
     );
 }
+
+#[test]
+fn hosts_use_only_the_host_api() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut bad = Vec::new();
+    let mut files = 0;
+    for dir in ["nebridge/src", "capi/src"] {
+        let mut stack = vec![root.join(dir)];
+        while let Some(d) = stack.pop() {
+            for entry in fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                files += 1;
+                let text = fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    for (i, _) in line.match_indices("codervpn_engine::") {
+                        if !line[i..].starts_with("codervpn_engine::host") {
+                            bad.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(files > 20, "the walk found only {files} files");
+    assert!(
+        bad.is_empty(),
+        "outside codervpn_engine::host:\n{}",
+        bad.join("\n")
+    );
+}

@@ -6,8 +6,9 @@
 //!
 //! What it walks through: first contact over DERP with UDP blocked, the switch to a direct
 //! path when UDP opens, the fall back to DERP when UDP is cut again, a lossy network, a
-//! DERP outage, and an agent restarting with new keys (the coordinator's part — telling
-//! the client about the new node — is played by the test).
+//! DERP outage, and an agent restarting with new keys. The client's control plane is the
+//! real session owner ([`OwnerCore`]): the simulated coordinator answers its requests with
+//! the agents' nodes, and its decisions program the client's data plane.
 //!
 //! One clock is not ours: boringtun keeps its own inside each session. The scenario never
 //! waits on it — every handshake here is started by data and answered at once — so the
@@ -17,9 +18,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use codervpn_dns::ZoneConfig;
 use codervpn_engine::net::derp::{DerpHandle, DetachedRelay, NodePublicKey};
 use codervpn_engine::net::disco::{DiscoPrivateKey, Path};
 use codervpn_engine::net::path::Via;
@@ -27,6 +29,17 @@ use codervpn_engine::net::plane::Plane;
 use codervpn_engine::net::relay::{Relay, RelayIn};
 use codervpn_engine::net::runner::{RunOptions, WgCommand};
 use codervpn_engine::net::wg::{PeerConfig, PeerSet, public_key};
+use codervpn_engine::session::join::netinfo::RegionLatencies;
+use codervpn_engine::session::join::owner::OwnerTimings;
+use codervpn_engine::session::join::owner_core::{Action, OwnerCore};
+use codervpn_engine::session::node::NodeInfo;
+use codervpn_engine::session::peers::WorkspaceState;
+use codervpn_proto::tailnet::coordinate_response::PeerUpdate as CoordUpdate;
+use codervpn_proto::tailnet::coordinate_response::peer_update::Kind;
+use codervpn_proto::tailnet::derp_map::Region;
+use codervpn_proto::tailnet::{
+    Agent, CoordinateRequest, CoordinateResponse, DerpMap, Workspace, WorkspaceUpdate,
+};
 use tokio::sync::mpsc;
 
 const REGION: i64 = 1;
@@ -85,7 +98,13 @@ enum Flight {
 }
 
 struct Net {
+    /// Node 0 is the client, the rest agents.
     nodes: Vec<Node>,
+    /// The client's control plane: the session owner the real tunnel runs, fed by the
+    /// simulated coordinator below.
+    owner: OwnerCore,
+    /// PeerUpdates the owner sent the manager.
+    peer_updates: usize,
     now: Instant,
     seed: u64,
     /// One loss stream per (from, to) link: what is lost on a link depends only on the
@@ -123,6 +142,27 @@ fn node(n: u8, now: Instant) -> Node {
     }
 }
 
+/// The 16-byte id of agent `a` (the workspace is 0).
+fn agent_id(a: u8) -> [u8; 16] {
+    let mut id = [0; 16];
+    id[6] = 0x40;
+    id[15] = a;
+    id
+}
+
+/// A node as it would publish itself.
+fn node_info(n: &Node) -> NodeInfo {
+    NodeInfo {
+        id: i64::from(n.secret[0]),
+        key: n.key(),
+        disco: *n.disco.public_key().as_bytes(),
+        preferred_derp: REGION,
+        derp_latency: Vec::new(),
+        addresses: vec![IpAddr::V6(n.ip).into()],
+        endpoints: vec![n.udp],
+    }
+}
+
 /// An IPv6/UDP packet from `src` to `dst` carrying `payload`.
 fn packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     let len = u16::try_from(8 + payload.len()).unwrap();
@@ -139,12 +179,35 @@ fn packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
 }
 
 impl Net {
-    /// Node 0 is the client; nodes 1..=agents are agents, each a peer of the client.
+    /// Node 0 is the client; nodes 1..=agents are agents, each a peer of the client. The
+    /// client's owner connects to the coordinator, learns the workspace, and programs its
+    /// data plane from what the coordinator sends.
     fn new(seed: u64, agents: u8) -> Self {
         let now = Instant::now();
-        let nodes = (0..=agents).map(|n| node(n + 1, now)).collect();
+        let nodes: Vec<Node> = (0..=agents).map(|n| node(n + 1, now)).collect();
+        let owner = OwnerCore::new(
+            WorkspaceState::new("testy", ZoneConfig::new("coder").unwrap()),
+            node_info(&nodes[0]),
+            DerpMap {
+                regions: HashMap::from([(
+                    REGION,
+                    Region {
+                        region_id: REGION,
+                        region_name: "sim".into(),
+                        ..Default::default()
+                    },
+                )]),
+                ..Default::default()
+            },
+            REGION,
+            OwnerTimings::default(),
+            None,
+            RegionLatencies::new([]),
+        );
         let mut net = Self {
             nodes,
+            owner,
+            peer_updates: 0,
             now,
             seed,
             links: HashMap::new(),
@@ -153,14 +216,93 @@ impl Net {
             derp_down: false,
             trace: Vec::new(),
         };
-        for a in 1..=usize::from(agents) {
-            net.introduce(0, a);
-            net.introduce(a, 0);
-        }
+        // What connect::start does: the data plane knows our endpoints from the start.
+        let own = net.nodes[0].udp;
+        net.nodes[0]
+            .plane
+            .handle_command(now, WgCommand::SetOwnEndpoints(vec![own]));
+        net.owner.handle_connected();
+        net.act();
+        net.owner.handle_workspace(
+            &WorkspaceUpdate {
+                upserted_workspaces: vec![Workspace {
+                    id: agent_id(0).to_vec(),
+                    name: "w".into(),
+                    status: 3,
+                }],
+                upserted_agents: (1..=agents)
+                    .map(|a| Agent {
+                        id: agent_id(a).to_vec(),
+                        name: format!("a{a}"),
+                        workspace_id: agent_id(0).to_vec(),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            true,
+        );
+        net.act();
+        assert!(net.peer_updates > 0, "the manager heard of the agents");
         net
     }
 
-    /// The coordinator's part: tells `me` about `peer`'s node (key, address, disco key,
+    /// Carries out what the client's owner decided; the coordinator answers `add_tunnel`
+    /// with the agent's node (and its readiness) and passes `update_self` on to the agents.
+    fn act(&mut self) {
+        while let Some(action) = self.owner.poll_action() {
+            match action {
+                Action::Wg(cmd) => {
+                    // A rebind would be the shell's to do; the owner asks for none here.
+                    let _ = self.nodes[0].plane.handle_command(self.now, cmd);
+                }
+                Action::Coordinate(req) => self.coordinator(req),
+                Action::PeerUpdate(_) => self.peer_updates += 1,
+                Action::FetchStats => {
+                    let stats = self.nodes[0].plane.stats();
+                    self.owner.handle_stats(self.now, SystemTime::now(), stats);
+                }
+                Action::Zone(_)
+                | Action::Snapshot(_)
+                | Action::Dial { .. }
+                | Action::ResolveStun(_)
+                | Action::ProbeTailnet => {}
+            }
+        }
+    }
+
+    /// The coordinator's part.
+    fn coordinator(&mut self, req: CoordinateRequest) {
+        if req.update_self.is_some() {
+            for a in 1..self.nodes.len() {
+                self.introduce(a, 0);
+            }
+        }
+        if let Some(t) = req.add_tunnel {
+            let a = usize::from(t.id[15]);
+            self.tell_owner(a);
+        }
+    }
+
+    /// The coordinator sends the client's owner agent `a`'s node, then its readiness.
+    fn tell_owner(&mut self, a: usize) {
+        let update = |kind: Kind, node| CoordUpdate {
+            id: agent_id(u8::try_from(a).unwrap()).to_vec(),
+            kind: kind as i32,
+            node,
+            ..Default::default()
+        };
+        let resp = CoordinateResponse {
+            peer_updates: vec![
+                update(Kind::Node, Some(node_info(&self.nodes[a]).to_proto())),
+                update(Kind::ReadyForHandshake, None),
+            ],
+            ..Default::default()
+        };
+        self.owner.handle_coordinate(self.now, resp);
+        self.act();
+    }
+
+    /// The coordinator tells agent `me` about `peer`'s node (key, address, disco key,
     /// endpoints, DERP region).
     fn introduce(&mut self, me: usize, peer: usize) {
         let (key, ip, disco, udp) = {
@@ -285,12 +427,18 @@ impl Net {
     fn run_for(&mut self, d: Duration) -> Vec<bool> {
         let agents = self.nodes.len() - 1;
         let mut seen = vec![false; agents];
+        let start = self.now;
         let end = self.now + d;
         while self.now < end {
             self.now += TICK;
             for n in &mut self.nodes {
                 n.plane.handle_timeout(self.now);
             }
+            self.owner.handle_housekeeping(self.now);
+            if self.now.duration_since(start).as_millis().is_multiple_of(5000) {
+                self.owner.handle_status_tick();
+            }
+            self.act();
             self.deliver();
             for (a, s) in seen.iter_mut().enumerate() {
                 *s |= self.direct(a + 1);
@@ -337,15 +485,13 @@ impl Net {
     /// Agent `a` restarts with new keys; the coordinator tells both sides.
     fn restart_agent(&mut self, a: usize, n: u8) {
         let old = self.nodes[a].key();
-        let now = self.now;
-        self.nodes[0]
-            .plane
-            .handle_command(now, WgCommand::RemovePeer(old));
-        let mut fresh = node(n, now);
+        let mut fresh = node(n, self.now);
         fresh.udp = self.nodes[a].udp;
         fresh.ip = self.nodes[a].ip;
         self.nodes[a] = fresh;
-        self.introduce(0, a);
+        // The new node reaches the client's owner (which replaces the peer) and the
+        // client's node reaches the new agent.
+        self.tell_owner(a);
         self.introduce(a, 0);
         // A packet from the old node, still in the relay, is not believed.
         let unknown = self.nodes[0].plane.stats().relay.unknown_sender;

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use codervpn_engine::ffi::inherited_fd;
-use codervpn_engine::logs::ManagerLogLayer;
-use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
-use codervpn_engine::tunnel::{TunnelExit, TunnelOptions, serve};
+use codervpn_engine::host::ManagerLogLayer;
+use codervpn_engine::host::inherited_fd;
+use codervpn_engine::host::{JoinOptions, TailnetConnector};
+use codervpn_engine::host::{TunnelExit, TunnelOptions, serve};
 use codervpn_proto::fd::{FdReader, FdWriter};
 use codervpn_proto::{Connection, TunnelSide, VersionList};
 use tracing::info;

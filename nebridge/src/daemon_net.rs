@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use codervpn_engine::session::{
+use codervpn_engine::host::{
     BoxFuture, Connector, LocalSettings, ManagerLink, Session, StartParams,
 };
 use codervpn_proto::vpn;
@@ -62,7 +62,7 @@ impl<C: Connector> Connector for SelfManaged<C> {
 
 /// Creates the TUN (with offloads, as `codervpn up` does) and its settings applier.
 fn make_interface(name: &str) -> Result<(OwnedFd, SharedConfig), String> {
-    let (fd, actual, _) = codervpn_engine::device::linux_tun::create_tun(name, true)
+    let (fd, actual, _) = codervpn_engine::host::create_tun(name, true)
         .map_err(|e| format!("creating TUN interface {name}: {e} (is another tunnel using it?)"))?;
     let cfg = LinuxNetworkConfig::with_split_dns(actual.clone(), SplitDns::detect())
         .map_err(|e| e.to_string())?;

@@ -9,8 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use codervpn_engine::device::userspace::StackHandle;
-use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
+use codervpn_engine::host::StackHandle;
+use codervpn_engine::host::{JoinOptions, TailnetConnector};
 use codervpn_proto::vpn;
 use codervpn_testbed::agent::{ECHO_PORT, HTTP_PORT};
 use codervpn_testbed::{EMBEDDED_REGION_NAME, Testbed, TestbedConfig};

@@ -141,13 +141,13 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Json => println!(
                     "{}",
-                    serde_json::json!({ "version": codervpn_engine::CODER_VERSION })
+                    serde_json::json!({ "version": codervpn_engine::host::CODER_VERSION })
                 ),
                 Output::Text => println!(
                     "codervpn {} (CoderVPN protocol {}; matches Coder {})",
                     env!("CARGO_PKG_VERSION"),
                     codervpn_proto::VersionList::current(),
-                    codervpn_engine::CODER_VERSION
+                    codervpn_engine::host::CODER_VERSION
                 ),
             }
             Ok(())

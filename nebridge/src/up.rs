@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
-use codervpn_engine::session::join::{JoinOptions, TailnetConnector};
+use codervpn_engine::host::{JoinOptions, TailnetConnector};
 use codervpn_nebridge::compat::launch::CompatHost;
 use codervpn_nebridge::compat::{self, ArtifactKind, CompatConfig};
 use codervpn_nebridge::diag::UpDiag;
@@ -172,9 +172,8 @@ async fn up(
         // Our engine reads the descriptor's flags and takes TCP super packets (TSO) from
         // it; a compat tunnel gets the bare packets every CoderVPN tunnel expects.
         let offload = args.mode == Mode::Embedded;
-        let (fd, name, _) =
-            codervpn_engine::device::linux_tun::create_tun(&args.interface, offload)
-                .with_context(|| format!("creating TUN interface {}", args.interface))?;
+        let (fd, name, _) = codervpn_engine::host::create_tun(&args.interface, offload)
+            .with_context(|| format!("creating TUN interface {}", args.interface))?;
         eprintln!("▸ created TUN interface {name}");
         Some((fd, name))
     } else {
@@ -540,7 +539,7 @@ fn proxy_note(url: &url::Url) -> String {
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
         return String::new();
     };
-    match codervpn_engine::transport::proxy::Proxies::from_env().select(url.scheme(), host, port) {
+    match codervpn_engine::host::Proxies::from_env().select(url.scheme(), host, port) {
         Ok(Some(p)) => format!(" through proxy {}", p.shown),
         Ok(None) => String::new(),
         Err(e) => {

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use codervpn_engine::connect::{self, DataPlaneSpec, DeviceSpec};
-use codervpn_engine::device::userspace::forward::{self, ForwardSpec};
-use codervpn_engine::device::userspace::{UserspaceConfig, socks5};
-use codervpn_engine::net::wg::config::WgConfig;
+use codervpn_engine::host::WgConfig;
+use codervpn_engine::host::{DataPlaneSpec, DeviceSpec, connect};
+use codervpn_engine::host::{ForwardSpec, forward};
+use codervpn_engine::host::{UserspaceConfig, socks5};
 use codervpn_nebridge::netlink::Netlink;
 use ipnet::IpNet;
 use tokio::net::TcpListener;

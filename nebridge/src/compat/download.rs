@@ -143,7 +143,7 @@ pub fn check_scheme(url: &Url, allow_http: bool) -> Result<(), DownloadError> {
 }
 
 /// A client that follows redirects only within the origin of the first URL (at most 5),
-/// trusting what the tunnel trusts ([`codervpn_engine::transport::tls`]). `headers` (the user's literal headers and the session token) go with every request.
+/// trusting what the tunnel trusts ([`codervpn_engine::host::tls`]). `headers` (the user's literal headers and the session token) go with every request.
 pub fn client(
     headers: &[(String, String)],
     connect_timeout: Duration,
@@ -158,12 +158,11 @@ pub fn client(
         map.append(name, value);
     }
     // The tunnel's trust (system roots plus SSL_CERT_FILE), as for REST, tailnet and DERP.
-    let tls =
-        codervpn_engine::transport::tls::default_client_config().map_err(|e| e.to_string())?;
+    let tls = codervpn_engine::host::tls::default_client_config().map_err(|e| e.to_string())?;
     reqwest::Client::builder()
         .use_preconfigured_tls((*tls).clone())
         .default_headers(map)
-        .redirect(codervpn_engine::session::api::same_origin_redirects())
+        .redirect(codervpn_engine::host::same_origin_redirects())
         .connect_timeout(connect_timeout)
         .build()
         .map_err(|e| error_chain(&e))

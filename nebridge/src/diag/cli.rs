@@ -287,13 +287,11 @@ pub fn run_netcheck(
     url: &url::Url,
     token: &str,
     headers: &[(String, String)],
-) -> anyhow::Result<codervpn_engine::session::probe::ProbeReport> {
+) -> anyhow::Result<codervpn_engine::host::ProbeReport> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(rt.block_on(codervpn_engine::session::probe::probe(
-        url, token, headers, None,
-    ))?)
+    Ok(rt.block_on(codervpn_engine::host::probe(url, token, headers, None))?)
 }
 
 /// `codervpn netcheck`.
@@ -303,7 +301,7 @@ pub fn netcheck_cmd(args: NetcheckArgs) -> anyhow::Result<()> {
     eprintln!(
         "▸ probing the network towards {} (STUN {} s, TCP to each relay)",
         d.url,
-        codervpn_engine::session::probe::STUN_WAIT.as_secs()
+        codervpn_engine::host::STUN_WAIT.as_secs()
     );
     let r = run_netcheck(&d.url, &d.token, &h)?;
     if args.json {
@@ -348,7 +346,7 @@ pub fn bugreport(args: BugreportArgs) -> anyhow::Result<()> {
                 "codervpn {} (CoderVPN protocol {}; matches Coder {})\n",
                 env!("CARGO_PKG_VERSION"),
                 codervpn_proto::VersionList::current(),
-                codervpn_engine::CODER_VERSION
+                codervpn_engine::host::CODER_VERSION
             ),
         ),
         ("os.txt".to_owned(), super::bugreport::os_description()),

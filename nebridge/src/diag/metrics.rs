@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use codervpn_engine::net::disco::Path;
-use codervpn_engine::session::diag::EngineSnapshot;
+use codervpn_engine::host::EngineSnapshot;
+use codervpn_engine::host::Path;
 
 use super::statusdoc::peer_of;
 use crate::status::StatusSnapshot;

@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use codervpn_engine::net::pings::PongPath;
-use codervpn_engine::session::diag::{Diagnostics, EngineSnapshot};
+use codervpn_engine::host::PongPath;
+use codervpn_engine::host::{Diagnostics, EngineSnapshot};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -174,8 +174,7 @@ impl UpDiag {
             files.push(("up.log".to_owned(), l.lines().join("\n") + "\n"));
         }
         if let Some((url, token, headers)) = &self.deployment {
-            let text = match codervpn_engine::session::probe::probe(url, token, headers, None).await
-            {
+            let text = match codervpn_engine::host::probe(url, token, headers, None).await {
                 Ok(r) => netcheck::format_probe(&r),
                 Err(e) => format!("netcheck failed: {e}\n"),
             };

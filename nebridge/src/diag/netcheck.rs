@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use codervpn_engine::session::probe::ProbeReport;
+use codervpn_engine::host::ProbeReport;
 use serde_json::{Value, json};
 
 use super::statusdoc::StatusDoc;

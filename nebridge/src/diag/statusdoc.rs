@@ -5,9 +5,9 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use codervpn_engine::net::disco::Path;
-use codervpn_engine::net::wg::PeerStats;
-use codervpn_engine::session::diag::EngineSnapshot;
+use codervpn_engine::host::EngineSnapshot;
+use codervpn_engine::host::Path;
+use codervpn_engine::host::PeerStats;
 use serde::{Deserialize, Serialize};
 
 use crate::status::{AgentStatus, AgentView, StatusSnapshot};

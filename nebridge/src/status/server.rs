@@ -256,9 +256,7 @@ async fn serve_client(
 /// Answers requests sent on the status socket (`codervpn ping`, `metrics`, …): a JSON value
 /// in, a JSON object with a `kind` out.
 pub type RequestHandler = Arc<
-    dyn Fn(serde_json::Value) -> codervpn_engine::session::BoxFuture<serde_json::Value>
-        + Send
-        + Sync,
+    dyn Fn(serde_json::Value) -> codervpn_engine::host::BoxFuture<serde_json::Value> + Send + Sync,
 >;
 
 /// Bytes a client may send on one connection (requests are a line of JSON each).
