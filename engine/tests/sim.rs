@@ -435,7 +435,12 @@ impl Net {
                 n.plane.handle_timeout(self.now);
             }
             self.owner.handle_housekeeping(self.now);
-            if self.now.duration_since(start).as_millis().is_multiple_of(5000) {
+            if self
+                .now
+                .duration_since(start)
+                .as_millis()
+                .is_multiple_of(5000)
+            {
                 self.owner.handle_status_tick();
             }
             self.act();
