@@ -299,3 +299,32 @@ fn the_status_tick_fetches_stats_and_stop_says_disconnect() {
     c.handle_stop();
     assert!(matches!(&drain(&mut c)[..], [Action::Coordinate(r)] if r.disconnect.is_some()));
 }
+
+#[test]
+fn a_removed_agent_gets_remove_tunnel_its_peer_goes_and_the_manager_hears() {
+    let now = Instant::now();
+    let mut c = core(now);
+    c.handle_connected();
+    c.handle_workspace(&workspace_with_agent(7), true);
+    c.handle_coordinate(now, coordinate(7, Kind::Node, Some(node(7, HOME))));
+    c.handle_coordinate(now, coordinate(7, Kind::ReadyForHandshake, None));
+    drain(&mut c);
+    let gone = WorkspaceUpdate {
+        deleted_agents: workspace_with_agent(7).upserted_agents,
+        ..Default::default()
+    };
+    c.handle_workspace(&gone, false);
+    let a = drain(&mut c);
+    assert!(
+        a.iter().any(|a| matches!(a, Action::Coordinate(r) if r.remove_tunnel.as_ref().is_some_and(|t| t.id == id(7)))),
+        "{a:?}"
+    );
+    assert!(
+        matches!(wg_commands(&a)[..], [WgCommand::RemovePeer(k)] if *k == [7; 32]),
+        "{a:?}"
+    );
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::PeerUpdate(u) if u.deleted_agents.len() == 1))
+    );
+}
