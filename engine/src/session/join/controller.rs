@@ -269,3 +269,7 @@ async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;
