@@ -103,7 +103,7 @@ pub fn flush(fd: RawFd, batch: &mut SendBatch, gso: &mut bool) -> usize {
                     Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
                 ) =>
             {
-                tracing::debug!(error = %e, "UDP segmentation offload unavailable; sending datagrams one by one");
+                tracing::info!(error = %e, "UDP segmentation offload unavailable; sending datagrams one by one");
                 *gso = false;
             }
             Err(_) => {
@@ -268,4 +268,94 @@ fn sockaddr(addr: SocketAddr) -> libc::sockaddr_in6 {
     sa.sin6_flowinfo = v6.flowinfo();
     sa.sin6_scope_id = v6.scope_id();
     sa
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::udp::Udp;
+
+    /// Receives until `want` datagrams arrived; returns them and whether any receive
+    /// carried several (GRO).
+    async fn receive(udp: &Udp, want: usize) -> (Vec<Vec<u8>>, bool) {
+        let mut buf = vec![0u8; 65_536];
+        let (mut got, mut coalesced) = (Vec::new(), false);
+        for _ in 0..2000 {
+            match recv_gro(udp.raw_fd(), &mut buf) {
+                Ok((n, _, segment)) => {
+                    coalesced |= n > segment;
+                    got.extend(buf[..n].chunks(segment).map(<[u8]>::to_vec));
+                    if got.len() >= want {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err(e) => panic!("receive: {e}"),
+            }
+        }
+        (got, coalesced)
+    }
+
+    /// Eight 1000-byte datagrams and a 500-byte tail, each filled with its index.
+    fn batch_to(to: SocketAddr) -> (SendBatch, Vec<Vec<u8>>) {
+        let mut batch = SendBatch::default();
+        let mut sent = Vec::new();
+        for i in 0..9u8 {
+            let d = vec![i; if i == 8 { 500 } else { 1000 }];
+            assert!(batch.fits(&d, to));
+            batch.push(&d, to);
+            sent.push(d);
+        }
+        (batch, sent)
+    }
+
+    #[tokio::test]
+    async fn a_gso_batch_arrives_whole_and_in_order_and_gro_coalesces_it() {
+        let (tx, rx) = (Udp::bind(0).unwrap(), Udp::bind(0).unwrap());
+        assert!(rx.enable_gro(), "the kernel refused UDP_GRO");
+        let to: SocketAddr = format!("127.0.0.1:{}", rx.local_port().unwrap())
+            .parse()
+            .unwrap();
+        let (mut batch, sent) = batch_to(to);
+        let mut gso = true;
+        assert_eq!(flush(tx.raw_fd(), &mut batch, &mut gso), 0);
+        assert!(gso, "the kernel refused UDP_SEGMENT on loopback");
+        assert!(batch.is_empty());
+        let (got, coalesced) = receive(&rx, sent.len()).await;
+        assert_eq!(got, sent);
+        assert!(coalesced, "one receive carried several datagrams");
+    }
+
+    #[tokio::test]
+    async fn without_gso_the_datagrams_go_one_by_one() {
+        let (tx, rx) = (Udp::bind(0).unwrap(), Udp::bind(0).unwrap());
+        let to: SocketAddr = format!("[::1]:{}", rx.local_port().unwrap())
+            .parse()
+            .unwrap();
+        let (mut batch, sent) = batch_to(to);
+        let mut gso = false;
+        assert_eq!(flush(tx.raw_fd(), &mut batch, &mut gso), 0);
+        let (got, coalesced) = receive(&rx, sent.len()).await;
+        assert_eq!(got, sent);
+        assert!(!coalesced, "no GRO asked for");
+    }
+
+    #[test]
+    fn a_batch_takes_one_destination_equal_sizes_and_one_shorter_tail() {
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        let mut batch = SendBatch::default();
+        batch.push(&[0; 100], a);
+        assert!(!batch.fits(&[0; 100], b), "another destination");
+        assert!(!batch.fits(&[0; 101], a), "longer than the segment");
+        assert!(batch.fits(&[0; 50], a));
+        batch.push(&[0; 50], a);
+        assert!(!batch.fits(&[0; 50], a), "nothing after a shorter tail");
+        assert_eq!(
+            batch.datagrams().map(<[u8]>::len).collect::<Vec<_>>(),
+            [100, 50]
+        );
+    }
 }
