@@ -81,13 +81,19 @@ impl Udp {
     }
 }
 
+/// Asks for large socket buffers: past the system's limit where the OS lets root do that
+/// (Linux `SO_*BUFFORCE`), else as large as allowed.
 fn grow_buffers(socket: &Socket) {
-    for (force, normal) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
+    #[cfg(target_os = "linux")]
+    let options = [
+        (Some(libc::SO_RCVBUFFORCE), libc::SO_RCVBUF),
+        (Some(libc::SO_SNDBUFFORCE), libc::SO_SNDBUF),
+    ];
+    #[cfg(not(target_os = "linux"))]
+    let options = [(None, libc::SO_RCVBUF), (None, libc::SO_SNDBUF)];
+    for (force, normal) in options {
         let size = SOCKET_BUFFER as libc::c_int;
-        if setsockopt_int(socket, force, size).is_err() {
+        if force.is_none_or(|f| setsockopt_int(socket, f, size).is_err()) {
             let _ = setsockopt_int(socket, normal, size);
         }
     }

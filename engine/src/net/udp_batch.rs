@@ -1,7 +1,8 @@
-//! Batched UDP I/O on Linux: segmentation offload on send (`UDP_SEGMENT`: one `sendmsg`
+//! Batched UDP I/O: on Linux, segmentation offload on send (`UDP_SEGMENT`: one `sendmsg`
 //! carries up to 64 equal-size datagrams to one destination) and receive coalescing
 //! (`UDP_GRO`: one `recvmsg` returns several datagrams from one source, back to back).
-//! Falls back to one datagram per call where the kernel refuses.
+//! Falls back to one datagram per call where the kernel refuses, and on other systems
+//! (Apple platforms: one `sendto` / `recvmsg` per datagram, issue #15).
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -91,7 +92,7 @@ pub fn flush(fd: RawFd, batch: &mut SendBatch, gso: &mut bool) -> usize {
     };
     let to = sockaddr(to);
     let mut failed = 0;
-    if batch.count > 1 && *gso {
+    if batch.count > 1 && *gso && cfg!(target_os = "linux") {
         match send_gso(fd, &batch.buf, batch.seg, &to) {
             Ok(()) => {
                 batch.clear();
@@ -141,6 +142,12 @@ fn send_to(fd: RawFd, data: &[u8], to: &libc::sockaddr_in6) -> io::Result<()> {
     }
 }
 
+#[cfg(not(target_os = "linux"))]
+fn send_gso(_: RawFd, _: &[u8], _: usize, _: &libc::sockaddr_in6) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT))
+}
+
+#[cfg(target_os = "linux")]
 fn send_gso(fd: RawFd, data: &[u8], seg: usize, to: &libc::sockaddr_in6) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut _,
@@ -156,14 +163,14 @@ fn send_gso(fd: RawFd, data: &[u8], seg: usize, to: &libc::sockaddr_in6) -> io::
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
     // SAFETY: the control buffer is large enough for one u16 cmsg (checked by
     // CMSG_SPACE above, 32 bytes available); CMSG_FIRSTHDR/CMSG_DATA point inside it.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_UDP;
         (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), seg as u16);
     }
     // SAFETY: `msg` describes live buffers.
@@ -175,7 +182,15 @@ fn send_gso(fd: RawFd, data: &[u8], seg: usize, to: &libc::sockaddr_in6) -> io::
     }
 }
 
+/// Asks the kernel to coalesce received datagrams (`UDP_GRO`). Returns whether it agreed
+/// (never, off Linux).
+#[cfg(not(target_os = "linux"))]
+pub fn enable_gro(_: RawFd) -> bool {
+    false
+}
+
 /// Asks the kernel to coalesce received datagrams (`UDP_GRO`). Returns whether it agreed.
+#[cfg(target_os = "linux")]
 pub fn enable_gro(fd: RawFd) -> bool {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads one live c_int.
@@ -207,7 +222,7 @@ pub fn recv_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usi
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of::<[u64; 8]>();
+    msg.msg_controllen = size_of::<[u64; 8]>() as _;
     // SAFETY: `msg` describes live, writable buffers.
     let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
     if n < 0 {
@@ -219,7 +234,7 @@ pub fn recv_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usi
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+            if is_gro_segment(&*cmsg) {
                 segment =
                     std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) as usize;
             }
@@ -233,6 +248,17 @@ pub fn recv_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usi
         from.sin6_scope_id,
     ));
     Ok((n, canonical(addr), segment.max(1)))
+}
+
+/// Whether a received control message gives the GRO segment size.
+#[cfg(target_os = "linux")]
+fn is_gro_segment(cmsg: &libc::cmsghdr) -> bool {
+    cmsg.cmsg_level == libc::SOL_UDP && cmsg.cmsg_type == libc::UDP_GRO
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_gro_segment(_: &libc::cmsghdr) -> bool {
+    false
 }
 
 /// IPv4-mapped IPv6 addresses as plain IPv4 (what a dual-stack socket reports).
