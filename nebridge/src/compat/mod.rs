@@ -38,6 +38,7 @@
 //! Not implemented: the macOS code-signing checks of dylib-abi-and-compat.md §6.1 (`macos_codesign_checks` is a
 //! stub that passes and logs a WARN).
 
+pub mod codesign;
 mod download;
 pub mod launch;
 mod load;
@@ -392,8 +393,9 @@ async fn check(
 }
 
 /// The macOS code-signing checks of dylib-abi-and-compat.md §6.1 (valid signature with
-/// `anchor apple generic`, identifier, team, Info.plist). NOT IMPLEMENTED: always passes;
-/// on macOS compat mode relies on the minisign check alone.
+/// `anchor apple generic`, identifier, team, Info.plist). The rule is [`codesign::check`];
+/// reading the signing information with `SecStaticCode` is NOT IMPLEMENTED: this always
+/// passes, and on macOS compat mode relies on the minisign check alone.
 #[cfg(target_os = "macos")]
 fn macos_codesign_checks(_bytes: &[u8]) -> Result<(), VerifyError> {
     warn!("macOS code-signing checks (§6.1) are not implemented; relying on minisign only");
