@@ -42,8 +42,9 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:1080")]
     socks5: SocketAddr,
     /// How workspace names reach the system resolver: `auto` (systemd-resolved when it
-    /// runs, else `/etc/resolv.conf` when it is a plain file, restored on exit), or one of
-    /// them by name, or `none`.
+    /// runs, else a `resolvconf(8)` record when resolvconf generates /etc/resolv.conf, else
+    /// /etc/resolv.conf itself when it is a plain file, restored on exit), or one of them
+    /// by name, or `none`.
     #[arg(long, value_enum, default_value_t = DnsMode::Auto)]
     dns: DnsMode,
     /// Name of the TUN interface.
@@ -79,6 +80,7 @@ pub enum DnsMode {
     Auto,
     Resolved,
     ResolvConf,
+    Resolvconf,
     None,
 }
 
@@ -94,6 +96,9 @@ impl DnsMode {
             },
             DnsMode::ResolvConf => SplitDns::resolv_conf(RESOLV_CONF)
                 .map_err(|why| anyhow::anyhow!("--dns resolv-conf: {why}"))?,
+            DnsMode::Resolvconf => {
+                SplitDns::resolvconf().map_err(|why| anyhow::anyhow!("--dns resolvconf: {why}"))?
+            }
             DnsMode::None => SplitDns::Unavailable {
                 why: "--dns none".into(),
             },

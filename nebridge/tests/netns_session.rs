@@ -106,10 +106,33 @@ fn diagnostics_show_a_derp_only_path_and_why() {
 /// Without systemd-resolved, `up` puts the tunnel's resolver first in /etc/resolv.conf:
 /// getent and curl resolve workspace names through glibc, other names still reach the
 /// original resolver, and the file comes back byte for byte on exit and after a SIGKILL
-/// at the next start (issue #14).
+/// at the next start; a file another program rewrites is made ours again (the new one is
+/// what exit restores), and one that keeps rewriting it is left to it (issue #14).
 #[test]
 fn up_without_resolved_manages_resolv_conf_and_restores_it() {
     script("resolv.sh", &[], "resolv ok");
+}
+
+/// Where Debian's resolvconf package generates /etc/resolv.conf (a symlink into
+/// /run/resolvconf), `up` adds a record of its own: names resolve through glibc, a DHCP
+/// renewal keeps our resolver first, exit deletes the record, and a SIGKILLed run's record
+/// goes at the next start (issue #14; the real package, in a private mount namespace).
+#[test]
+fn up_adds_a_record_to_debians_resolvconf() {
+    script("resolvconf.sh", &["debian"], "resolvconf ok (debian)");
+}
+
+/// The same with openresolv, which writes a plain file with its own header.
+#[test]
+fn up_adds_a_record_to_openresolv() {
+    script("resolvconf.sh", &["openresolv"], "resolvconf ok (openresolv)");
+}
+
+/// /etc/resolv.conf a symlink to NetworkManager's file: that file is managed (ours first),
+/// a rewrite by NetworkManager is followed, exit restores it and leaves the symlink.
+#[test]
+fn up_manages_network_managers_file_behind_a_symlink() {
+    script("nm-symlink.sh", &[], "nm-symlink ok");
 }
 
 /// With every path to an agent dead (the agent's host drops everything from the client),

@@ -87,6 +87,34 @@ own_resolv_conf() {
   printf '# resolver of test host %s\nnameserver 192.0.2.53\noptions timeout:1\n' "$1" > "/etc/netns/$1/resolv.conf"
 }
 
+# private_mounts [PKG_DIR]: host a gets a private mount namespace, held by a process: /etc
+# and /usr are overlays (writes kept in $WORK; PKG_DIR's etc/ added to /etc, its sbin/ and
+# lib/ to /usr's, as on Debian's merged /usr), /run is a tmpfs. Sets HOLDER, UP_WRAP (so
+# start_up runs `up` inside) and defines in_a CMD... (runs CMD inside, in host a's netns).
+private_mounts() {
+  local pkg=${1:-}
+  mkdir -p "$WORK/etc-up" "$WORK/etc-wk" "$WORK/usr-up/sbin" "$WORK/usr-up/lib" "$WORK/usr-wk"
+  if [ -n "$pkg" ]; then
+    [ -d "$pkg/etc" ] && cp -a "$pkg/etc/." "$WORK/etc-up/"
+    [ -d "$pkg/sbin" ] && cp -a "$pkg/sbin/." "$WORK/usr-up/sbin/"
+    [ -d "$pkg/lib" ] && cp -a "$pkg/lib/." "$WORK/usr-up/lib/"
+  fi
+  ip netns exec "$NS_A" unshare -m --propagation private bash -c '
+    set -e
+    W=$1
+    mount -t overlay overlay -o lowerdir=/etc,upperdir=$W/etc-up,workdir=$W/etc-wk /etc
+    mount -t overlay overlay -o lowerdir=/usr,upperdir=$W/usr-up,workdir=$W/usr-wk /usr
+    mount -t tmpfs tmpfs /run
+    touch "$W/holder.ready"
+    exec sleep infinity' holder "$WORK" &
+  HOLDER=$!
+  PIDS+=("$HOLDER")
+  for _ in $(seq 100); do [ -e "$WORK/holder.ready" ] && break; sleep 0.05; done
+  [ -e "$WORK/holder.ready" ] || { echo "FAIL: the mount namespace holder did not start"; exit 1; }
+  UP_WRAP=(nsenter -t "$HOLDER" -m)
+}
+in_a() { nsenter -t "$HOLDER" -m -n "$@"; }
+
 setup_hosts() {
   ip netns add "$NS_A"
   ip netns add "$NS_B"
@@ -345,10 +373,11 @@ testbed_log() { sed 's/\x1b\[[0-9;]*m//g' "$WORK/testbed.log"; }
 json() { python3 -c "import json; d=json.load(open('$WORK/testbed.json')); print($1)"; }
 
 # start_up ARGS...: `codervpn up` against the testbed in host a (TUN ${NS_PREFIX}t, status
-# socket $WORK/status.sock, log $WORK/up.log); returns once it is connected. Sets UP_PID.
+# socket $WORK/status.sock, log $WORK/up.log), behind the command prefix in the array
+# UP_WRAP when set; returns once it is connected. Sets UP_PID.
 start_up() {
   : > "$WORK/up.log"  # a second `up` must not be taken as connected by the first's log
-  ip netns exec "$NS_A" env CODERVPN_LOG=${CODERVPN_LOG:-info} "$CODERVPN" up --url "$(json 'd["url"]')" \
+  ip netns exec "$NS_A" ${UP_WRAP[@]+"${UP_WRAP[@]}"} env CODERVPN_LOG=${CODERVPN_LOG:-info} "$CODERVPN" up --url "$(json 'd["url"]')" \
     --token "$(json 'd["token"]')" --allow-http --interface "${NS_PREFIX}t" \
     --status-socket "$WORK/status.sock" "$@" > "$WORK/up.out" 2> "$WORK/up.log" &
   UP_PID=$!

@@ -1,6 +1,6 @@
 //! Applying merged [`NetworkSettings`] to a Linux TUN interface: addresses, MTU, link up and
-//! routes over rtnetlink; split DNS through systemd-resolved (`resolvectl`), or, without
-//! it, `/etc/resolv.conf` managed directly ([`super::resolvconf`]).
+//! routes over rtnetlink; split DNS through whichever backend [`SplitDns`] found
+//! (systemd-resolved, `resolvconf(8)`, or `/etc/resolv.conf` managed directly).
 //!
 //! - **Included routes** go in the main table, out of the interface (through the route's
 //!   gateway when it has one).
@@ -12,23 +12,22 @@
 //!   a stock system end at an empty `default` table, making the destination unreachable.
 //! - The IPv4 `router` and DNS `domain_name` have no Linux equivalent and are ignored
 //!   (routes on a TUN need no gateway; the match domains already name the zone).
-//! - Split DNS shells out to `resolvectl` when systemd-resolved is running; otherwise it
-//!   puts the tunnel's resolver first in a plain-file `/etc/resolv.conf` (see
-//!   [`SplitDns`]); when neither can be done it logs one WARN saying what will not
-//!   resolve.
+//! - Split DNS goes through [`SplitDns`] (see `super::split_dns` for the choice); when
+//!   nothing can be done it logs one WARN saying what will not resolve.
 //! - Every apply is a diff against what the previous one installed; [`LinuxNetworkConfig::teardown`]
 //!   removes all of it. The MTU and the link state are left as they are: the interface
 //!   belongs to the tunnel.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use ipnet::IpNet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::merge::{Dns, NetworkSettings, Route};
-use super::resolvconf::{RESOLV_CONF, ResolvConf, ResolvConfError, Restored};
+use super::reassert::{self, Verdict, Watch};
+use super::resolvconf::owner_pid;
+use super::split_dns::{DnsError, SplitDns};
 use crate::netlink::{Netlink, NetlinkError};
 
 /// The settings applied to one interface, and how to undo them.
@@ -39,6 +38,8 @@ pub struct LinuxNetworkConfig {
     /// What the last apply installed, and on which interface index.
     applied: Plan,
     applied_index: Option<u32>,
+    /// Over a directly managed resolv.conf: someone else rewriting it.
+    watch: Watch,
 }
 
 /// What the kernel and the resolver should hold for some settings. Pure.
@@ -51,17 +52,6 @@ pub struct Plan {
     pub dns: Option<Dns>,
 }
 
-/// How split DNS reaches the system resolver.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SplitDns {
-    /// systemd-resolved is running; configure it with this `resolvectl`.
-    Resolvectl(PathBuf),
-    /// No systemd-resolved, and `/etc/resolv.conf` is a plain file: manage it.
-    ResolvConf(ResolvConf),
-    /// No supported resolver; `why` says what is missing.
-    Unavailable { why: String },
-}
-
 /// A failure to apply or remove settings; names the interface and the object.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -71,17 +61,11 @@ pub enum ApplyError {
         #[source]
         source: NetlinkError,
     },
-    #[error("interface {interface}: split DNS with `resolvectl {command}` failed: {detail}")]
+    #[error("interface {interface}: DNS: {source}")]
     Dns {
         interface: String,
-        command: String,
-        detail: String,
-    },
-    #[error("interface {interface}: DNS: {source}")]
-    ResolvConf {
-        interface: String,
         #[source]
-        source: ResolvConfError,
+        source: DnsError,
     },
 }
 
@@ -101,16 +85,8 @@ impl LinuxNetworkConfig {
             interface: interface.clone(),
             source,
         })?;
-        if let SplitDns::ResolvConf(rc) = &split_dns {
-            match rc.recover() {
-                Ok(Some(pid)) => {
-                    warn!(path = %rc.path().display(), pid, "restored the resolver configuration a codervpn that is gone (pid {pid}) left behind")
-                }
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(ApplyError::ResolvConf { interface, source });
-                }
-            }
+        if let Err(source) = split_dns.recover() {
+            return Err(ApplyError::Dns { interface, source });
         }
         Ok(Self {
             interface,
@@ -118,6 +94,7 @@ impl LinuxNetworkConfig {
             split_dns,
             applied: Plan::default(),
             applied_index: None,
+            watch: Watch::new(),
         })
     }
 
@@ -184,8 +161,36 @@ impl LinuxNetworkConfig {
         if want.dns != self.applied.dns {
             self.apply_dns(want.dns.as_ref()).await?;
             self.applied.dns = want.dns;
+            self.watch.reset();
         }
         Ok(())
+    }
+
+    /// Called every [`reassert::CHECK_EVERY`]: a directly managed resolv.conf another
+    /// program rewrote gets the tunnel's resolver first again (see [`reassert`]).
+    pub async fn recheck(&mut self) -> Result<(), ApplyError> {
+        let (SplitDns::ResolvConf(rc), Some(dns)) = (&self.split_dns, &self.applied.dns) else {
+            return Ok(());
+        };
+        if dns.servers.is_empty() {
+            return Ok(());
+        }
+        let Ok(current) = std::fs::read(rc.path()) else {
+            return Ok(());
+        };
+        let ours = owner_pid(&current) == Some(std::process::id());
+        match self.watch.observe(Instant::now(), &current, ours) {
+            Verdict::Fine | Verdict::Wait => Ok(()),
+            Verdict::Reassert => {
+                warn!(path = %rc.path().display(), "another program rewrote it while the tunnel ran: the tunnel's resolver is first again (exit restores the new file)");
+                let (rc, dns) = (rc.clone(), dns.clone());
+                self.blocking(move || Ok(rc.apply(&dns)?)).await
+            }
+            Verdict::GiveUp => {
+                warn!(path = %rc.path().display(), max = reassert::MAX_REASSERTS, "another program keeps rewriting it: left to it; workspace names may not resolve through the system resolver");
+                Ok(())
+            }
+        }
     }
 
     /// Removes every address, route and DNS setting an apply installed. Succeeds when the
@@ -255,71 +260,35 @@ impl LinuxNetworkConfig {
     }
 
     async fn apply_dns(&self, dns: Option<&Dns>) -> Result<(), ApplyError> {
-        let Some(dns) = dns.filter(|d| !d.servers.is_empty()) else {
+        let Some(dns) = dns.filter(|d| !d.servers.is_empty()).cloned() else {
             return self.revert_dns().await;
         };
-        match &self.split_dns {
-            SplitDns::Resolvectl(bin) => {
-                for args in resolvectl_commands(&self.interface, dns) {
-                    self.resolvectl(bin, &args).await?;
-                }
-                debug!(interface = %self.interface, servers = ?dns.servers, "split DNS applied");
-                Ok(())
-            }
-            SplitDns::ResolvConf(rc) => rc.apply(dns).map_err(|source| self.dns_err(source)),
-            SplitDns::Unavailable { why } => {
-                warn!(interface = %self.interface, "{}", missing_resolver_message(why, dns));
-                Ok(())
-            }
-        }
+        let (split_dns, interface) = (self.split_dns.clone(), self.interface.clone());
+        self.blocking(move || split_dns.apply(&interface, &dns))
+            .await
     }
 
     async fn revert_dns(&self) -> Result<(), ApplyError> {
-        match &self.split_dns {
-            SplitDns::Resolvectl(bin) => {
-                self.resolvectl(bin, &["revert".into(), self.interface.clone()])
-                    .await
-            }
-            SplitDns::ResolvConf(rc) => match rc.restore() {
-                Ok(Restored::Yes) => {
-                    info!(path = %rc.path().display(), "resolver configuration restored");
-                    Ok(())
-                }
-                Ok(Restored::NotOurs) => {
-                    warn!(path = %rc.path().display(), "another program rewrote it while the tunnel ran; left as it is");
-                    Ok(())
-                }
-                Err(source) => Err(self.dns_err(source)),
+        let (split_dns, interface) = (self.split_dns.clone(), self.interface.clone());
+        self.blocking(move || split_dns.revert(&interface)).await
+    }
+
+    /// Runs a DNS backend's blocking call off the runtime's threads.
+    async fn blocking(
+        &self,
+        call: impl FnOnce() -> Result<(), DnsError> + Send + 'static,
+    ) -> Result<(), ApplyError> {
+        let source = match tokio::task::spawn_blocking(call).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(source)) => source,
+            Err(e) => DnsError::Resolvectl {
+                command: "(DNS backend task)".into(),
+                detail: e.to_string(),
             },
-            SplitDns::Unavailable { .. } => Ok(()),
-        }
-    }
-
-    fn dns_err(&self, source: ResolvConfError) -> ApplyError {
-        ApplyError::ResolvConf {
-            interface: self.interface.clone(),
-            source,
-        }
-    }
-
-    async fn resolvectl(&self, bin: &Path, args: &[String]) -> Result<(), ApplyError> {
-        let mut cmd = std::process::Command::new(bin);
-        cmd.args(args);
-        let out = tokio::task::spawn_blocking(move || cmd.output()).await;
-        let detail = match out {
-            Ok(Ok(out)) if out.status.success() => return Ok(()),
-            Ok(Ok(out)) => format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Ok(Err(e)) => format!("cannot run {}: {e}", bin.display()),
-            Err(e) => format!("cannot run {}: {e}", bin.display()),
         };
         Err(ApplyError::Dns {
             interface: self.interface.clone(),
-            command: args.join(" "),
-            detail,
+            source,
         })
     }
 
@@ -328,39 +297,6 @@ impl LinuxNetworkConfig {
             interface: self.interface.clone(),
             source,
         }
-    }
-}
-
-impl SplitDns {
-    /// `Resolvectl` when systemd-resolved's runtime directory exists and `resolvectl` is on
-    /// `PATH`; else `ResolvConf` when `/etc/resolv.conf` is a plain file; otherwise
-    /// `Unavailable` saying what is missing.
-    pub fn detect() -> Self {
-        if !Path::new("/run/systemd/resolve").is_dir() {
-            return Self::resolv_conf(RESOLV_CONF).unwrap_or_else(|why| Self::Unavailable {
-                why: format!("systemd-resolved is not running and {why}"),
-            });
-        }
-        let found = std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("resolvectl"))
-                .find(|p| p.is_file())
-        });
-        match found {
-            Some(bin) => Self::Resolvectl(bin),
-            None => Self::Unavailable {
-                why: "systemd-resolved is running but resolvectl is not on PATH".into(),
-            },
-        }
-    }
-}
-
-impl SplitDns {
-    /// `ResolvConf` for `path` when it is a plain file; else why not.
-    pub fn resolv_conf(path: impl AsRef<Path>) -> Result<Self, String> {
-        let path = path.as_ref();
-        ResolvConf::manageable(path)?;
-        Ok(Self::ResolvConf(ResolvConf::new(path)))
     }
 }
 
@@ -411,75 +347,6 @@ pub fn subtract(net: IpNet, excluded: &[IpNet]) -> Vec<IpNet> {
     halves.flat_map(|half| subtract(half, &inside)).collect()
 }
 
-/// The `resolvectl` argument lists that configure split DNS for `dns` on `interface`.
-///
-/// Match domains become routing domains: `~coder` when `match_domains_no_search`, else
-/// `coder` (routing and search, as macOS adds match domains to the search list unless told
-/// not to). Search domains become plain domains. No match domains means every query goes
-/// to these servers (`~.`, default route), as on macOS.
-pub fn resolvectl_commands(interface: &str, dns: &Dns) -> Vec<Vec<String>> {
-    let mut domains: Vec<String> = Vec::new();
-    let mut push = |d: String| {
-        if !domains.contains(&d) {
-            domains.push(d);
-        }
-    };
-    for m in &dns.match_domains {
-        let m = m.trim_end_matches('.');
-        match (m.is_empty(), dns.match_domains_no_search) {
-            (true, _) => push("~.".into()),
-            (false, true) => push(format!("~{m}")),
-            (false, false) => push(m.to_owned()),
-        }
-    }
-    let default_route = dns.match_domains.is_empty();
-    if default_route {
-        push("~.".into());
-    }
-    for s in &dns.search_domains {
-        push(s.trim_end_matches('.').to_owned());
-    }
-    let mut dns_cmd = vec!["dns".to_owned(), interface.to_owned()];
-    dns_cmd.extend(dns.servers.iter().map(IpAddr::to_string));
-    let mut domain_cmd = vec!["domain".to_owned(), interface.to_owned()];
-    domain_cmd.extend(domains);
-    let default_route_cmd = vec![
-        "default-route".to_owned(),
-        interface.to_owned(),
-        if default_route { "yes" } else { "no" }.to_owned(),
-    ];
-    vec![dns_cmd, domain_cmd, default_route_cmd]
-}
-
-/// The WARN logged when split DNS cannot be configured.
-pub fn missing_resolver_message(why: &str, dns: &Dns) -> String {
-    let servers = dns
-        .servers
-        .iter()
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let domains: Vec<&str> = dns
-        .match_domains
-        .iter()
-        .map(|d| d.trim_end_matches('.'))
-        .collect();
-    if domains.is_empty() {
-        return format!(
-            "{why}; DNS queries will not go through the tunnel; point your resolver at {servers}"
-        );
-    }
-    let under = domains
-        .iter()
-        .map(|d| format!(".{d}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "{why}; names under {under} will not resolve through the tunnel; point your resolver at {servers} for the domain {}",
-        domains.join(", ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -495,16 +362,6 @@ mod tests {
         Route {
             destination: net(s),
             gateway: None,
-        }
-    }
-
-    fn coder_dns() -> Dns {
-        Dns {
-            servers: vec!["fd60:627a:a42b::53".parse().unwrap()],
-            search_domains: vec![],
-            domain_name: "coder".into(),
-            match_domains: vec!["coder".into()],
-            match_domains_no_search: false,
         }
     }
 
@@ -566,48 +423,6 @@ mod tests {
         assert!(
             got.iter()
                 .any(|n| n.contains(&net("fd60:627a:a42b::2/128")))
-        );
-    }
-
-    #[test]
-    fn resolvectl_match_domain_searches_unless_no_search() {
-        let cmds = resolvectl_commands("coder0", &coder_dns());
-        assert_eq!(
-            cmds,
-            vec![
-                vec!["dns", "coder0", "fd60:627a:a42b::53"],
-                vec!["domain", "coder0", "coder"],
-                vec!["default-route", "coder0", "no"],
-            ]
-        );
-        let dns = Dns {
-            match_domains_no_search: true,
-            search_domains: vec!["example.com.".into()],
-            ..coder_dns()
-        };
-        assert_eq!(
-            resolvectl_commands("coder0", &dns)[1],
-            vec!["domain", "coder0", "~coder", "example.com"]
-        );
-    }
-
-    #[test]
-    fn resolvectl_without_match_domains_takes_all_queries() {
-        let dns = Dns {
-            match_domains: vec![],
-            ..coder_dns()
-        };
-        let cmds = resolvectl_commands("coder0", &dns);
-        assert_eq!(cmds[1], vec!["domain", "coder0", "~."]);
-        assert_eq!(cmds[2], vec!["default-route", "coder0", "yes"]);
-    }
-
-    #[test]
-    fn missing_resolver_warning_names_server_and_domain() {
-        assert_eq!(
-            missing_resolver_message("systemd-resolved is not running", &coder_dns()),
-            "systemd-resolved is not running; names under .coder will not resolve through the \
-             tunnel; point your resolver at fd60:627a:a42b::53 for the domain coder"
         );
     }
 }

@@ -3,11 +3,15 @@
 
 pub mod linux;
 pub mod merge;
+pub mod reassert;
 pub mod resolvconf;
+pub mod resolvconf_tool;
+pub mod split_dns;
 
 use futures_util::future::BoxFuture;
 
-pub use linux::{ApplyError, LinuxNetworkConfig, Plan, SplitDns};
+pub use linux::{ApplyError, LinuxNetworkConfig, Plan};
+pub use split_dns::SplitDns;
 
 /// The host's network configuration for one tunnel interface: what an OS backend does
 /// with the settings the tunnel asks for (addresses, routes, MTU, split DNS). Linux:
@@ -21,6 +25,11 @@ pub trait HostNetwork: Send + 'static {
     fn apply<'a>(&'a mut self, settings: &'a NetworkSettings) -> BoxFuture<'a, Result<(), String>>;
     /// Removes everything an apply installed.
     fn teardown(&mut self) -> BoxFuture<'_, Result<(), String>>;
+    /// Called every second while applied: puts back what another program changed (Linux:
+    /// a rewritten resolv.conf). Nothing by default.
+    fn recheck(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl HostNetwork for LinuxNetworkConfig {
@@ -43,22 +52,34 @@ impl HostNetwork for LinuxNetworkConfig {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn recheck(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            LinuxNetworkConfig::recheck(self)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// One interface's settings as the tunnel asked for them: each request merged into what
 /// is applied and applied as a diff (manager-behaviour.md §5), all removed by
-/// [`SharedConfig::teardown`]. Cheap to clone; requests are applied one at a time.
+/// [`SharedConfig::teardown`]. Cheap to clone; requests are applied one at a time. Inside a
+/// tokio runtime a task calls [`HostNetwork::recheck`] every second until the last clone
+/// is dropped.
 #[derive(Clone)]
-pub struct SharedConfig(
-    std::sync::Arc<tokio::sync::Mutex<(Box<dyn HostNetwork>, NetworkSettings)>>,
-);
+pub struct SharedConfig(std::sync::Arc<Shared>);
 
 impl SharedConfig {
     pub fn new(host: impl HostNetwork) -> Self {
-        Self(std::sync::Arc::new(tokio::sync::Mutex::new((
+        let shared = Self(std::sync::Arc::new(tokio::sync::Mutex::new((
             Box::new(host),
             NetworkSettings::default(),
-        ))))
+        ))));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(recheck_loop(std::sync::Arc::downgrade(&shared.0)));
+        }
+        shared
     }
 
     /// Merges `req` into the applied settings and applies the result.
@@ -82,6 +103,24 @@ impl SharedConfig {
         }
     }
 }
+type Shared = tokio::sync::Mutex<(Box<dyn HostNetwork>, NetworkSettings)>;
+
+/// [`HostNetwork::recheck`] every [`reassert::CHECK_EVERY`] while the config lives.
+async fn recheck_loop(config: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(reassert::CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(config) = config.upgrade() else {
+            return;
+        };
+        let mut guard = config.lock().await;
+        if let Err(e) = guard.0.recheck().await {
+            tracing::warn!(error = %e, interface = guard.0.interface(), "re-checking the network settings failed");
+        }
+    }
+}
+
 pub use merge::{Dns, InvalidSettings, IpSettings, NetworkSettings, Route};
 
 /// One line per part of a settings request, for people watching progress:

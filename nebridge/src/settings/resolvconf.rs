@@ -13,7 +13,8 @@
 //!   deployment's names and REFUSES the rest, and glibc then asks the next server.
 //!
 //! Writes go in place (truncate and write), as they must on a bind mount. A file someone
-//! else rewrote while we ran ("trampled", e.g. by a DHCP client) is left alone on exit.
+//! else rewrote while we ran (e.g. a DHCP client) is made ours again with the new file as
+//! the original ([`super::reassert`]); one we gave up on is left alone on exit.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -73,7 +74,8 @@ impl ResolvConf {
     }
 
     /// Whether the file is one we may manage: a regular file, not a symlink (a symlink
-    /// means resolved, resolvconf or NetworkManager owns it).
+    /// means resolved, resolvconf or NetworkManager owns it; `super::split_dns` decides
+    /// what to do then).
     pub fn manageable(path: &Path) -> Result<(), String> {
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_file() => Ok(()),
@@ -169,7 +171,7 @@ impl ResolvConf {
 
 /// Whether process `pid` runs: it exists (`kill(pid, 0)`; EPERM means it does) and is not
 /// a zombie (killed, not yet reaped by its parent).
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     let Ok(raw) = libc::pid_t::try_from(pid) else {
         return false;
     };
