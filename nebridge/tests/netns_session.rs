@@ -125,7 +125,11 @@ fn up_adds_a_record_to_debians_resolvconf() {
 /// The same with openresolv, which writes a plain file with its own header.
 #[test]
 fn up_adds_a_record_to_openresolv() {
-    script("resolvconf.sh", &["openresolv"], "resolvconf ok (openresolv)");
+    script(
+        "resolvconf.sh",
+        &["openresolv"],
+        "resolvconf ok (openresolv)",
+    );
 }
 
 /// /etc/resolv.conf a symlink to NetworkManager's file: that file is managed (ours first),

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod controller;
+pub mod derp_headers;
 pub mod netinfo;
 pub mod owner;
 pub mod owner_core;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use self::derp_headers::DerpHeaders;
 use self::netinfo::RegionLatencies;
 use super::api::{Api, TOKEN_HEADER};
 use super::diag::{Diagnostics, Tap};
@@ -283,7 +285,11 @@ async fn join(
         .ok_or("the deployment's DERP map has no regions")?;
     info!(home, latencies = ?measured.iter().map(|r| (r.region, r.latency)).collect::<Vec<_>>(), "DERP home region");
     let dialer = relays::RegionDialer {
-        headers: headers.clone(),
+        headers: DerpHeaders::new(
+            params.coder_url.clone(),
+            (TOKEN_HEADER.to_owned(), params.api_token.clone()),
+            params.headers.clone(),
+        ),
         key: key.to_bytes(),
         force_websockets: info.derp_force_websockets,
         tls: Some(tls.clone()),

@@ -14,6 +14,7 @@ use crate::net::relay::{self, RelayIn};
 use crate::net::runner::WgCommand;
 use crate::session::api::derp_url;
 
+use super::derp_headers::DerpHeaders;
 use super::netinfo;
 
 /// How long one region's latency probe may take.
@@ -79,7 +80,8 @@ fn fastest_first(mut out: Vec<(bool, RegionLatency)>, map: &DerpMap) -> Vec<Regi
 /// What connecting a region needs.
 #[derive(Clone)]
 pub struct RegionDialer {
-    pub headers: Vec<(String, String)>,
+    /// Sorted per node: the token only to the Coder URL's origin ([`DerpHeaders`]).
+    pub headers: DerpHeaders,
     pub key: [u8; 32],
     pub force_websockets: bool,
     /// Trust for `https` nodes (`None`: the default of [`crate::transport::tls`]).
@@ -102,6 +104,7 @@ impl RegionDialer {
             return;
         };
         let server_name = (!node.cert_name.is_empty()).then(|| node.cert_name.clone());
+        let headers = self.headers.for_node(&url);
         let d = self.clone();
         tokio::spawn(async move {
             let mut backoff = derp::client::Backoff::default();
@@ -120,7 +123,7 @@ impl RegionDialer {
                 };
                 let key = NodePrivateKey::from_bytes(d.key);
                 let attempt = tokio::select! {
-                    r = derp::connect_with(&url, &d.headers, key, opts) => r,
+                    r = derp::connect_with(&url, &headers, key, opts) => r,
                     _ = stop.changed() => return,
                 };
                 match attempt {
