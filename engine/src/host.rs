@@ -34,3 +34,7 @@ pub use crate::transport::tls;
 // Process plumbing for a tunnel process.
 pub use crate::ffi::{ignore_sigpipe_if_default, inherited_fd};
 pub use crate::logs::{ManagerLogLayer, install_subscriber};
+
+// Noticing a system sleep (the engine does so itself; `up` for Coder's tunnel in the compat
+// modes, which does not).
+pub use crate::session::join::sleep::{CHECK_INTERVAL as SLEEP_CHECK_INTERVAL, SleepWatch};

@@ -325,7 +325,9 @@ async fn up(
             args.socks5
         );
     }
-    let mut wakes = WakeWatch::new().context("watching for wake-ups (SIGUSR1)")?;
+    // Our engine notices a suspend itself; Coder's tunnel (compat modes) is told by us.
+    let mut wakes =
+        WakeWatch::new(args.mode != Mode::Embedded).context("watching for wake-ups (SIGUSR1)")?;
     // Agents announced as available (once each, not at every status update).
     let mut announced = std::collections::HashSet::new();
     loop {

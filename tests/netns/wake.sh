@@ -2,10 +2,11 @@
 # A wake after a suspend that left the tailnet and DERP connections dead but open (the
 # server, or a NAT between, forgot them; no RST, no FIN) — issue #14. `codervpn up` in host
 # a reaches the agent in host b over DERP only (UDP blocked); then b silently drops every
-# packet of the connections a has open to it, while new connections pass. A wake (SIGUSR1,
-# what `up` sends itself after a suspend) probes both: within seconds the DERP connection
-# and the coordinator's websocket are found silent and dialled again, and the agent
-# answers again — without waiting for TCP or the 30 s keep-alive.
+# packet of the connections a has open to it, while new connections pass. A wake (SIGUSR1 to
+# `up`; after a real suspend the engine wakes itself the same way, from the clocks) probes
+# both: within seconds the DERP connection and the coordinator's websocket are found silent
+# and dialled again, and the agent answers again — without waiting for TCP or the 30 s
+# keep-alive.
 #
 # Needs root, iproute2, nftables, wireguard-tools, iproute2's ss, python3.
 

@@ -15,6 +15,7 @@ pub mod owner_core;
 mod rebind;
 pub mod relays;
 pub mod settings;
+pub mod sleep;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -378,6 +379,7 @@ async fn join(
         net: net_rx,
         netmon,
         tailnet_probe,
+        sleep: sleep::SleepWatch::system(),
         requests: None,
     };
     diagnostics.set(Some(Tap {

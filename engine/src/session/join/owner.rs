@@ -2,7 +2,9 @@
 //! workspace state, the agents' nodes and our own. It feeds the core what happens —
 //! controller events, the data plane's reports and stats, wakes, its timers — and carries
 //! out the [`Action`]s the core queues: coordinate requests, data-plane commands,
-//! PeerUpdates to the manager, the DNS zone, DERP dials.
+//! PeerUpdates to the manager, the DNS zone, DERP dials. Every [`sleep::CHECK_INTERVAL`] it
+//! compares the system's clocks ([`super::sleep`]): a suspend is handled as a wake, in
+//! every mode, whether or not a manager sends one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -11,13 +13,14 @@ use codervpn_dns::SharedZone;
 use codervpn_proto::tailnet::CoordinateRequest;
 use codervpn_proto::vpn::PeerUpdate;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::controller::Event;
 use super::netinfo;
 use super::owner_core::{Action, OwnerCore};
 pub use super::owner_core::{EndpointSource, OwnerTimings};
 use super::relays::RegionDialer;
+use super::sleep::{self, SleepWatch};
 use crate::net::runner::{NetReport, WgCommand};
 use crate::session::ManagerLink;
 
@@ -48,6 +51,9 @@ pub struct Owner {
     pub netmon: Option<mpsc::Receiver<()>>,
     /// Probes the tailnet websocket on a wake (a silent one is redialled).
     pub tailnet_probe: crate::session::rpc::ProbeHandle,
+    /// Notices a system sleep ([`SleepWatch::system`]); `None` where the platform has no
+    /// clocks to compare.
+    pub sleep: Option<SleepWatch>,
     pub(super) requests: Option<mpsc::UnboundedSender<CoordinateRequest>>,
 }
 
@@ -64,6 +70,9 @@ impl Owner {
         let mut refresh = tokio::time::interval(ENDPOINT_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
+        // The first tick is now: the clocks' first reading.
+        let mut sleep_check = tokio::time::interval(sleep::CHECK_INTERVAL);
+        sleep_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.act().await;
         let mut net_open = true;
         loop {
@@ -108,9 +117,23 @@ impl Owner {
                 }
                 _ = status.tick() => self.core.handle_status_tick(),
                 _ = housekeeping.tick() => self.core.handle_housekeeping(Instant::now()),
+                _ = sleep_check.tick(), if self.sleep.is_some() => self.check_sleep(),
             }
             self.act().await;
         }
+    }
+
+    /// Reads the clocks; after a sleep, does what a manager's `Wake` does.
+    fn check_sleep(&mut self) {
+        let Some(slept) = self.sleep.as_mut().and_then(SleepWatch::check) else {
+            return;
+        };
+        let secs = slept.as_secs();
+        info!(
+            slept_secs = secs,
+            "the system slept for {secs} s: re-checking connections and paths"
+        );
+        self.core.handle_wake(Instant::now());
     }
 
     /// Carries out what the core queued, in order.
@@ -175,3 +198,7 @@ async fn next_change(netmon: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[path = "owner_tests.rs"]
+mod tests;
