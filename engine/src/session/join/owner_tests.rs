@@ -96,7 +96,11 @@ impl Harness {
             wg: wg_tx.clone(),
             snapshot: watch::channel(PeerUpdate::default()).0,
             dialer: RegionDialer {
-                headers: Vec::new(),
+                headers: crate::session::join::derp_headers::DerpHeaders::new(
+                    "http://127.0.0.1:1".parse().unwrap(),
+                    ("Coder-Session-Token".into(), "t".into()),
+                    Vec::new(),
+                ),
                 key: [1; 32],
                 force_websockets: false,
                 tls: None,
