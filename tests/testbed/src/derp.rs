@@ -47,6 +47,7 @@ pub(crate) async fn upgrade_slot(State(slot): State<DerpSlot>, req: Request) -> 
 fn serve(slot: &DerpSlot, mut req: Request) -> Response {
     let derp = slot.current();
     let accepted = slot.accepted.clone();
+    slot.record_headers(&req);
     let server_key = derp.public_key().to_hex();
     if header_has(&req, header::UPGRADE, "derp") {
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -115,6 +116,9 @@ pub(crate) struct DerpSlot {
     server: Arc<std::sync::RwLock<codervpn_engine::net::derp::DerpServer>>,
     /// Connections upgraded and handed to the relay so far (across restarts).
     accepted: Arc<AtomicU64>,
+    /// The header names (lowercase) of every request to `/derp`, in arrival order: what a
+    /// relay learns about the client (the token must not reach other origins).
+    headers: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
 }
 
 impl DerpSlot {
@@ -122,7 +126,27 @@ impl DerpSlot {
         Self {
             server: Arc::new(std::sync::RwLock::new(server)),
             accepted: Arc::default(),
+            headers: Arc::default(),
         }
+    }
+
+    fn record_headers(&self, req: &Request) {
+        let names = req
+            .headers()
+            .keys()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        self.headers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(names);
+    }
+
+    pub(crate) fn header_names(&self) -> Vec<Vec<String>> {
+        self.headers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn accepted(&self) -> u64 {

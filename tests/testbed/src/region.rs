@@ -106,6 +106,12 @@ impl crate::Testbed {
         self.derp_slot(region).map_or(0, DerpSlot::accepted)
     }
 
+    /// The header names (lowercase) of each request `region`'s `/derp` got so far.
+    pub fn derp_request_headers(&self, region: i64) -> Vec<Vec<String>> {
+        self.derp_slot(region)
+            .map_or_else(Vec::new, DerpSlot::header_names)
+    }
+
     /// The STUN server of `region` (as published in the DERP map), if it has one.
     pub fn region_stun_addr(&self, region: i64) -> Option<SocketAddr> {
         self.stun_server(region).map(StunServer::addr)

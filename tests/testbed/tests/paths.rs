@@ -275,3 +275,62 @@ async fn the_embedded_relay_is_reached_when_home_is_another_region() {
     assert!(snap.wg.traffic.derp_rx.packets > 0 && snap.wg.traffic.udp_rx.packets == 0);
     assert!(m.client.stop().await.unwrap().success);
 }
+
+/// The session token reaches only the relay on the Coder URL's origin (region 999, the
+/// embedded one); region 1000 (another port: another origin, as a third party's relay
+/// would be) gets the manager's extra header but never the token (issue #17, finding 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_token_goes_only_to_the_relay_on_the_coder_origin() {
+    use codervpn_testbed::{EMBEDDED_REGION_ID, SECOND_REGION_ID, TOKEN_HEADER};
+    let tb = Testbed::start(TestbedConfig {
+        workspaces: 1,
+        second_region: true,
+        disable_direct_connections: true,
+        region_scores: vec![(EMBEDDED_REGION_ID, 1000.0)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let connector = TailnetConnector::new(latest_round_only());
+    let m = common::tunnel(connector.clone()).await;
+    let mut req = common::start_request(&tb);
+    req.headers
+        .push(codervpn_proto::vpn::start_request::Header {
+            name: "X-Corp-Access".into(),
+            value: "granted".into(),
+        });
+    let r = tokio::time::timeout(Duration::from_secs(10), m.client.start(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.success, "{}", r.error_message);
+    wait_home(&tb, SECOND_REGION_ID).await;
+    let agent = tb.deployment().agent_summaries()[0].clone();
+    fetch_page(&connector, &agent.ip).await;
+
+    // The client's requests carry its extra header; the simulated agents' (homed in 999)
+    // carry nothing.
+    let token = TOKEN_HEADER.to_ascii_lowercase();
+    let extra = "x-corp-access".to_owned();
+    let clients = |region| -> Vec<Vec<String>> {
+        tb.derp_request_headers(region)
+            .into_iter()
+            .filter(|names| names.contains(&extra))
+            .collect()
+    };
+    let (embedded, second) = (clients(EMBEDDED_REGION_ID), clients(SECOND_REGION_ID));
+    assert!(
+        !embedded.is_empty() && !second.is_empty(),
+        "the client dialled both relays"
+    );
+    for names in &embedded {
+        assert!(names.contains(&token), "999 without the token: {names:?}");
+    }
+    for names in tb.derp_request_headers(SECOND_REGION_ID) {
+        assert!(
+            !names.contains(&token),
+            "the token reached region 1000: {names:?}"
+        );
+    }
+    assert!(m.client.stop().await.unwrap().success);
+}
