@@ -5,8 +5,9 @@
 //! the idle timeout. No task per connection.
 //!
 //! Connections are capped at [`MAX_CONNECTIONS`]: a SYN past the cap finds no listening
-//! socket and is reset. A connection with nothing to do for [`IDLE_TIMEOUT`] is closed (FIN),
-//! and reset if it is still not closed [`IDLE_TIMEOUT`] later.
+//! socket and is reset. A connection that answers no query and sends nothing for
+//! [`IDLE_TIMEOUT`] is closed (FIN), and reset if it is still not closed [`IDLE_TIMEOUT`]
+//! later; bytes coming in without completing a query do not count (slowloris).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -226,12 +227,14 @@ impl Conn {
         let mut active = false;
         while !self.closing && self.out.len() < OUT_LIMIT && socket.can_recv() {
             let decoder = &mut self.decoder;
+            // Bytes in alone are not activity: a query trickled a byte at a time must
+            // not hold the connection open forever (slowloris).
             match socket.recv(|bytes| {
                 decoder.push(bytes);
                 (bytes.len(), bytes.len())
             }) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => active = true,
+                Ok(_) => {}
             }
         }
         let mut drained = false;
@@ -243,7 +246,9 @@ impl Conn {
             let answered = zone
                 .answer(query, Transport::Tcp)
                 .is_some_and(|answer| encode_tcp(&answer, &mut self.out).is_ok());
-            if !answered {
+            if answered {
+                active = true;
+            } else {
                 trace!("DNS over TCP: a query got no answer, closing the connection");
                 self.closing = true;
             }

@@ -304,6 +304,31 @@ fn an_idle_connection_is_closed_after_the_timeout() {
     assert_eq!(net.dns.connections(), 0);
 }
 
+/// Slowloris: a byte every few seconds, never a whole query, does not keep the
+/// connection: only answered queries (and answers going out) count as activity.
+#[test]
+fn a_query_trickled_slower_than_the_timeout_is_cut_off() {
+    let mut net = Net::new();
+    let c = net.connect(40000);
+    let q = framed(&[&query(7, "dev.coder.", AAAA)]);
+    for b in &q[..q.len() - 1] {
+        net.send(c, &[*b]);
+        net.advance(Duration::from_secs(2));
+        if net.socket(c).state() != tcp::State::Established {
+            break;
+        }
+    }
+    assert!(
+        q.len() * 2 > IDLE_TIMEOUT.as_secs() as usize + 2,
+        "the trickle outlasts the timeout"
+    );
+    assert_eq!(
+        net.socket(c).state(),
+        tcp::State::CloseWait,
+        "the resolver sent FIN though bytes kept coming"
+    );
+}
+
 #[test]
 fn an_idle_connection_that_never_closes_is_reset() {
     let mut net = Net::new();
