@@ -416,3 +416,34 @@ async fn requests_go_in_upstream_order_each_with_token_literal_headers_and_telem
     }
     assert!(m.client.stop().await.unwrap().success);
 }
+
+/// In userspace mode only Coder's prefix goes through the tunnel: a connect to an address
+/// outside it — the internet, `[::1]` — fails at once as unreachable instead of hanging
+/// until the connect timeout, or being answered by the stack itself (issue #17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_outside_the_coder_prefix_fail_at_once() {
+    use codervpn_engine::device::userspace::ConnectError;
+    let tb = Testbed::start(TestbedConfig::default()).await.unwrap();
+    let (m, connector, _) = started(&tb).await;
+    let stack = connector.stack().unwrap();
+    for to in ["[2001:db8::1]:80", "[::1]:80", "192.0.2.1:80"] {
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(T, stack.connect(to.parse().unwrap())).await;
+        match r {
+            Ok(Err(ConnectError::Unreachable { .. })) => {}
+            Ok(Err(e)) => panic!("{to}: {e}"),
+            Ok(Ok(_)) => panic!("{to}: connected"),
+            Err(_) => panic!("{to}: still connecting after {T:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{to}: {:?}",
+            started.elapsed()
+        );
+    }
+    // The agents stay reachable.
+    let agent = tb.deployment().agent_summaries()[0].clone();
+    let page = fetch_page(&connector, &agent.ip).await;
+    assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+    assert!(m.client.stop().await.unwrap().success);
+}

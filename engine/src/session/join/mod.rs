@@ -210,6 +210,11 @@ async fn join(
     } else {
         let mut cfg = UserspaceConfig::new(vec![self_net]);
         cfg.mtu = settings::TUNNEL_MTU as usize;
+        // Only Coder's prefix is routed through the tunnel (as a TUN's route): anything
+        // else (the internet, [::1]) fails at once instead of waiting for a timeout.
+        let (net, len) = settings::CODER_ROUTE;
+        let len = u8::try_from(len).map_err(|e| e.to_string())?;
+        cfg.reachable = vec![IpNet::new(net.into(), len).map_err(|e| e.to_string())?];
         DeviceSpec::Userspace(cfg)
     };
     let mut stop_plane = stop_rx.clone();
