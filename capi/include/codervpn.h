@@ -156,10 +156,12 @@ int32_t codervpn_start(const codervpn_config *cfg,
                        codervpn_session **out);
 
 // Stops the session and frees it: asks the tunnel to stop, waits until every library
-// thread of the session ended (no callback runs after this returns). Returns
-// `CODERVPN_OK`, or `CODERVPN_ERR_STOP_FAILED` when the tunnel did not confirm (the
-// session is freed all the same). `CODERVPN_ERR_WRONG_THREAD` (from a callback) frees
-// nothing.
+// thread of the session ended (no callback runs after this returns `CODERVPN_OK`).
+// Returns `CODERVPN_OK`, or `CODERVPN_ERR_STOP_FAILED` when the tunnel did not confirm
+// (the session is freed all the same) — or when a callback of yours had not returned 5 s
+// after the tunnel stopped: then this returns anyway, and that callback keeps its thread
+// and may still use `ctx` until it returns. `CODERVPN_ERR_WRONG_THREAD` (from a callback)
+// frees nothing.
 //
 // # Safety
 //

@@ -3,6 +3,8 @@
 
 use std::ffi::{CStr, c_char, c_void};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use codervpn_engine::host::StartParams;
@@ -30,6 +32,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long `stop` waits for the tunnel's `StopResponse`, then for the tunnel to end.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stop waits for the host's callbacks still running to return.
+const CALLBACK_GRACE: Duration = Duration::from_secs(5);
 
 /// A validated `codervpn_config`.
 pub(crate) struct Config {
@@ -149,6 +153,8 @@ pub(crate) struct Session {
     client: ManagerClient,
     tunnel: JoinHandle<TunnelExit>,
     forwarder: JoinHandle<()>,
+    /// Host callbacks running right now.
+    in_callbacks: Arc<AtomicUsize>,
 }
 
 impl Session {
@@ -161,7 +167,12 @@ impl Session {
         refuse_runtime_thread()?;
         codervpn_engine::host::install_subscriber();
         codervpn_engine::host::ignore_sigpipe_if_default();
-        let host = Host { callbacks, ctx };
+        let host = Host {
+            callbacks,
+            ctx,
+            running: Arc::default(),
+        };
+        let in_callbacks = host.running.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("codervpn")
@@ -172,9 +183,11 @@ impl Session {
             socks5: config.socks5,
             ..Default::default()
         });
+        let (settings_host, log_host) = (host.clone(), host.clone());
         let handlers = Handlers {
             on_settings: Box::new(move |req| {
                 let bytes = req.encode_to_vec();
+                let host = settings_host.clone();
                 Box::pin(async move {
                     // The host may block until the system applied them.
                     tokio::task::spawn_blocking(move || host.network_settings(&bytes))
@@ -182,7 +195,7 @@ impl Session {
                         .unwrap_or_else(|e| Err(format!("network settings callback: {e}")))
                 })
             }),
-            on_log: Some(Box::new(move |l| host.log(&l))),
+            on_log: Some(Box::new(move |l| log_host.log(&l))),
         };
         let tunnel = rt
             .block_on(embedded::start_with(connector, handlers))
@@ -199,6 +212,7 @@ impl Session {
             client: tunnel.client,
             tunnel: tunnel.tunnel,
             forwarder,
+            in_callbacks,
         };
         let started = session.rt.block_on(async {
             tokio::time::timeout(START_TIMEOUT, session.client.start(config.request)).await
@@ -213,13 +227,15 @@ impl Session {
         Err(Error::new(CODERVPN_ERR_START_FAILED, message))
     }
 
-    /// Stops the tunnel and waits for every thread of the runtime to end.
+    /// Stops the tunnel and waits for every thread of the runtime to end — at most
+    /// [`CALLBACK_GRACE`] for a host callback that does not return.
     pub(crate) fn stop(self) -> Result<(), Error> {
         let Session {
             rt,
             client,
             tunnel,
             forwarder,
+            in_callbacks,
         } = self;
         let confirmed = rt.block_on(async {
             let confirmed = tokio::time::timeout(STOP_TIMEOUT, client.stop()).await;
@@ -232,8 +248,19 @@ impl Session {
         });
         drop(client);
         forwarder.abort();
-        // Waits for the worker and blocking threads: no callback runs after this.
-        drop(rt);
+        // Waits for the worker and blocking threads, but not forever: a host callback that
+        // never returns would hold its thread (and this call) for good.
+        rt.shutdown_timeout(CALLBACK_GRACE);
+        let stuck = in_callbacks.load(Ordering::SeqCst);
+        if stuck > 0 {
+            return Err(Error::new(
+                CODERVPN_ERR_STOP_FAILED,
+                format!(
+                    "stopped, but {stuck} host callback(s) had not returned {CALLBACK_GRACE:?} later; \
+                     they keep their thread and may still use ctx when they do"
+                ),
+            ));
+        }
         match confirmed {
             Ok(Ok(r)) if r.success => Ok(()),
             Ok(Ok(r)) => Err(Error::new(
@@ -252,17 +279,43 @@ impl Session {
     }
 }
 
+/// Hands each update to the host, in order, on a blocking thread (a slow callback holds no
+/// runtime worker).
 async fn forward_updates(mut updates: mpsc::UnboundedReceiver<vpn::PeerUpdate>, host: Host) {
     while let Some(u) = updates.recv().await {
-        host.peer_update(&u.encode_to_vec());
+        let host = host.clone();
+        let bytes = u.encode_to_vec();
+        if tokio::task::spawn_blocking(move || host.peer_update(&bytes))
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 
-/// The host's callbacks and context.
-#[derive(Clone, Copy)]
+/// The host's callbacks and context, and how many of its callbacks are running.
+#[derive(Clone)]
 struct Host {
     callbacks: codervpn_callbacks,
     ctx: *mut c_void,
+    running: Arc<AtomicUsize>,
+}
+
+/// Counts one host callback while it runs.
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 // SAFETY: `codervpn_start`'s contract makes `ctx` usable from any thread, and the
@@ -277,6 +330,7 @@ impl Host {
             return Ok(());
         };
         let mut error: Vec<c_char> = vec![0; CODERVPN_ERROR_BUFFER_LEN];
+        let _running = Running::new(&self.running);
         // SAFETY: the host's callback, with its own ctx, a buffer of `request.len()`
         // bytes valid during the call and a zeroed buffer of `error.len()`.
         let rc = unsafe {
@@ -305,6 +359,7 @@ impl Host {
 
     fn peer_update(&self, update: &[u8]) {
         if let Some(f) = self.callbacks.peer_update {
+            let _running = Running::new(&self.running);
             // SAFETY: the host's callback with its ctx and a buffer valid during the call.
             unsafe { f(self.ctx, update.as_ptr(), update.len()) };
         }
@@ -315,6 +370,7 @@ impl Host {
             return;
         };
         let line = log_line(l);
+        let _running = Running::new(&self.running);
         // SAFETY: the host's callback with its ctx and a NUL-terminated line valid
         // during the call.
         unsafe { f(self.ctx, l.level, line.as_ptr()) };

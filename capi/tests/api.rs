@@ -166,3 +166,65 @@ fn stop_from_a_tokio_thread_is_refused_and_the_session_stays_valid() {
     assert_eq!(refused, CODERVPN_ERR_WRONG_THREAD);
     assert_eq!(stopped, CODERVPN_OK, "{}", last_error());
 }
+
+/// While set, `blocking_peer_update` holds its thread (up to 30 s).
+static HOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe extern "C" fn blocking_peer_update(_ctx: *mut std::ffi::c_void, _: *const u8, _: usize) {
+    use std::sync::atomic::Ordering;
+    HELD.fetch_add(1, Ordering::SeqCst);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while HOLD.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A host callback that never returns cannot hold `codervpn_stop` for good: it returns
+/// within the tunnel's stop plus 5 s, with an error that says a callback is still running
+/// (issue #17). Without the bound it waited for the callback's thread.
+#[test]
+fn stop_returns_though_a_host_callback_never_does() {
+    use std::sync::atomic::Ordering;
+    let (_rt, _testbed, url, token) = testbed();
+    let callbacks = codervpn_callbacks {
+        peer_update: Some(blocking_peer_update),
+        ..no_callbacks()
+    };
+    HOLD.store(true, Ordering::SeqCst);
+    let mut session = ptr::null_mut();
+    let rc = unsafe {
+        codervpn_start(
+            &config(&url, &token),
+            -1,
+            callbacks,
+            ptr::null_mut(),
+            &mut session,
+        )
+    };
+    assert_eq!(rc, CODERVPN_OK, "{}", last_error());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while HELD.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        HELD.load(Ordering::SeqCst) > 0,
+        "no peer update reached the host"
+    );
+
+    let started = std::time::Instant::now();
+    let rc = unsafe { codervpn_stop(session) };
+    let took = started.elapsed();
+    HOLD.store(false, Ordering::SeqCst);
+
+    assert_eq!(rc, CODERVPN_ERR_STOP_FAILED, "{}", last_error());
+    assert!(
+        last_error().contains("host callback(s) had not returned"),
+        "{}",
+        last_error()
+    );
+    assert!(
+        took < std::time::Duration::from_secs(12),
+        "stop took {took:?}"
+    );
+}
