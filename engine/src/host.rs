@@ -16,7 +16,7 @@ pub use crate::connect::{self, DataPlane, DataPlaneSpec, DeviceSpec};
 #[cfg(target_os = "linux")]
 pub use crate::device::linux_tun::create_tun;
 pub use crate::device::userspace::forward::{self, ForwardSpec};
-pub use crate::device::userspace::{StackHandle, UserspaceConfig, socks5};
+pub use crate::device::userspace::{StackHandle, UserspaceConfig, socks5, socks5_access};
 pub use crate::net::wg::config::WgConfig;
 
 // What a running tunnel tells about itself, and netcheck.

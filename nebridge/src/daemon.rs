@@ -28,6 +28,8 @@ pub struct RunArgs {
     /// tunnel on this address; workspace names resolve (e.g. `curl --socks5-hostname`).
     #[arg(long, env = "CODERVPN_SOCKS5")]
     socks5: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    socks5_access: crate::socks5_opts::Socks5Access,
     /// When the manager sends no TUN (`tunnel_file_descriptor` 0, as Coder's Linux managers
     /// do), make this interface and configure it ourselves, as Coder's Linux daemon does.
     #[arg(long, default_value = codervpn_nebridge::daemon_net::DEFAULT_TUN_NAME)]
@@ -43,6 +45,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if read_fd == write_fd {
         bail!("--rpc-read-fd and --rpc-write-fd must differ (both are {read_fd})");
     }
+    let socks5_access = match args.socks5 {
+        Some(addr) => args.socks5_access.access(addr)?,
+        None => codervpn_engine::host::socks5_access::Access::owner(),
+    };
     init_logging();
     let read = inherited_fd(read_fd).context("--rpc-read-fd")?;
     let write = inherited_fd(write_fd).context("--rpc-write-fd")?;
@@ -60,6 +66,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("CoderVPN handshake with the manager")?;
         let connector = TailnetConnector::new(JoinOptions {
             socks5: args.socks5,
+            socks5_access,
             ..Default::default()
         });
         let connector = codervpn_nebridge::daemon_net::SelfManaged {

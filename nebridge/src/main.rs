@@ -2,6 +2,7 @@
 
 mod daemon;
 mod demo;
+mod socks5_opts;
 mod testbed;
 mod up;
 mod wg;

@@ -41,6 +41,8 @@ pub struct UpArgs {
     /// With --userspace: serve SOCKS5 here (workspace names resolve).
     #[arg(long, default_value = "127.0.0.1:1080")]
     socks5: SocketAddr,
+    #[command(flatten)]
+    socks5_access: crate::socks5_opts::Socks5Access,
     /// How workspace names reach the system resolver: `auto` (systemd-resolved when it
     /// runs, else a `resolvconf(8)` record when resolvconf generates /etc/resolv.conf, else
     /// /etc/resolv.conf itself when it is a plain file, restored on exit), or one of them
@@ -194,6 +196,7 @@ async fn up(
     let mut publisher = StatusPublisher::new();
     let connector = TailnetConnector::new(JoinOptions {
         socks5: (!use_tun).then_some(args.socks5),
+        socks5_access: args.socks5_access.access(args.socks5)?,
         ..Default::default()
     });
     let applied = Arc::new(std::sync::Mutex::new(Vec::new()));

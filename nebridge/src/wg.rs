@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use codervpn_engine::host::WgConfig;
 use codervpn_engine::host::{DataPlaneSpec, DeviceSpec, connect};
 use codervpn_engine::host::{ForwardSpec, forward};
-use codervpn_engine::host::{UserspaceConfig, socks5};
+use codervpn_engine::host::{UserspaceConfig, socks5, socks5_access};
 use codervpn_nebridge::netlink::Netlink;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -36,10 +36,12 @@ pub struct UpArgs {
     /// and --forward.
     #[arg(long)]
     userspace: bool,
-    /// With --userspace: serve SOCKS5 (no authentication, CONNECT) on this host address,
-    /// e.g. 127.0.0.1:1080; its connections go through the tunnel.
+    /// With --userspace: serve SOCKS5 (CONNECT) on this host address, e.g.
+    /// 127.0.0.1:1080; its connections go through the tunnel.
     #[arg(long, value_name = "ADDR")]
     socks5: Option<SocketAddr>,
+    #[command(flatten)]
+    socks5_access: crate::socks5_opts::Socks5Access,
     /// With --userspace: listen on LOCAL and proxy each connection to REMOTE through the
     /// tunnel, e.g. 127.0.0.1:8080=10.202.0.2:80. Repeatable.
     #[arg(long, value_name = "LOCAL=REMOTE")]
@@ -77,6 +79,7 @@ async fn up(cfg: WgConfig, args: UpArgs) -> anyhow::Result<()> {
         .flat_map(|p| p.allowed_ips.clone())
         .collect();
     let count = cfg.peers.len();
+    let mut access = None;
     let (device, listeners) = if args.userspace {
         let mut stack_cfg = UserspaceConfig::new(addresses.clone());
         stack_cfg.mtu = usize::try_from(mtu).context("MTU")?;
@@ -86,6 +89,10 @@ async fn up(cfg: WgConfig, args: UpArgs) -> anyhow::Result<()> {
             .chain(allowed.clone())
             .collect();
         let listeners = bind_listeners(args.socks5, &args.forward).await?;
+        access = match args.socks5 {
+            Some(addr) => Some(args.socks5_access.access(addr)?),
+            None => None,
+        };
         (DeviceSpec::Userspace(stack_cfg), listeners)
     } else {
         (DeviceSpec::Tun { name: args.name }, Vec::new())
@@ -108,7 +115,8 @@ async fn up(cfg: WgConfig, args: UpArgs) -> anyhow::Result<()> {
                 match remote {
                     None => {
                         eprintln!("SOCKS5 listening on {local}");
-                        servers.spawn(socks5::serve(listener, stack.clone()));
+                        let access = access.clone().unwrap_or_else(socks5_access::Access::owner);
+                        servers.spawn(socks5::serve(listener, stack.clone(), access));
                     }
                     Some(remote) => {
                         eprintln!("forward listening on {local} -> {remote} through the tunnel");

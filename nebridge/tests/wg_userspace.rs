@@ -159,3 +159,62 @@ fn userspace_socks5_and_forward_reach_wireguard_go() {
 fn userspace_socks5_and_forward_reach_our_tun_mode() {
     netns("ours");
 }
+
+#[test]
+fn socks5_off_loopback_needs_credentials() {
+    let (ok, err) = wg_up(&["--userspace", "--socks5", "0.0.0.0:0"]);
+    assert!(!ok);
+    assert!(err.contains("off loopback"), "{err}");
+}
+
+/// curl, a SOCKS5 client we did not write, logs in with RFC 1929: wrong credentials are
+/// rejected, right ones reach the request (whose target, outside the tunnel, is then
+/// answered "network unreachable", reply 3).
+#[test]
+fn curl_logs_in_with_the_credentials_file() {
+    let conf = config_file("creds");
+    let creds = std::env::temp_dir().join(format!("codervpn-creds-{}", std::process::id()));
+    std::fs::write(&creds, "alice:open sesame\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["wg", "up"])
+        .arg(&conf)
+        .args([
+            "--userspace",
+            "--socks5",
+            "127.0.0.1:0",
+            "--socks5-credentials",
+        ])
+        .arg(&creds)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("SOCKS5 listening on ").map(str::to_owned))
+        .expect("the SOCKS5 address");
+    let curl = |userinfo: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o", "/dev/null", "--proxy"])
+            .arg(format!("socks5h://{userinfo}@{addr}"))
+            .arg("http://192.0.2.1/")
+            .output()
+            .expect("curl (installed by .ci/run)");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let wrong = curl("alice:open%20sesame2");
+    let right = curl("alice:open%20sesame");
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = std::fs::remove_file(conf);
+    let _ = std::fs::remove_file(creds);
+    assert!(wrong.contains("rejected"), "wrong password: {wrong}");
+    assert!(
+        !right.contains("rejected") && right.contains("(3)"),
+        "right password: {right}"
+    );
+}

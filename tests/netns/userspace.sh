@@ -4,7 +4,8 @@
 # wggo | boringtun) on a TUN and an HTTP server on its tunnel address. Checks, from host a:
 # an HTTP fetch of a random file through SOCKS5 (IPv4 address, and an IP literal sent as a
 # host name) and through the forward, each with a matching SHA-256; a refused port through
-# SOCKS5; and a ping from b to a's userspace stack. Prints "userspace ok" on success.
+# SOCKS5; another local user refused by the proxy (its owner and root served); and a ping
+# from b to a's userspace stack. Prints "userspace ok" on success.
 # Uses curl when installed (NO_CURL=1 forces the Python client, socks5_fetch.py).
 source "$(dirname "$0")/lib.sh"
 trap cleanup EXIT
@@ -74,6 +75,18 @@ else
   ip netns exec "$NS_A" python3 "$(dirname "$0")/socks5_fetch.py" expect-refused "$SOCKS" "http://$TUN_B:8001/" /dev/null || fail "closed port was not refused"
 fi
 echo "closed port: connection refused ok"
+
+# Who may use the proxy (issue #17): its owner (nobody, who runs it) and root; another
+# local user is refused before any SOCKS5 byte. (curl: the check needs a client every
+# user can run; .ci/run installs it.)
+as_user() { local u=$1; shift; ip netns exec "$NS_A" setpriv --reuid "$u" --regid "$u" --clear-groups "$@"; }
+as_user 12345 curl -sS --max-time 10 --socks5 "$SOCKS" -o /dev/null "http://$TUN_B:$HTTP_PORT/payload" 2> "$WORK/stranger.err" \
+  && fail "local user 12345 fetched through nobody's proxy"
+grep -q "SOCKS5 connection refused: local user 12345 may not use this SOCKS5 proxy" "$WORK/a-us.log" \
+  || fail "no refusal of user 12345 logged: $(cat "$WORK/stranger.err")"
+as_user 65534 curl -sS --max-time 30 --socks5 "$SOCKS" -o /dev/null "http://$TUN_B:$HTTP_PORT/payload" \
+  || fail "the proxy's owner (nobody, 65534) was refused"
+echo "proxy access: another local user refused, the owner and root served"
 
 ip netns exec "$NS_B" ping -c 3 -i 0.2 -W 5 "$TUN_A" > "$WORK/ping" || fail "ping b -> a's userspace stack failed"
 echo "ping b -> userspace a ok"

@@ -23,6 +23,7 @@ pub mod forward;
 #[cfg(any(test, feature = "test-servers"))]
 pub mod services;
 pub mod socks5;
+pub mod socks5_access;
 
 use std::future::Future;
 use std::io;

@@ -1,5 +1,6 @@
-//! A SOCKS5 server (RFC 1928): the "no authentication" method and the CONNECT command,
-//! to IPv4, IPv6 and domain-name targets. Names are not looked up — no DNS goes through the
+//! A SOCKS5 server (RFC 1928): the "no authentication" method — or, with credentials,
+//! username/password (RFC 1929) — and the CONNECT command, to IPv4, IPv6 and domain-name
+//! targets; who may connect at all is [`Access`]. Names are not looked up — no DNS goes through the
 //! tunnel yet — so a domain-name target works only when it is an IP literal; any other name
 //! is answered "host unreachable" and logged.
 //!
@@ -15,11 +16,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use super::socks5_access::{Access, Credentials};
 use super::{ConnectError, TcpConnector, accept_next};
 
 pub const VERSION: u8 = 5;
 /// Method: no authentication required.
 pub const METHOD_NO_AUTH: u8 = 0x00;
+/// Method: username/password (RFC 1929).
+pub const METHOD_USER_PASS: u8 = 0x02;
+/// The version byte of the username/password sub-negotiation.
+pub const USER_PASS_VERSION: u8 = 0x01;
 /// Method reply: none of the offered methods is acceptable.
 pub const METHOD_NONE_ACCEPTABLE: u8 = 0xFF;
 /// The whole handshake (greeting and request) must arrive within this time.
@@ -75,10 +81,14 @@ pub enum Socks5Error {
     Version(u8),
     #[error("the greeting offers no authentication method")]
     NoMethods,
-    #[error(
-        "none of the offered methods {0:02x?} is \"no authentication\", the only one codervpn accepts"
-    )]
-    NoAcceptableMethod(Vec<u8>),
+    #[error("none of the offered methods {0:02x?} is the one this proxy takes ({1})")]
+    NoAcceptableMethod(Vec<u8>, &'static str),
+    #[error("username/password sub-negotiation version {0:#04x} (expected 0x01)")]
+    AuthVersion(u8),
+    #[error("empty username or password")]
+    EmptyCredentials,
+    #[error("wrong username or password")]
+    BadCredentials,
     #[error("address type {0:#04x} is not IPv4 (1), domain name (3) or IPv6 (4)")]
     AddressType(u8),
     #[error("empty domain name")]
@@ -118,6 +128,38 @@ pub fn parse_greeting(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, Socks5Erro
         return Ok(None);
     };
     Ok(Some((methods.to_vec(), end)))
+}
+
+/// Parses a username/password message (RFC 1929). `Ok(Some((user, pass, consumed)))`
+/// once whole.
+#[allow(clippy::type_complexity)]
+pub fn parse_user_pass(buf: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>, usize)>, Socks5Error> {
+    let Some(&version) = buf.first() else {
+        return Ok(None);
+    };
+    if version != USER_PASS_VERSION {
+        return Err(Socks5Error::AuthVersion(version));
+    }
+    let Some(&ulen) = buf.get(1) else {
+        return Ok(None);
+    };
+    let ulen = usize::from(ulen);
+    let Some(&plen) = buf.get(2 + ulen) else {
+        return Ok(None);
+    };
+    let plen = usize::from(plen);
+    let end = 3 + ulen + plen;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    if ulen == 0 || plen == 0 {
+        return Err(Socks5Error::EmptyCredentials);
+    }
+    Ok(Some((
+        buf[2..2 + ulen].to_vec(),
+        buf[3 + ulen..end].to_vec(),
+        end,
+    )))
 }
 
 /// Parses a request. `Ok(Some((request, consumed)))` once whole; bytes after `consumed`
@@ -237,13 +279,32 @@ impl fmt::Display for Target {
     }
 }
 
-/// Accepts SOCKS5 clients on `listener` until the task is dropped.
-pub async fn serve<C: TcpConnector>(listener: TcpListener, connector: C) {
+/// Accepts SOCKS5 clients on `listener` until the task is dropped; `access` says who may
+/// use it.
+pub async fn serve<C: TcpConnector>(listener: TcpListener, connector: C, access: Access) {
+    let local = listener.local_addr().ok();
+    let access = std::sync::Arc::new(access);
+    let mut warned = false;
     loop {
         let (client, from) = accept_next(&listener, "SOCKS5").await;
+        if let Some(local) = local {
+            match access.admit(local, from) {
+                Ok(()) => {}
+                Err(why) if cfg!(not(target_os = "linux")) && local.ip().is_loopback() => {
+                    if !std::mem::replace(&mut warned, true) {
+                        warn!("SOCKS5: {why}; every local user may use the proxy here");
+                    }
+                }
+                Err(why) => {
+                    warn!(%from, "SOCKS5 connection refused: {why}");
+                    continue;
+                }
+            }
+        }
         let connector = connector.clone();
+        let access = access.clone();
         tokio::spawn(async move {
-            match handle_client(client, &connector).await {
+            match handle_client(client, &connector, access.credentials.as_ref()).await {
                 Ok((target, up, down)) => {
                     debug!(%from, %target, up, down, "SOCKS5 connection done")
                 }
@@ -251,6 +312,9 @@ pub async fn serve<C: TcpConnector>(listener: TcpListener, connector: C) {
                     warn!(%from, "SOCKS5 client asked for host name {name}: codervpn resolves only IP literals and workspace names (use an address, or socks5:// instead of socks5h://)")
                 }
                 Err(Socks5Error::Connect(e)) => info!(%from, "SOCKS5: {e}"),
+                Err(e @ Socks5Error::BadCredentials) => {
+                    warn!(%from, "SOCKS5 client turned away: {e}")
+                }
                 Err(e) => debug!(%from, error = %e, "SOCKS5 client turned away"),
             }
         });
@@ -263,16 +327,19 @@ pub async fn serve<C: TcpConnector>(listener: TcpListener, connector: C) {
 pub async fn handle_client<S, C>(
     mut client: S,
     connector: &C,
+    credentials: Option<&Credentials>,
 ) -> Result<(SocketAddr, u64, u64), Socks5Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     C: TcpConnector,
 {
     let mut buf = [0u8; HANDSHAKE_BUF];
-    let (request, early) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client, &mut buf))
-            .await
-            .map_err(|_| Socks5Error::HandshakeTimeout)??;
+    let (request, early) = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut client, &mut buf, credentials),
+    )
+    .await
+    .map_err(|_| Socks5Error::HandshakeTimeout)??;
     let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let to = match &request.target {
         Target::Addr(a) => *a,
@@ -325,6 +392,7 @@ where
 async fn handshake<S>(
     client: &mut S,
     buf: &mut [u8; HANDSHAKE_BUF],
+    credentials: Option<&Credentials>,
 ) -> Result<(Request, (usize, usize)), Socks5Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -336,13 +404,32 @@ where
         }
         filled += read_more(client, buf, filled, "greeting").await?;
     };
-    if !methods.contains(&METHOD_NO_AUTH) {
+    let (method, name) = match credentials {
+        Some(_) => (METHOD_USER_PASS, "username/password"),
+        None => (METHOD_NO_AUTH, "no authentication"),
+    };
+    if !methods.contains(&method) {
         client.write_all(&[VERSION, METHOD_NONE_ACCEPTABLE]).await?;
-        return Err(Socks5Error::NoAcceptableMethod(methods));
+        return Err(Socks5Error::NoAcceptableMethod(methods, name));
     }
-    client.write_all(&[VERSION, METHOD_NO_AUTH]).await?;
+    client.write_all(&[VERSION, method]).await?;
     buf.copy_within(used..filled, 0);
     filled -= used;
+    if let Some(want) = credentials {
+        let (user, pass, used) = loop {
+            if let Some(m) = parse_user_pass(&buf[..filled])? {
+                break m;
+            }
+            filled += read_more(client, buf, filled, "username/password").await?;
+        };
+        if !want.matches(&user, &pass) {
+            client.write_all(&[USER_PASS_VERSION, 1]).await?;
+            return Err(Socks5Error::BadCredentials);
+        }
+        client.write_all(&[USER_PASS_VERSION, 0]).await?;
+        buf.copy_within(used..filled, 0);
+        filled -= used;
+    }
     loop {
         match parse_request(&buf[..filled]) {
             Ok(Some((request, used))) => return Ok((request, (used, filled))),

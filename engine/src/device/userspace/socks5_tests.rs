@@ -260,13 +260,18 @@ struct Run {
 }
 
 fn start(result: Result<(), ConnectError>) -> Run {
+    start_with(result, None)
+}
+
+fn start_with(result: Result<(), ConnectError>, credentials: Option<Credentials>) -> Run {
     let (client, server_end) = tokio::io::duplex(4096);
     let (tx, remotes) = mpsc::unbounded_channel();
     let fake = Arc::new(Fake {
         result,
         remotes: tx,
     });
-    let server = tokio::spawn(async move { handle_client(server_end, &*fake).await });
+    let server =
+        tokio::spawn(async move { handle_client(server_end, &*fake, credentials.as_ref()).await });
     Run {
         client,
         remotes,
@@ -420,7 +425,7 @@ async fn unknown_address_type_replies_0x08() {
 async fn client_without_no_auth_gets_no_acceptable_methods() {
     let (got, res) = exchange(Ok(()), &[5, 1, 2]).await;
     assert_eq!(got, [5, 0xFF]);
-    assert!(matches!(res, Err(Socks5Error::NoAcceptableMethod(m)) if m == [2]));
+    assert!(matches!(res, Err(Socks5Error::NoAcceptableMethod(m, _)) if m == [2]));
 }
 
 #[tokio::test]
@@ -468,4 +473,81 @@ async fn garbage_after_the_greeting_never_panics() {
         let (_got, res) = exchange(Err(ConnectError::StackStopped), &bytes).await;
         assert!(res.is_err());
     }
+}
+
+// --- username/password (RFC 1929) ------------------------------------------------------
+
+#[test]
+fn user_pass_message_parses_and_asks_for_more_until_whole() {
+    let msg = [1, 3, b'b', b'o', b'b', 2, b'p', b'w', 0xAA];
+    for cut in 0..msg.len() - 1 {
+        assert!(
+            matches!(parse_user_pass(&msg[..cut]), Ok(None)),
+            "cut {cut}"
+        );
+    }
+    let (user, pass, used) = parse_user_pass(&msg).unwrap().unwrap();
+    assert_eq!(
+        (user.as_slice(), pass.as_slice(), used),
+        (&b"bob"[..], &b"pw"[..], 8)
+    );
+    assert!(matches!(
+        parse_user_pass(&[5, 1, b'x']),
+        Err(Socks5Error::AuthVersion(5))
+    ));
+    assert!(matches!(
+        parse_user_pass(&[1, 0, 1, b'p']),
+        Err(Socks5Error::EmptyCredentials)
+    ));
+}
+
+fn creds() -> Credentials {
+    Credentials::new("codervpn", "hunter2").unwrap()
+}
+
+async fn exchange_with(bytes: &[u8]) -> (Vec<u8>, Result<(SocketAddr, u64, u64), Socks5Error>) {
+    let mut run = start_with(Err(ConnectError::StackStopped), Some(creds()));
+    run.client.write_all(bytes).await.unwrap();
+    run.client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    run.client.read_to_end(&mut got).await.unwrap();
+    (got, run.server.await.unwrap())
+}
+
+#[tokio::test]
+async fn with_credentials_no_auth_alone_is_not_acceptable() {
+    let (got, res) = exchange_with(&[5, 1, 0]).await;
+    assert_eq!(got, [5, 0xFF]);
+    assert!(
+        matches!(res, Err(Socks5Error::NoAcceptableMethod(m, "username/password")) if m == [0])
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_is_answered_failure_and_closed() {
+    let mut msg = vec![5, 2, 0, 2, 1, 8];
+    msg.extend_from_slice(b"codervpn");
+    msg.push(7);
+    msg.extend_from_slice(b"hunter3");
+    msg.extend_from_slice(&v6_request(1));
+    let (got, res) = exchange_with(&msg).await;
+    assert_eq!(got, [5, 2, 1, 1], "method 2 chosen, then status 1");
+    assert!(matches!(res, Err(Socks5Error::BadCredentials)));
+}
+
+#[tokio::test]
+async fn right_credentials_go_on_to_the_request() {
+    let mut msg = vec![5, 2, 0, 2, 1, 8];
+    msg.extend_from_slice(b"codervpn");
+    msg.push(7);
+    msg.extend_from_slice(b"hunter2");
+    msg.extend_from_slice(&v6_request(1));
+    let (got, res) = exchange_with(&msg).await;
+    // Authenticated; the (fake) stack is stopped, so the request fails after it.
+    assert_eq!(&got[..4], &[5, 2, 1, 0]);
+    assert_eq!(got[4..6], [5, Reply::GeneralFailure as u8]);
+    assert!(matches!(
+        res,
+        Err(Socks5Error::Connect(ConnectError::StackStopped))
+    ));
 }

@@ -223,7 +223,11 @@ async fn setup(cfg: UserspaceConfig) -> (StackHandle, SocketAddr) {
     tokio::spawn(run_peer(device, Peer::new()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let socks = listener.local_addr().unwrap();
-    tokio::spawn(socks5::serve(listener, handle.clone()));
+    tokio::spawn(socks5::serve(
+        listener,
+        handle.clone(),
+        super::socks5_access::Access::owner(),
+    ));
     (handle, socks)
 }
 

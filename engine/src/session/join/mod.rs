@@ -38,6 +38,7 @@ use super::peers::WorkspaceState;
 use super::rpc::DialOptions;
 use super::{BoxFuture, Connector, ManagerLink, Session, StartParams};
 use crate::connect::{self, DataPlane, DataPlaneSpec, DeviceSpec};
+use crate::device::userspace::socks5_access::Access;
 use crate::device::userspace::{self, StackHandle, UserspaceConfig};
 use crate::net::derp::NodePrivateKey;
 use crate::net::disco::{DiscoPrivateKey, PathConfig};
@@ -53,6 +54,8 @@ pub struct JoinOptions {
     /// Userspace mode (`tunnel_file_descriptor = -1`): serve SOCKS5 here (names of
     /// workspaces resolve through the tunnel's zone).
     pub socks5: Option<SocketAddr>,
+    /// Who may use that SOCKS5 server (default: the owner only).
+    pub socks5_access: Access,
     /// Owner timings (status interval, READY timeout, LOST timeout).
     pub timings: owner::OwnerTimings,
     /// Trust for REST, the tailnet websocket and DERP over `https`; `None`: system roots
@@ -71,6 +74,7 @@ impl Default for JoinOptions {
             first_dial_deadline: Duration::from_secs(55),
             coderlan_alias: true,
             socks5: None,
+            socks5_access: Access::owner(),
             timings: owner::OwnerTimings::default(),
             tls: None,
             loopback_endpoints: false,
@@ -274,9 +278,10 @@ async fn join(
             zone: zone.clone(),
         };
         let mut stop = stop_rx.clone();
+        let access = opts.socks5_access.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = userspace::socks5::serve(listener, connector) => {}
+                () = userspace::socks5::serve(listener, connector, access) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
         });
