@@ -1,0 +1,70 @@
+//! The private cache directory and the CLI artifact of daemon mode.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_directory_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start(codervpn_testbed::DEFAULT_VERSION).await;
+    let bytes = payload("open-cache");
+    env.publish_signed(&bytes, "2.24.3");
+    std::fs::create_dir(&env.cache).unwrap();
+    std::fs::set_permissions(&env.cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let err = env.refused(&bytes).await;
+
+    assert_eq!(
+        err,
+        format!(
+            "cache directory {}: is writable by group or others (mode 0777); use chmod 700",
+            env.cache.display()
+        )
+    );
+}
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_binary_is_verified_and_copied_to_a_private_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start(codervpn_testbed::DEFAULT_VERSION).await;
+    let name = platform().file_name(ArtifactKind::Daemon);
+    assert_eq!(name, format!("coder-linux-{}", platform().go_arch));
+    let bytes = payload("daemon");
+    let signed = format!(
+        "codervpn-artifact file={name} version=2.24.3 platform={}",
+        platform().signing_name()
+    );
+    env.testbed.publish(&name, bytes.clone());
+    env.testbed
+        .publish(&format!("{name}.minisig"), env.signer.sign(&bytes, &signed));
+
+    let artifact = fetch_verified(&env.config, ArtifactKind::Daemon, &mut |_| {})
+        .await
+        .unwrap();
+    let copy = artifact.write_private_copy().unwrap();
+
+    assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o500);
+    let err = artifact.load_library().unwrap_err().to_string();
+    assert!(err.contains("is not a tunnel library"), "{err}");
+    assert!(!loaded(&bytes));
+}
+
+/// The CLI as a daemon needs a server of 2.24.2 or later (Coder Desktop's minimum since it
+/// runs the CLI); a 2.24.1 server is refused before anything is downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_mode_needs_a_server_of_2_24_2() {
+    let env = Env::start("v2.24.1").await;
+    let name = platform().file_name(ArtifactKind::Daemon);
+    env.testbed.publish(&name, payload("daemon"));
+    let err = fetch_verified(&env.config, ArtifactKind::Daemon, &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("reports version \"v2.24.1\", below the minimum 2.24.2 compat mode supports for Coder CLI (vpn-daemon)"),
+        "{err}"
+    );
+    assert_eq!(env.testbed.bin_bodies_served(&name), 0);
+}
