@@ -8,7 +8,8 @@
 //!   2. GET <server>/bin/coder-vpn-<os>-<arch>.<so|dylib>
 //!        If-None-Match: "<sha1 of the cached copy>"; 304 keeps the cache
 //!        200 streams into a temp file in the private cache dir (size cap, timeouts,
-//!        length and ETag checked), bytes kept in memory
+//!        length and ETag checked), bytes kept in memory; the cache dir and every
+//!        directory above it must be writable by root or us only (sticky ones aside)
 //!   3. GET <file URL>.minisig                 minisign signature, checked against the
 //!        pinned public keys; its trusted comment must read
 //!        `codervpn-artifact file=<file> version=<server major.minor.patch> platform=<os>-<arch>`
@@ -42,6 +43,7 @@ pub mod codesign;
 mod download;
 pub mod launch;
 mod load;
+mod private_dir;
 mod verify;
 
 use std::path::PathBuf;
@@ -50,8 +52,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 use url::Url;
 
-pub use download::{DownloadError, Limits, Progress, ensure_private_dir};
+pub use download::{DownloadError, Limits, Progress};
 pub use load::{CompatLibrary, CompatTunnel, LoadError, OpenTunnelError};
+pub use private_dir::ensure_private_dir;
 pub use verify::{
     MIN_DAEMON_SERVER_VERSION, MIN_SERVER_VERSION, SemVer, ServerVersion, TRUSTED_COMMENT_TAG,
     TrustedComment, VerifyError,
@@ -73,7 +76,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct CompatConfig {
     /// The Coder deployment URL (`https://coder.example.com`).
     pub server: Url,
-    /// Private cache directory (created 0700; refused when others can write it).
+    /// Private cache directory (created 0700; refused when anyone but root and us can write
+    /// it or a directory above it, see [`ensure_private_dir`]).
     pub cache_dir: PathBuf,
     /// The user's literal headers, sent with every request.
     pub headers: Vec<(String, String)>,

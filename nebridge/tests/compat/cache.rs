@@ -22,7 +22,6 @@ async fn cache_directory_writable_by_others_is_refused() {
     );
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_binary_is_verified_and_copied_to_a_private_executable() {
     use std::os::unix::fs::PermissionsExt;
@@ -49,6 +48,35 @@ async fn daemon_binary_is_verified_and_copied_to_a_private_executable() {
     let err = artifact.load_library().unwrap_err().to_string();
     assert!(err.contains("is not a tunnel library"), "{err}");
     assert!(!loaded(&bytes));
+}
+
+/// Issue #17: a cache directory below a directory anyone may write (no sticky bit) is
+/// refused before anything is downloaded, whatever the cache directory's own mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_directory_below_a_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::start(codervpn_testbed::DEFAULT_VERSION).await;
+    let bytes = payload("open-parent");
+    env.publish_signed(&bytes, "2.24.3");
+    let open = env.cache.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    env.config.cache_dir = open.join("cache");
+
+    let err = env.fetch().await.unwrap_err().to_string();
+
+    assert_eq!(
+        err,
+        format!(
+            "cache directory {}: {} above it is writable by group or others without the sticky \
+             bit (mode 0777), so they could replace the cache directory; use a cache directory \
+             only root and you can change the way to",
+            open.join("cache").display(),
+            open.display()
+        )
+    );
+    assert!(!loaded(&bytes));
+    assert_eq!(env.testbed.bin_bodies_served(&library_name()), 0);
 }
 
 /// The CLI as a daemon needs a server of 2.24.2 or later (Coder Desktop's minimum since it
