@@ -255,12 +255,16 @@ fn our_daemon_says_what_coders_tunnel_says_to_a_manager() {
 /// server's version, as Coder Desktop requires (issue #14): the real `coder` v2.36.1
 /// passes against "v2.36.1" and is refused against any other; output that is not the
 /// JSON expected, a failing exit and a CLI that hangs are refused too (the hanging one
-/// killed within the timeout).
+/// killed within the timeout). Each runs from a sealed memfd, as compat mode runs it.
 #[test]
 fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
+    use codervpn_nebridge::compat::Executable;
     use codervpn_nebridge::compat::launch::{LaunchError, check_cli_version};
     use std::time::{Duration, Instant};
-    let coder = coder_go("coder");
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(coder_go("coder")).unwrap();
+    let coder = Executable::new("coder-linux-amd64", "", &bytes, dir.path()).unwrap();
+    assert!(coder.in_memory(), "{coder:?}");
     let t = Duration::from_secs(10);
     check_cli_version(&coder, "v2.36.1", t).expect("the real CLI is v2.36.1");
     for other in ["v2.36.0", "v2.36.1-rc.1", "2.36.1", ""] {
@@ -271,12 +275,9 @@ fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
             r => panic!("server {other:?}: {r:?}"),
         }
     }
-    let dir = tempfile::tempdir().unwrap();
     let fake = |name: &str, body: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        p
+        let script = format!("#!/bin/sh\n{body}\n");
+        Executable::new(name, "", script.as_bytes(), dir.path()).unwrap()
     };
     let cases = [
         ("text", "echo 'Coder v2.36.1'", "not the JSON expected"),
@@ -298,7 +299,10 @@ fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
             "{name}: {err}"
         );
     }
-    let hang = fake("hang", "echo $$ > \"$(dirname \"$0\")/pid\"; exec sleep 60");
+    let hang = fake(
+        "hang",
+        &format!("echo $$ > {}/pid; exec sleep 60", dir.path().display()),
+    );
     let start = Instant::now();
     let err = check_cli_version(&hang, "v2.36.1", Duration::from_millis(700)).unwrap_err();
     assert!(err.to_string().contains("killed"), "{err}");

@@ -3,7 +3,8 @@
 //!
 //! The body is streamed into `.<name>.download-<unique>` inside the cache directory while
 //! its SHA-1 is computed and the bytes are kept in memory (they are what gets verified and
-//! loaded). Nothing is renamed into place here: [`Fetched::commit`] does that after the
+//! loaded or run). The file is created mode 0600, and a cached one is put back to 0600
+//! when read: it is data, never executed. Nothing is renamed into place here: [`Fetched::commit`] does that after the
 //! caller has verified the bytes, [`Fetched::discard`] deletes what failed.
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -310,6 +311,12 @@ async fn read_cached(
             return Err(std::io::Error::other(
                 "not a regular file within the size cap",
             ));
+        }
+        // The cache is data, never run (the daemon runs from a memfd): 0600, whatever
+        // changed it.
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+        if mode != 0o600 {
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         file.take(max_bytes + 1).read_to_end(&mut bytes)?;

@@ -22,8 +22,26 @@ async fn cache_directory_writable_by_others_is_refused() {
     );
 }
 
+/// Names and permission bits of the files in the cache directory.
+fn cache_modes(dir: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files: Vec<(String, u32)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let mode = e.metadata().unwrap().permissions().mode() & 0o7777;
+            (e.file_name().to_string_lossy().into_owned(), mode)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The CLI is verified, cached as data (mode 0600) and handed out as a sealed memfd to run
+/// (issue #17): nothing in the cache directory is executable, before or after a 304, and an
+/// executable copy an earlier version left behind (its process gone) is swept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_binary_is_verified_and_copied_to_a_private_executable() {
+async fn daemon_binary_is_verified_cached_non_executable_and_run_from_a_memfd() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::start(codervpn_testbed::DEFAULT_VERSION).await;
     let name = platform().file_name(ArtifactKind::Daemon);
@@ -40,14 +58,40 @@ async fn daemon_binary_is_verified_and_copied_to_a_private_executable() {
     let artifact = fetch_verified(&env.config, ArtifactKind::Daemon, &mut |_| {})
         .await
         .unwrap();
-    let copy = artifact.write_private_copy().unwrap();
+    let exe = artifact.executable().unwrap();
 
-    assert_eq!(std::fs::read(&copy).unwrap(), bytes);
-    let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o500);
+    assert!(exe.in_memory(), "{exe:?}");
+    let path = exe.exec_path();
+    assert!(path.starts_with("/proc/self/fd"), "{}", path.display());
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let link = std::fs::read_link(&path).unwrap();
+    assert_eq!(
+        link.to_str().unwrap(),
+        format!(
+            "/memfd:codervpn-compat-{}-{name} (deleted)",
+            &artifact.sha1[..12]
+        )
+    );
+    assert_eq!(cache_modes(&env.cache), vec![(name.clone(), 0o600)]);
+    drop(exe);
     let err = artifact.load_library().unwrap_err().to_string();
     assert!(err.contains("is not a tunnel library"), "{err}");
     assert!(!loaded(&bytes));
+
+    // What an earlier version left: an executable cache file, a copy of a dead process.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = env.cache.join(format!(".{name}.verified-{dead}-0"));
+    std::fs::write(&stale, &bytes).unwrap();
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let cached = env.cache.join(&name);
+    std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let again = fetch_verified(&env.config, ArtifactKind::Daemon, &mut |_| {})
+        .await
+        .unwrap();
+    assert!(again.from_cache);
+    assert_eq!(cache_modes(&env.cache), vec![(name, 0o600)]);
 }
 
 /// Issue #17: a cache directory below a directory anyone may write (no sticky bit) is
