@@ -255,12 +255,16 @@ fn our_daemon_says_what_coders_tunnel_says_to_a_manager() {
 /// server's version, as Coder Desktop requires (issue #14): the real `coder` v2.36.1
 /// passes against "v2.36.1" and is refused against any other; output that is not the
 /// JSON expected, a failing exit and a CLI that hangs are refused too (the hanging one
-/// killed within the timeout).
+/// killed within the timeout). Each runs from a sealed memfd, as compat mode runs it.
 #[test]
 fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
+    use codervpn_nebridge::compat::Executable;
     use codervpn_nebridge::compat::launch::{LaunchError, check_cli_version};
     use std::time::{Duration, Instant};
-    let coder = coder_go("coder");
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(coder_go("coder")).unwrap();
+    let coder = Executable::new("coder-linux-amd64", "", &bytes, dir.path()).unwrap();
+    assert!(coder.in_memory(), "{coder:?}");
     let t = Duration::from_secs(10);
     check_cli_version(&coder, "v2.36.1", t).expect("the real CLI is v2.36.1");
     for other in ["v2.36.0", "v2.36.1-rc.1", "2.36.1", ""] {
@@ -271,12 +275,9 @@ fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
             r => panic!("server {other:?}: {r:?}"),
         }
     }
-    let dir = tempfile::tempdir().unwrap();
     let fake = |name: &str, body: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        p
+        let script = format!("#!/bin/sh\n{body}\n");
+        Executable::new(name, "", script.as_bytes(), dir.path()).unwrap()
     };
     let cases = [
         ("text", "echo 'Coder v2.36.1'", "not the JSON expected"),
@@ -298,7 +299,10 @@ fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
             "{name}: {err}"
         );
     }
-    let hang = fake("hang", "echo $$ > \"$(dirname \"$0\")/pid\"; exec sleep 60");
+    let hang = fake(
+        "hang",
+        &format!("echo $$ > {}/pid; exec sleep 60", dir.path().display()),
+    );
     let start = Instant::now();
     let err = check_cli_version(&hang, "v2.36.1", Duration::from_millis(700)).unwrap_err();
     assert!(err.to_string().contains("killed"), "{err}");
@@ -317,6 +321,87 @@ fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
         unsafe { libc::kill(pid, 0) },
         0,
         "the hanging CLI {pid} still runs"
+    );
+}
+
+/// Issue #17: the real `coder` v2.36.1, fetched from our testbed as compat mode fetches
+/// it, is version-checked and run as `coder vpn-daemon run` from a sealed memfd — its
+/// `/proc/<pid>/exe` is the memfd, its `argv[0]` is `coder`, it keeps no descriptor of the
+/// memfd, it handshakes with us — and the cache directory holds the artifact as data (mode
+/// 0600) and nothing else. (The signature path is `compat/`'s and `coder-go.sh
+/// compat-coder`'s; this one skips it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compat_daemon_runs_the_real_cli_from_a_sealed_memfd() {
+    use codervpn_nebridge::compat::launch::{CompatHost, spawn_daemon};
+    use codervpn_nebridge::compat::{ArtifactKind, CompatConfig, Platform, fetch_verified};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+    let coder = std::fs::read(coder_go("coder")).unwrap();
+    let testbed = codervpn_testbed::Testbed::start(codervpn_testbed::TestbedConfig {
+        version: "v2.36.1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let name = Platform::current().unwrap().file_name(ArtifactKind::Daemon);
+    testbed.publish(&name, coder);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mut config = CompatConfig::new(testbed.url().clone(), cache.clone(), Vec::new());
+    config.allow_http = true;
+    config.session_token = Some(testbed.token());
+    config.insecure_skip_verify = true;
+    config.max_bytes = 1 << 30;
+    let artifact = fetch_verified(&config, ArtifactKind::Daemon, &mut |_| {})
+        .await
+        .unwrap();
+
+    let (conn, host) = spawn_daemon(&artifact, &[], &[], Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    let CompatHost::Daemon(child) = &host else {
+        panic!("not a daemon");
+    };
+    let pid = child.id();
+    // Everything is read first and the daemon stopped before any assertion, so that a
+    // failing one does not leave it running.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let fds: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .flat_map(|e| std::fs::read_link(e.path()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let files: Vec<(String, u32)> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let mode = e.metadata().unwrap().permissions().mode() & 0o7777;
+            (e.file_name().to_string_lossy().into_owned(), mode)
+        })
+        .collect();
+    drop(conn);
+    tokio::task::spawn_blocking(move || host.finish(Duration::from_secs(3)))
+        .await
+        .unwrap();
+
+    let memfd = format!("/memfd:codervpn-compat-{}-{name}", &artifact.sha1[..12]);
+    assert_eq!(exe.unwrap().to_str().unwrap(), format!("{memfd} (deleted)"));
+    let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).take(3).collect();
+    assert_eq!(argv, [&b"coder"[..], b"vpn-daemon", b"run"]);
+    assert!(fds.len() >= 3, "{fds:?}");
+    for target in &fds {
+        assert!(!target.to_string_lossy().starts_with(&memfd), "{fds:?}");
+    }
+    assert_eq!(files, [(name, 0o600)]);
+    // SAFETY: signal 0 only checks whether the process exists.
+    assert_ne!(
+        unsafe { libc::kill(pid as i32, 0) },
+        0,
+        "coder {pid} still runs"
     );
 }
 

@@ -15,7 +15,8 @@
 #               `vpn-daemon run` (userspace, SOCKS5) against the Go server in b.
 # compat-coder  host b: our testbed publishes the real `coder` CLI, signed with minisign.
 #               host a: `codervpn up --mode compat-daemon` downloads, verifies and runs it as
-#               `vpn-daemon run`; Coder's Linux daemon makes its own TUN coder0 and writes
+#               `vpn-daemon run` from a sealed memfd (nothing executable in the cache
+#               directory); Coder's Linux daemon makes its own TUN coder0 and writes
 #               DNS to a's resolv.conf (/etc/netns/<a>/resolv.conf); an agent of our testbed
 #               answers ping and HTTP by name through it (so our testbed is good enough
 #               for Coder's own tunnel); after Ctrl-C coder0 is gone and resolv.conf is
@@ -140,6 +141,18 @@ compat-coder)
   echo "failed start: 401 reported, Coder's daemon stopped, nothing left"
   start_up "${COMPAT[@]}"
   grep -q "verified $NAME" "$WORK/up.log" || fail "no verified download"
+  # Issue #17: Coder's daemon runs from a sealed memfd as `coder`, nothing in the cache is
+  # executable, and the CLI is cached as data (0600).
+  DAEMON_EXE=
+  for p in $(pgrep -P "$UP_PID"); do
+    DAEMON_EXE=$(readlink "/proc/$p/exe" || true)
+    DAEMON_ARGV0=$(tr '\0' '\n' < "/proc/$p/cmdline" | head -1)
+  done
+  [[ $DAEMON_EXE == "/memfd:codervpn-compat-"*"-$NAME (deleted)" ]] || fail "Coder's daemon does not run from a memfd: exe $DAEMON_EXE"
+  [ "$DAEMON_ARGV0" = coder ] || fail "Coder's daemon has argv[0] $DAEMON_ARGV0"
+  [ -z "$(find "$WORK/cache" -type f -perm /111)" ] || fail "executable files in the cache: $(ls -la "$WORK/cache")"
+  [ "$(stat -c %a "$WORK/cache/$NAME")" = 600 ] || fail "cached CLI: $(ls -la "$WORK/cache")"
+  echo "Coder's daemon runs from $DAEMON_EXE as $DAEMON_ARGV0; cache: $(cd "$WORK/cache" && stat -c '%n %a' -- * .[!.]* 2>/dev/null | tr '\n' ' ')"
   # Coder's router sets the address once the tailnet is up, a moment after `start` (and
   # may take it off and put it back as it reconfigures): seen once is enough.
   ADDR=

@@ -3,10 +3,11 @@
 //!
 //! The body is streamed into `.<name>.download-<unique>` inside the cache directory while
 //! its SHA-1 is computed and the bytes are kept in memory (they are what gets verified and
-//! loaded). Nothing is renamed into place here: [`Fetched::commit`] does that after the
+//! loaded or run). The file is created mode 0600, and a cached one is put back to 0600
+//! when read: it is data, never executed. Nothing is renamed into place here: [`Fetched::commit`] does that after the
 //! caller has verified the bytes, [`Fetched::discard`] deletes what failed.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -184,7 +185,7 @@ pub async fn fetch(
         url: url.clone(),
         total: limits.total_timeout,
     };
-    ensure_private_dir(cache_dir)?;
+    super::ensure_private_dir(cache_dir)?;
     let dest = cache_dir.join(file_name);
     let cached = read_cached(&dest, limits.max_bytes).await?;
     let mut request = client.get(url.clone());
@@ -287,42 +288,6 @@ pub async fn fetch(
     }
 }
 
-/// Creates `dir` (mode 0700) if needed and refuses one that is not a real directory, is
-/// owned by someone other than root or us, or is writable by group or others.
-pub fn ensure_private_dir(dir: &Path) -> Result<(), DownloadError> {
-    let problem = |problem: String| DownloadError::CacheDir {
-        dir: dir.to_owned(),
-        problem,
-    };
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| problem(format!("cannot create: {e}")))?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(problem(format!("cannot create: {e}"))),
-    }
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| problem(e.to_string()))?;
-    if !meta.file_type().is_dir() {
-        return Err(problem("is not a directory (symlinks are refused)".into()));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(problem(format!(
-            "is owned by uid {}, neither root nor the current user (uid {me})",
-            meta.uid()
-        )));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(problem(format!(
-            "is writable by group or others (mode {mode:04o}); use chmod 700"
-        )));
-    }
-    Ok(())
-}
-
 /// The cached file and its SHA-1, if one exists and is a plain file within the size cap.
 /// A cached file that is not usable is deleted (it will be downloaded again).
 async fn read_cached(
@@ -346,6 +311,12 @@ async fn read_cached(
             return Err(std::io::Error::other(
                 "not a regular file within the size cap",
             ));
+        }
+        // The cache is data, never run (the daemon runs from a memfd): 0600, whatever
+        // changed it.
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+        if mode != 0o600 {
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         file.take(max_bytes + 1).read_to_end(&mut bytes)?;

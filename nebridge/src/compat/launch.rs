@@ -4,14 +4,14 @@
 //! connection, the same as the embedded mode's.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use codervpn_proto::fd::{FdReader, FdWriter};
 use codervpn_proto::{Connection, ManagerSide, VersionList};
 
-use super::{CompatLibrary, VerifiedArtifact};
+use super::{CompatLibrary, Executable, VerifiedArtifact};
 
 /// What keeps a compat tunnel alive: the loaded library, or the daemon process.
 pub enum CompatHost {
@@ -61,23 +61,23 @@ pub enum LaunchError {
     Load(#[from] super::LoadError),
     #[error(transparent)]
     Open(#[from] super::OpenTunnelError),
-    #[error("cannot start {path}: {source}")]
+    #[error("cannot start {what}: {source}")]
     Spawn {
-        path: String,
+        what: String,
         #[source]
         source: std::io::Error,
     },
     #[error("CoderVPN handshake with {what} failed: {reason}")]
     Handshake { what: String, reason: String },
     #[error(
-        "version check failed: cannot read the version of {path} (`version --output=json`): {reason}"
+        "version check failed: cannot read the version of {what} (`version --output=json`): {reason}"
     )]
-    VersionUnreadable { path: String, reason: String },
+    VersionUnreadable { what: String, reason: String },
     #[error(
-        "version check failed: {path} is Coder {binary:?} but the server runs {server:?}; a CLI must match its server exactly (as Coder Desktop requires)"
+        "version check failed: {what} is Coder {binary:?} but the server runs {server:?}; a CLI must match its server exactly (as Coder Desktop requires)"
     )]
     VersionMismatch {
-        path: String,
+        what: String,
         binary: String,
         server: String,
     },
@@ -88,22 +88,26 @@ pub const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of its output read.
 const MAX_VERSION_OUTPUT: u64 = 64 * 1024;
 
-/// Runs the (verified) CLI at `path` as `version --output=json` and requires its `version`
-/// to equal `server` exactly, as Coder Desktop for macOS does (`Validator.validateVersion`)
-/// before it runs a downloaded CLI as its daemon. A CLI that hangs is killed after
-/// `timeout`.
+/// `argv[0]` of the CLI we run.
+const CLI_ARGV0: &str = "coder";
+
+/// Runs the (verified) CLI `exe` as `coder version --output=json` and requires its
+/// `version` to equal `server` exactly, as Coder Desktop for macOS does
+/// (`Validator.validateVersion`) before it runs a downloaded CLI as its daemon. A CLI that
+/// hangs is killed after `timeout`.
 pub fn check_cli_version(
-    path: &std::path::Path,
+    exe: &Executable,
     server: &str,
     timeout: Duration,
 ) -> Result<(), LaunchError> {
     use std::io::Read;
-    let shown = path.display().to_string();
+    let shown = exe.describe();
     let unreadable = |reason: String| LaunchError::VersionUnreadable {
-        path: shown.clone(),
+        what: shown.clone(),
         reason,
     };
-    let mut child = Command::new(path)
+    let mut child = exe
+        .command(CLI_ARGV0)
         .args(["version", "--output=json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -138,12 +142,12 @@ pub fn check_cli_version(
     })?;
     if parsed.version != server {
         return Err(LaunchError::VersionMismatch {
-            path: shown,
+            what: shown,
             binary: parsed.version,
             server: server.to_owned(),
         });
     }
-    tracing::info!(path = %shown, version = %parsed.version, "the CLI's version is the server's");
+    tracing::info!(cli = %shown, version = %parsed.version, "the CLI's version is the server's");
     Ok(())
 }
 
@@ -180,46 +184,44 @@ const DAEMON_READ_FLAG: &str = "--rpc-read-handle";
 #[cfg(not(target_os = "macos"))]
 const DAEMON_WRITE_FLAG: &str = "--rpc-write-handle";
 
-/// Runs the verified binary as `vpn-daemon run` with the two pipe descriptors;
-/// `inherit` lists further descriptors the child must keep (the TUN).
+/// Runs the verified binary as `coder vpn-daemon run` with the two pipe descriptors;
+/// `inherit` lists further descriptors the child must keep (the TUN). The version check and
+/// the daemon both run the verified bytes from one sealed memfd on Linux (see
+/// [`Executable`]); nothing executable is written to disk there.
 pub async fn spawn_daemon(
     artifact: &VerifiedArtifact,
     inherit: &[RawFd],
     envs: &[(String, String)],
     handshake_timeout: Duration,
 ) -> Result<(Connection<ManagerSide>, CompatHost), LaunchError> {
-    let path = artifact
-        .write_private_copy()
-        .map_err(|source| LaunchError::Spawn {
-            path: artifact.file.clone(),
-            source,
-        })?;
-    let shown = path.display().to_string();
+    let exe = artifact.executable().map_err(|source| LaunchError::Spawn {
+        what: artifact.file.clone(),
+        source,
+    })?;
+    let shown = exe.describe();
     let spawn_err = |source| LaunchError::Spawn {
-        path: shown.clone(),
+        what: shown.clone(),
         source,
     };
     // Only verified bytes get here (signature first); the version check runs them once.
     let expected = artifact.server_version.raw.clone();
-    let checked_path = path.clone();
-    tokio::task::spawn_blocking(move || {
-        check_cli_version(&checked_path, &expected, VERSION_TIMEOUT)
+    let (exe, checked) = tokio::task::spawn_blocking(move || {
+        let checked = check_cli_version(&exe, &expected, VERSION_TIMEOUT);
+        (exe, checked)
     })
     .await
     .map_err(|e| LaunchError::VersionUnreadable {
-        path: shown.clone(),
+        what: shown.clone(),
         reason: e.to_string(),
-    })?
-    .inspect_err(|_| {
-        let _ = std::fs::remove_file(&path);
     })?;
+    checked?;
     let (m2t_r, m2t_w) = pipe().map_err(spawn_err)?;
     let (t2m_r, t2m_w) = pipe().map_err(spawn_err)?;
     let keep: Vec<RawFd> = [m2t_r.as_raw_fd(), t2m_w.as_raw_fd()]
         .into_iter()
         .chain(inherit.iter().copied())
         .collect();
-    let mut cmd = Command::new(&path);
+    let mut cmd = exe.command(CLI_ARGV0);
     cmd.args(["vpn-daemon", "run", DAEMON_READ_FLAG])
         .arg(m2t_r.as_raw_fd().to_string())
         .arg(DAEMON_WRITE_FLAG)
@@ -238,6 +240,8 @@ pub async fn spawn_daemon(
         });
     }
     let mut child = cmd.spawn().map_err(spawn_err)?;
+    // The child runs the new program now: our memfd (or copy) is no longer needed.
+    drop(exe);
     drop(m2t_r);
     drop(t2m_w);
     // A child that cannot be talked to is killed and reaped, never left running.
@@ -271,12 +275,21 @@ pub async fn spawn_daemon(
 mod tests {
     use super::*;
     use crate::compat::{ArtifactKind, SemVer, ServerVersion};
+    use std::path::Path;
 
-    /// A daemon artifact that records its pid and hangs without a handshake.
-    fn hanging_daemon(dir: &std::path::Path) -> VerifiedArtifact {
+    const SHA1: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    /// A daemon artifact (a script) that appends where it runs from to `records/runs` — its
+    /// `$0` and what that descriptor of its links to — then answers the version check, or
+    /// records its pid in `records/pid` and hangs without a handshake.
+    fn hanging_daemon(records: &Path, cache: &Path) -> VerifiedArtifact {
+        let r = records.display();
         let script = format!(
-            "#!/bin/sh\n[ \"$1\" = version ] && {{ echo '{{\"version\":\"v2.36.1\"}}'; exit 0; }}\necho $$ > {}/pid\nexec sleep 60\n",
-            dir.display()
+            "#!/bin/sh\n\
+             echo \"$0 $(readlink \"/proc/$$/fd/${{0##*/}}\" 2>/dev/null)\" >> {r}/runs\n\
+             [ \"$1\" = version ] && {{ echo '{{\"version\":\"v2.36.1\"}}'; exit 0; }}\n\
+             echo $$ > {r}/pid\n\
+             exec sleep 60\n"
         );
         VerifiedArtifact {
             kind: ArtifactKind::Daemon,
@@ -290,23 +303,27 @@ mod tests {
                     patch: 1,
                 },
             },
-            sha1: String::new(),
+            sha1: SHA1.into(),
             signature_checked: false,
             from_cache: false,
             bytes: script.into_bytes(),
-            staging_dir: dir.to_path_buf(),
+            staging_dir: cache.to_path_buf(),
         }
+    }
+
+    fn dirs() -> (tempfile::TempDir, tempfile::TempDir) {
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
     }
 
     #[tokio::test]
     async fn a_daemon_that_does_not_handshake_is_killed_not_left_running() {
-        let dir = tempfile::tempdir().unwrap();
-        let artifact = hanging_daemon(dir.path());
+        let (records, cache) = dirs();
+        let artifact = hanging_daemon(records.path(), cache.path());
         let Err(err) = spawn_daemon(&artifact, &[], &[], Duration::from_millis(500)).await else {
             panic!("a daemon that never answers was taken as started");
         };
         assert!(matches!(err, LaunchError::Handshake { .. }), "{err}");
-        let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))
+        let pid: i32 = std::fs::read_to_string(records.path().join("pid"))
             .unwrap()
             .trim()
             .parse()
@@ -314,5 +331,56 @@ mod tests {
         // SAFETY: signal 0 only checks whether the process exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
         assert!(!alive, "the daemon {pid} is still running");
+    }
+
+    /// Issue #17: the version check and the daemon both run the verified bytes from a
+    /// sealed memfd (`/proc/self/fd/<N>` naming `/memfd:codervpn-compat-…`), and the cache
+    /// directory holds nothing afterwards (no staged executable copy).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_version_check_and_the_daemon_run_from_a_memfd_and_leave_no_file() {
+        let (records, cache) = dirs();
+        let artifact = hanging_daemon(records.path(), cache.path());
+        let Err(err) = spawn_daemon(&artifact, &[], &[], Duration::from_millis(500)).await else {
+            panic!("a daemon that never answers was taken as started");
+        };
+        assert!(matches!(err, LaunchError::Handshake { .. }), "{err}");
+
+        let runs = std::fs::read_to_string(records.path().join("runs")).unwrap();
+        let lines: Vec<&str> = runs.lines().collect();
+        assert_eq!(lines.len(), 2, "{runs}");
+        for line in lines {
+            let (arg0, target) = line.split_once(' ').unwrap();
+            assert!(arg0.starts_with("/proc/self/fd/"), "{runs}");
+            assert_eq!(
+                target, "/memfd:codervpn-compat-0123456789ab-coder-linux-amd64 (deleted)",
+                "{runs}"
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// A version check that fails leaves nothing behind either, and names the artifact.
+    #[tokio::test]
+    async fn a_refused_version_names_the_artifact_and_leaves_no_file() {
+        let (records, cache) = dirs();
+        let mut artifact = hanging_daemon(records.path(), cache.path());
+        artifact.server_version.raw = "v2.36.2".into();
+        let Err(err) = spawn_daemon(&artifact, &[], &[], Duration::from_millis(500)).await else {
+            panic!("a CLI of another version was run");
+        };
+        let want = if cfg!(target_os = "linux") {
+            "version check failed: coder-linux-amd64 (sealed memfd) is Coder \"v2.36.1\""
+        } else {
+            "version check failed: "
+        };
+        assert!(err.to_string().starts_with(want), "{err}");
+        assert!(
+            !records.path().join("pid").exists(),
+            "the daemon was started"
+        );
+        let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

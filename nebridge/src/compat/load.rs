@@ -24,6 +24,8 @@ use codervpn_proto::{Connection, ManagerSide, VersionList};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use tracing::{debug, warn};
 
+use super::sealed::{memfd, memfd_name, private_copy};
+
 /// `int32_t OpenTunnel(int32_t readFD, int32_t writeFD)`.
 type OpenTunnelFn = unsafe extern "C" fn(i32, i32) -> i32;
 
@@ -126,7 +128,7 @@ impl CompatLibrary {
             file: file.to_owned(),
             source,
         };
-        let (path, memfd, staged) = match memfd_copy(file, sha1, bytes) {
+        let (path, memfd, staged) = match memfd(&memfd_name(file, sha1), bytes, false) {
             Ok(Some(fd)) => (
                 PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
                 Some(fd),
@@ -250,61 +252,4 @@ fn meaning(code: i32) -> &'static str {
         -5 => "tunnel construction failed (handshake or incompatible version)",
         _ => "unknown error code",
     }
-}
-
-/// The bytes in a sealed memfd, or `None` where memfds do not exist.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn memfd_copy(file: &str, sha1: &str, bytes: &[u8]) -> std::io::Result<Option<OwnedFd>> {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    let short = sha1.get(..12).unwrap_or(sha1);
-    let name = std::ffi::CString::new(format!("codervpn-compat-{short}-{file}"))
-        .map_err(std::io::Error::other)?;
-    // SAFETY: `name` is a valid C string; the flags are plain bits.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    // SAFETY: `fd` was just created and is ours alone.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut f = std::fs::File::from(owned);
-    f.write_all(bytes)?;
-    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl on our own fd; F_ADD_SEALS only restricts future writes.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(Some(OwnedFd::from(f)))
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn memfd_copy(_file: &str, _sha1: &str, _bytes: &[u8]) -> std::io::Result<Option<OwnedFd>> {
-    Ok(None)
-}
-
-/// Writes `bytes` to a new mode-0500 file created exclusively in `dir` and returns its path.
-pub(crate) fn private_copy(dir: &Path, file: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let path = dir.join(format!(".{file}.verified-{}-{n}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o500)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)?;
-    let written = f.write_all(bytes).and_then(|()| f.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
-    Ok(path)
 }

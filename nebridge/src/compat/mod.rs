@@ -5,25 +5,31 @@
 //! fetch_verified(config, ArtifactKind::Library, progress)
 //!   1. GET <server>/api/v2/buildinfo          server version, must be >= 2.20.0 (library)
 //!                                             or >= 2.24.2 (the CLI as a daemon)
-//!   2. GET <server>/bin/coder-vpn-<os>-<arch>.<so|dylib>
+//!   2. GET <server>/bin/coder-vpn-<os>-<arch>.<so|dylib>   (or coder-<os>-<arch>)
 //!        If-None-Match: "<sha1 of the cached copy>"; 304 keeps the cache
 //!        200 streams into a temp file in the private cache dir (size cap, timeouts,
-//!        length and ETag checked), bytes kept in memory
+//!        length and ETag checked), bytes kept in memory; the cache dir and every
+//!        directory above it must be writable by root or us only (sticky ones aside)
 //!   3. GET <file URL>.minisig                 minisign signature, checked against the
 //!        pinned public keys; its trusted comment must read
 //!        `codervpn-artifact file=<file> version=<server major.minor.patch> platform=<os>-<arch>`
 //!   4. pass: fsync + rename into the cache;   fail: delete the file, refuse
-//!                                             (a cached copy failing after a 304 is
+//!        (mode 0600, never executed)          (a cached copy failing after a 304 is
 //!                                             deleted and downloaded once more)
 //! VerifiedArtifact::load_library()            the verified in-memory bytes, via a sealed
 //!                                             memfd (Linux), dlopen + dlsym OpenTunnel;
 //!                                             never unloaded, loaded once per SHA-1
 //! CompatLibrary::open_tunnel(timeout)         OpenTunnel on a blocking thread while we
 //!                                             handshake as the manager → CompatTunnel
+//! launch::spawn_daemon(artifact, …)           the verified in-memory bytes in a sealed
+//!                                             memfd (Linux), run as `coder version
+//!                                             --output=json`, then `coder vpn-daemon run`
 //! ```
 //!
-//! The verified bytes are the loaded bytes: nothing re-reads the cache file between the
-//! checks and `dlopen`, so there is no check-then-swap window.
+//! The verified bytes are the loaded or run bytes: nothing re-reads the cache file between
+//! the checks and `dlopen` or `execve`, so there is no check-then-swap window. On Linux no
+//! executable file is written at all; elsewhere a mode-0500 copy in the cache directory is
+//! loaded or run and deleted at once ([`Executable`]).
 //!
 //! Trusted comment format (also in docs/compat-signing.md): the first word is
 //! `codervpn-artifact`, followed by `key=value` words; `file`, `version` and `platform`
@@ -40,8 +46,11 @@
 
 pub mod codesign;
 mod download;
+mod exec;
 pub mod launch;
 mod load;
+mod private_dir;
+mod sealed;
 mod verify;
 
 use std::path::PathBuf;
@@ -50,8 +59,10 @@ use std::time::Duration;
 use tracing::{info, warn};
 use url::Url;
 
-pub use download::{DownloadError, Limits, Progress, ensure_private_dir};
+pub use download::{DownloadError, Limits, Progress};
+pub use exec::Executable;
 pub use load::{CompatLibrary, CompatTunnel, LoadError, OpenTunnelError};
+pub use private_dir::ensure_private_dir;
 pub use verify::{
     MIN_DAEMON_SERVER_VERSION, MIN_SERVER_VERSION, SemVer, ServerVersion, TRUSTED_COMMENT_TAG,
     TrustedComment, VerifyError,
@@ -73,7 +84,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct CompatConfig {
     /// The Coder deployment URL (`https://coder.example.com`).
     pub server: Url,
-    /// Private cache directory (created 0700; refused when others can write it).
+    /// Private cache directory (created 0700; refused when anyone but root and us can write
+    /// it or a directory above it, see [`ensure_private_dir`]).
     pub cache_dir: PathBuf,
     /// The user's literal headers, sent with every request.
     pub headers: Vec<(String, String)>,
@@ -284,11 +296,11 @@ impl VerifiedArtifact {
         CompatLibrary::load_once(&self.file, &self.sha1, &self.bytes, &self.staging_dir)
     }
 
-    /// Writes these bytes to a new mode-0500 file in the private cache directory (for the
-    /// daemon: run that file, never the cached one) and returns its path. The caller
-    /// deletes it when done.
-    pub fn write_private_copy(&self) -> std::io::Result<PathBuf> {
-        load::private_copy(&self.staging_dir, &self.file, &self.bytes)
+    /// These bytes as something to run (the daemon): a sealed memfd on Linux, else a
+    /// mode-0500 copy in the private cache directory deleted when the [`Executable`] is
+    /// dropped. Never the cached file, which is kept mode 0600 and never run.
+    pub fn executable(&self) -> std::io::Result<Executable> {
+        Executable::new(&self.file, &self.sha1, &self.bytes, &self.staging_dir)
     }
 }
 
@@ -353,6 +365,7 @@ pub async fn fetch_verified(
     let from_cache = matches!(fetched.origin, download::Origin::Cached { .. });
     let (bytes, sha1) = (std::mem::take(&mut fetched.bytes), fetched.sha1.clone());
     fetched.commit().await?;
+    sealed::sweep_stale_copies(dir, &file);
     info!(%url, sha1 = %sha1, from_cache, server = %server_version.raw, "artifact verified");
     Ok(VerifiedArtifact {
         kind,
