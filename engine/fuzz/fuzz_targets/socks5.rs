@@ -1,5 +1,5 @@
 //! Fuzzes the SOCKS5 server's parsers (`device/userspace/socks5.rs`): the input as a
-//! method-selection greeting and as a request.
+//! method-selection greeting, as a username/password message (RFC 1929) and as a request.
 //!
 //! Checks: no panic; a whole message says how much it consumed (never more than the input),
 //! parses the same from exactly those bytes, and one byte fewer is either incomplete or
@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use codervpn_engine::device::userspace::socks5::{parse_greeting, parse_request};
+use codervpn_engine::device::userspace::socks5::{parse_greeting, parse_request, parse_user_pass};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,6 +18,14 @@ fuzz_target!(|data: &[u8]| {
         let again = parse_greeting(&data[..used]).expect("the same bytes parse");
         assert_eq!(again, Some((methods, used)));
         assert!(matches!(parse_greeting(&data[..used - 1]), Ok(None)));
+    }
+    if let Ok(Some((user, pass, used))) = parse_user_pass(data) {
+        assert!(used <= data.len());
+        assert_eq!(used, 3 + user.len() + pass.len());
+        assert!(!user.is_empty() && !pass.is_empty());
+        let again = parse_user_pass(&data[..used]).expect("the same bytes parse");
+        assert_eq!(again, Some((user, pass, used)));
+        assert!(matches!(parse_user_pass(&data[..used - 1]), Ok(None)));
     }
     if let Ok(Some((request, used))) = parse_request(data) {
         assert!(used <= data.len());
