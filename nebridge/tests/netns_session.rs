@@ -139,6 +139,20 @@ fn up_manages_network_managers_file_behind_a_symlink() {
     script("nm-symlink.sh", &[], "nm-symlink ok");
 }
 
+/// Fault campaign, namespace half (issue #17): a 19.7 MB echo stream on the direct path
+/// comes back whole (SHA-256) across 10 s of 50 % UDP loss (the path may fall back to
+/// DERP and return) ...
+#[test]
+fn an_echo_stream_survives_10_s_of_half_the_udp_lost() {
+    script("faults.sh", &["loss"], "faults ok (loss)");
+}
+
+/// ... and across host a's address changing under it.
+#[test]
+fn an_echo_stream_survives_the_client_address_changing() {
+    script("faults.sh", &["address"], "faults ok (address)");
+}
+
 /// With every path to an agent dead (the agent's host drops everything from the client),
 /// a TCP connect fails with EHOSTUNREACH within ~7 s instead of hanging, and the Coder
 /// Connect marker still resolves within 100 ms (issue #14).
