@@ -59,10 +59,7 @@ impl ResolvconfTool {
     /// prints "Debian resolvconf …"; old ones exit 99 on the unknown option; anything
     /// else is openresolv, as tailscale assumes too).
     pub fn probe(bin: &Path) -> Self {
-        let out = Command::new(bin)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output();
+        let out = run_raw(bin, &["--version"], None);
         let flavour = match out {
             Ok(o) if o.status.code() == Some(99) => Flavour::Debian,
             Ok(o) => flavour_of_version(&String::from_utf8_lossy(&o.stdout)),
@@ -127,60 +124,78 @@ impl ResolvconfTool {
 
     /// Runs the tool with `args` (and `stdin`), within [`RUN_TIMEOUT`]; its stdout. Blocks.
     fn run(&self, args: &[&str], stdin: Option<String>) -> Result<String, ResolvconfError> {
-        let command = format!("{} {}", self.bin.display(), args.join(" "));
-        let fail = |detail: String| ResolvconfError {
-            command: command.clone(),
-            detail,
-        };
-        let mut child = Command::new(&self.bin)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| fail(format!("cannot run it: {e}")))?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            use std::io::Write;
-            pipe.write_all(text.as_bytes())
-                .map_err(|e| fail(format!("writing its input: {e}")))?;
-        }
-        // Its output is a few lines, well within a pipe's buffer: poll for the exit, then
-        // read. A child that never exits is killed (not yet reaped, so the pid is still
-        // its own).
-        let deadline = std::time::Instant::now() + RUN_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(fail(format!(
-                        "no answer within {} s",
-                        RUN_TIMEOUT.as_secs()
-                    )));
-                }
-                Err(e) => return Err(fail(format!("waiting for it: {e}"))),
-            }
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| fail(format!("reading its output: {e}")))?;
+        let out = run_raw(&self.bin, args, stdin)?;
         if !out.status.success() {
-            return Err(fail(format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(ResolvconfError {
+                command: command_line(&self.bin, args),
+                detail: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// `bin args…`, for messages.
+fn command_line(bin: &Path, args: &[&str]) -> String {
+    format!("{} {}", bin.display(), args.join(" "))
+}
+
+/// Runs `bin` with `args` (and `stdin`) within [`RUN_TIMEOUT`], whatever its exit status.
+/// Blocks.
+fn run_raw(
+    bin: &Path,
+    args: &[&str],
+    stdin: Option<String>,
+) -> Result<std::process::Output, ResolvconfError> {
+    let command = command_line(bin, args);
+    let fail = |detail: String| ResolvconfError {
+        command: command.clone(),
+        detail,
+    };
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| fail(format!("writing its input: {e}")))?;
+    }
+    // Its output is a few lines, well within a pipe's buffer: poll for the exit, then
+    // read. A child that never exits is killed (not yet reaped, so the pid is still
+    // its own).
+    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "no answer within {} s",
+                    RUN_TIMEOUT.as_secs()
+                )));
+            }
+            Err(e) => return Err(fail(format!("waiting for it: {e}"))),
+        }
+    }
+    child
+        .wait_with_output()
+        .map_err(|e| fail(format!("reading its output: {e}")))
 }
 
 /// Which implementation a `--version` output names.
