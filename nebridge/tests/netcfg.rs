@@ -1,8 +1,9 @@
 //! Network settings applied to a real TUN in a fresh network namespace, checked with
 //! iproute2; and the status socket with clients running as other uids.
 //!
-//! Needs root (namespaces, TUN, setuid); skipped otherwise. Every test makes its own
-//! namespace (`cvpn-netcfg-<pid>-<test>`) and socket path, so tests run in parallel.
+//! Needs root (namespaces, TUN, setuid): fails without it, unless CODERVPN_SKIP_ROOT_TESTS=1
+//! asks for a printed skip. Every test makes its own namespace (`cvpn-netcfg-<pid>-<test>`)
+//! and socket path, so tests run in parallel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,11 +29,17 @@ use tokio::io::AsyncBufReadExt;
 const IF: &str = "coder0";
 const SELF_ADDR: &str = "fd60:627a:a42b:1:2:3:4:5";
 
+/// Whether we run as root. Otherwise the test fails — a skip must not pass for a pass —
+/// unless `CODERVPN_SKIP_ROOT_TESTS=1` asks for the skip, which is then printed.
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        eprintln!("skipped: needs root");
+        assert!(
+            std::env::var_os("CODERVPN_SKIP_ROOT_TESTS").is_some(),
+            "needs root (namespaces, TUN); run as root, or set CODERVPN_SKIP_ROOT_TESTS=1 to skip"
+        );
+        eprintln!("SKIPPED (CODERVPN_SKIP_ROOT_TESTS): needs root");
     }
     root
 }

@@ -48,7 +48,11 @@ while True:
     h.update(b); n += len(b)
 print(h.hexdigest(), n)' "$port" > "$WORK/recv" &
   local server=$!
-  sleep 0.3
+  # Connect once the receiver listens (not after a guessed delay).
+  for _ in $(seq 200); do
+    ip netns exec "$2" ss -Hltn "sport = :$port" | grep -q . && break
+    sleep 0.05
+  done
   ip netns exec "$1" python3 -c '
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)

@@ -424,6 +424,15 @@ impl Testbed {
             .clone()
     }
 
+    /// Resume tokens handed out so far (RefreshResumeToken calls answered).
+    pub fn resume_tokens_issued(&self) -> usize {
+        self.tailnet
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Tailnet connections that resumed with a valid resume token so far.
     pub fn resumed_connections(&self) -> u64 {
         self.tailnet

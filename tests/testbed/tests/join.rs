@@ -142,10 +142,19 @@ async fn dropped_coordinator_resumes_with_the_token_and_loses_no_update() {
     let kept = d.workspaces[1].agents[0].id.0.to_vec();
     assert_eq!(d.workspaces[0].name, agents[0].workspace);
     fetch_page(&connector, &agents[1].ip).await;
-    // Give the controller time to fetch its first resume token.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The controller has its first resume token (issued in process: the answer is in flight
+    // for microseconds, not the 300 ms this used to sleep).
+    tokio::time::timeout(T, async {
+        while tb.resume_tokens_issued() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("no resume token issued");
+    tokio::time::sleep(Duration::from_millis(20)).await;
     tb.drop_tailnet_connections();
-    // A change made while the client is (probably) still reconnecting.
+    // A change made while the client is (probably) still reconnecting; faults.rs has the
+    // deterministic case (the change made while the coordinator refuses connections).
     assert!(tb.set_workspace_running(&agents[0].workspace, false));
     let u = wait_update(&mut m, |u| u.deleted_agents.iter().any(|a| a.id == gone)).await;
     assert!(u.deleted_agents.iter().all(|a| a.id != kept));
