@@ -37,7 +37,10 @@ testbed_log | grep "client node" | grep -q '"999-v6"' \
   || fail "no IPv6 STUN latency published: $(testbed_log | grep 'client node' | tail -1)"
 echo "STUN over IPv6: $(testbed_log | grep 'client node' | tail -1 | grep -o 'latency_keys={[^}]*}')"
 
-PAGE=$(ip netns exec "$NS_A" curl -s -m 10 -g "http://[$AGENT_IP]/") || fail "no page over the tunnel"
+# The page comes over the direct path: a's TCP to the testbed (DERP) is cut meanwhile.
+block_derp "$NS_A" "$B6"
+PAGE=$(ip netns exec "$NS_A" curl -s -m 10 -g "http://[$AGENT_IP]/") || fail "no page over the tunnel with DERP cut"
+unblock_derp "$NS_A"
 echo "$PAGE" | grep -q "Hello from agent" || fail "unexpected page: $PAGE"
 echo "page: $(echo "$PAGE" | grep -o 'Hello from agent[^<]*')"
 stop_up || fail "up exited with an error"

@@ -438,6 +438,22 @@ NFT
 }
 unblock_udp() { ip netns exec "$1" nft delete table inet cvpnblock; }
 
+# block_derp NS ADDR: host NS drops its TCP to the testbed at ADDR (port 8080: DERP and the
+# coordinator), so whatever still reaches an agent went over a direct UDP path.
+block_derp() {
+  local fam=ip
+  [[ "$2" == *:* ]] && fam=ip6
+  ip netns exec "$1" nft -f - <<NFT
+table inet cvpnnoderp {
+  chain output {
+    type filter hook output priority 0; policy accept;
+    $fam daddr $2 tcp dport 8080 counter drop
+  }
+}
+NFT
+}
+unblock_derp() { ip netns exec "$1" nft delete table inet cvpnnoderp; }
+
 # start_echo_stream AGENT_IP: from host a, a slow TCP stream through the agent's echo
 # service (64 KiB every 100 ms for ~30 s), checked end to end; prints "stream ok ..." to
 # $WORK/stream.out. Sets STREAM_PID.

@@ -44,6 +44,10 @@ echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
 advertised | grep -q "\"$PUB_R:[0-9]*\"" || fail "the client did not advertise r's mapping: $(advertised)"
 echo "client advertised $(advertised)"
 ping_agent "over the punched path" 5
+# The punched path itself carries them: a's TCP to the testbed (DERP) cut, pings still pass.
+block_derp "$NS_A" "$TESTBED_ADDR"
+ping_agent "with DERP cut" 5
+unblock_derp "$NS_A"
 
 stop_up || fail "up exited with an error"
 echo "nat-both ok"

@@ -44,6 +44,13 @@ echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
 ip netns exec "$NS_A" ping -6 -c 5 -i 0.2 -W 2 "$AGENT_IP" > "$WORK/ping.txt" \
   || fail "no pings over the direct path: $(cat "$WORK/ping.txt")"
 echo "ping over the NAT'd direct path: $(grep -o '[0-9]* received' "$WORK/ping.txt")"
+# ... and it is the direct path that carries them: with a's TCP to the testbed (DERP, the
+# coordinator) dropped, pings still get through.
+block_derp "$NS_A" "$TESTBED_ADDR"
+ip netns exec "$NS_A" ping -6 -c 5 -i 0.2 -W 2 "$AGENT_IP" > "$WORK/ping.txt" \
+  || fail "no pings with DERP cut: the path was not direct: $(cat "$WORK/ping.txt")"
+unblock_derp "$NS_A"
+echo "with DERP cut: $(grep -o '[0-9]* received' "$WORK/ping.txt")"
 
 # The client learned r's public address from STUN and advertised it.
 for _ in $(seq 100); do
