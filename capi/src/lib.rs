@@ -202,23 +202,29 @@ pub extern "C" fn codervpn_utun_fd() -> i32 {
 #[unsafe(no_mangle)]
 pub extern "C" fn codervpn_version() -> *const c_char {
     static VERSION: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
-    VERSION
-        .get_or_init(|| {
-            let v = format!(
-                "codervpn {} (Coder {})",
-                env!("CARGO_PKG_VERSION"),
-                codervpn_engine::host::CODER_VERSION
-            );
-            CString::new(v).unwrap_or_default()
-        })
-        .as_ptr()
+    catch_unwind(|| {
+        VERSION
+            .get_or_init(|| {
+                let v = format!(
+                    "codervpn {} (Coder {})",
+                    env!("CARGO_PKG_VERSION"),
+                    codervpn_engine::host::CODER_VERSION
+                );
+                CString::new(v).unwrap_or_default()
+            })
+            .as_ptr()
+    })
+    .unwrap_or(EMPTY.as_ptr())
 }
+
+/// What a string-returning entry point answers when it cannot answer.
+static EMPTY: &CStr = c"";
 
 /// The message of the last failed `codervpn_start`/`codervpn_stop` on this thread
 /// ("" when none). Valid until the next call of either on this thread; never free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn codervpn_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    catch_unwind(|| LAST_ERROR.with(|e| e.borrow().as_ptr())).unwrap_or(EMPTY.as_ptr())
 }
 
 /// A failed call: its code and what happened.
@@ -291,5 +297,22 @@ pub(crate) unsafe fn optional_str(p: *const c_char, what: &str) -> Result<Option
             CODERVPN_ERR_INVALID_UTF8,
             format!("{what} is not UTF-8: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real panic inside an entry point's body comes back as an error code with a
+    /// message, and the caller goes on (issue #17).
+    #[test]
+    fn a_panic_becomes_an_error_code_not_an_unwind() {
+        let code = guard(|| panic!("boom"));
+        assert_eq!(code, CODERVPN_ERR_PANIC);
+        // SAFETY: the library's own NUL-terminated message.
+        let message = unsafe { CStr::from_ptr(codervpn_last_error()) }.to_string_lossy();
+        assert_eq!(message, "internal error (panic); this is a bug");
+        assert_eq!(guard(|| Ok(())), CODERVPN_OK, "the next call works");
     }
 }
