@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Soak (issue #17): `codervpn vpn-daemon run` (a real process, userspace mode) joined to a
+testbed with N workspaces, traffic every second — a TCP echo of 1 KiB through its SOCKS5
+proxy to the next agent in turn, so every WireGuard session is used and re-used — for
+SECONDS, while a manager thread answers and drains everything the tunnel sends (network
+settings, PeerUpdates every 5 s, logs). VmRSS is sampled every 10 s; prints the samples,
+the least-squares slope (MiB per hour) over the second half (after warm-up), and the peak.
+
+    benches/soak.py [CODERVPN_BINARY] [N] [SECONDS]   (target/release/codervpn, 100, 600)
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+import manager  # noqa: E402
+from session import socks5_connect  # noqa: E402
+
+
+def status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM", "RssAnon", "Threads"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+def slope_per_hour(points):
+    """Least-squares slope of (seconds, MiB) points, in MiB per hour."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mx = sum(t for t, _ in points) / n
+    my = sum(v for _, v in points) / n
+    den = sum((t - mx) ** 2 for t, _ in points)
+    return 0.0 if den == 0 else sum((t - mx) * (v - my) for t, v in points) / den * 3600
+
+
+def main():
+    binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "target", "release", "codervpn")
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 600
+    tb = subprocess.Popen([binary, "testbed", "serve", "--workspaces", str(n)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    info = json.loads(tb.stdout.readline())
+    time.sleep(2)
+    pb = manager.load_vpn_pb2()
+    import socket as s_
+    probe = s_.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    env = dict(os.environ, CODERVPN_SOCKS5=f"127.0.0.1:{port}")
+    m2t_r, m2t_w = os.pipe()
+    t2m_r, t2m_w = os.pipe()
+    child = subprocess.Popen([binary, "vpn-daemon", "run", "--rpc-read-fd", str(m2t_r), "--rpc-write-fd", str(t2m_w)],
+                             pass_fds=(m2t_r, t2m_w), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    os.close(m2t_r)
+    os.close(t2m_w)
+    pipe = manager.Pipe(t2m_r, m2t_w)
+    pipe.w.write(b"codervpn manager 1.3\n")
+    pipe.header()
+    pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=1), start=pb.StartRequest(
+        tunnel_file_descriptor=-1, coder_url=info["url"], api_token=info["token"])))
+    names = []
+    started = threading.Event()
+    counts = {"peer_updates": 0, "logs": 0}
+    lock = threading.Lock()
+
+    def read_all():
+        while True:
+            try:
+                raw = pipe.recv_raw()
+            except Exception:
+                return
+            if raw is None:
+                return
+            msg = pb.TunnelMessage()
+            msg.ParseFromString(raw)
+            kind = msg.WhichOneof("msg")
+            if kind == "network_settings":
+                with lock:
+                    pipe.send(pb.ManagerMessage(rpc=pb.RPC(response_to=msg.rpc.msg_id),
+                                                network_settings=pb.NetworkSettingsResponse(success=True)))
+            elif kind == "start":
+                if not msg.start.success:
+                    print(f"start failed: {msg.start.error_message}", file=sys.stderr)
+                    os._exit(1)
+            elif kind == "peer_update":
+                counts["peer_updates"] += 1
+                if not names:
+                    names.extend(sorted(a.fqdn, key=len)[1].rstrip(".") for a in msg.peer_update.upserted_agents)
+                    started.set()
+            elif kind == "log":
+                counts["logs"] += 1
+
+    threading.Thread(target=read_all, daemon=True).start()
+    if not started.wait(60):
+        sys.exit("no PeerUpdate within 60 s")
+    payload = os.urandom(1024)
+    samples, ok, failed = [], 0, 0
+    t0 = time.monotonic()
+    next_sample = t0
+    i = 0
+    while time.monotonic() - t0 < seconds:
+        now = time.monotonic()
+        if now >= next_sample:
+            s = status(child.pid)
+            samples.append((round(now - t0), round(s["VmRSS"] / 1024, 2), s["Threads"]))
+            next_sample += 10
+        name = names[i % len(names)]
+        i += 1
+        try:
+            c = socks5_connect(("127.0.0.1", port), name, 7)
+            c.settimeout(10)
+            c.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                b = c.recv(4096)
+                if not b:
+                    break
+                got += b
+            c.close()
+            ok += got == payload
+            failed += got != payload
+        except Exception:
+            failed += 1
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
+    end = status(child.pid)
+    with lock:
+        pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=2), stop=pb.StopRequest()))
+    child.wait(timeout=20)
+    tb.terminate()
+    half = [(t, v) for t, v, _ in samples if t >= seconds / 2]
+    print(json.dumps({
+        "agents": len(names), "seconds": seconds, "echoes_ok": ok, "echoes_failed": failed,
+        "peer_updates": counts["peer_updates"], "log_records": counts["logs"],
+        "rss_mib_first": samples[0][1] if samples else None,
+        "rss_mib_last": samples[-1][1] if samples else None,
+        "peak_rss_mib": round(end["VmHWM"] / 1024, 2),
+        "slope_mib_per_hour_second_half": round(slope_per_hour(half), 2),
+        "samples": samples,
+    }))
+
+
+if __name__ == "__main__":
+    main()
