@@ -37,8 +37,16 @@ fn last_error() -> String {
 }
 
 fn start(cfg: &codervpn_config) -> (i32, *mut codervpn_session) {
+    start_with(cfg, no_callbacks())
+}
+
+/// `codervpn_start` in userspace mode with `callbacks` and a NULL context.
+fn start_with(
+    cfg: &codervpn_config,
+    callbacks: codervpn_callbacks,
+) -> (i32, *mut codervpn_session) {
     let mut session = ptr::null_mut();
-    let rc = unsafe { codervpn_start(cfg, -1, no_callbacks(), ptr::null_mut(), &mut session) };
+    let rc = unsafe { codervpn_start(cfg, -1, callbacks, ptr::null_mut(), &mut session) };
     (rc, session)
 }
 
@@ -132,17 +140,7 @@ fn refused_network_settings_fail_the_start_with_the_hosts_message() {
         network_settings: Some(refuse_settings),
         ..no_callbacks()
     };
-    let mut session = ptr::null_mut();
-
-    let rc = unsafe {
-        codervpn_start(
-            &config(&url, &token),
-            -1,
-            callbacks,
-            ptr::null_mut(),
-            &mut session,
-        )
-    };
+    let (rc, session) = start_with(&config(&url, &token), callbacks);
 
     assert_eq!(rc, CODERVPN_ERR_START_FAILED, "{}", last_error());
     assert!(session.is_null());
@@ -192,16 +190,7 @@ fn stop_returns_though_a_host_callback_never_does() {
         ..no_callbacks()
     };
     HOLD.store(true, Ordering::SeqCst);
-    let mut session = ptr::null_mut();
-    let rc = unsafe {
-        codervpn_start(
-            &config(&url, &token),
-            -1,
-            callbacks,
-            ptr::null_mut(),
-            &mut session,
-        )
-    };
+    let (rc, session) = start_with(&config(&url, &token), callbacks);
     assert_eq!(rc, CODERVPN_OK, "{}", last_error());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while HELD.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {

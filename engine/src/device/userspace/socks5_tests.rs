@@ -501,6 +501,16 @@ fn user_pass_message_parses_and_asks_for_more_until_whole() {
     ));
 }
 
+/// A greeting offering methods 0 and 2, a username/password message, then a request.
+fn login_then_request(user: &[u8], pass: &[u8]) -> Vec<u8> {
+    let mut msg = vec![5, 2, 0, 2, 1, user.len() as u8];
+    msg.extend_from_slice(user);
+    msg.push(pass.len() as u8);
+    msg.extend_from_slice(pass);
+    msg.extend_from_slice(&v6_request(1));
+    msg
+}
+
 fn creds() -> Credentials {
     Credentials::new("codervpn", "hunter2").unwrap()
 }
@@ -525,11 +535,7 @@ async fn with_credentials_no_auth_alone_is_not_acceptable() {
 
 #[tokio::test]
 async fn wrong_password_is_answered_failure_and_closed() {
-    let mut msg = vec![5, 2, 0, 2, 1, 8];
-    msg.extend_from_slice(b"codervpn");
-    msg.push(7);
-    msg.extend_from_slice(b"hunter3");
-    msg.extend_from_slice(&v6_request(1));
+    let msg = login_then_request(b"codervpn", b"hunter3");
     let (got, res) = exchange_with(&msg).await;
     assert_eq!(got, [5, 2, 1, 1], "method 2 chosen, then status 1");
     assert!(matches!(res, Err(Socks5Error::BadCredentials)));
@@ -537,11 +543,7 @@ async fn wrong_password_is_answered_failure_and_closed() {
 
 #[tokio::test]
 async fn right_credentials_go_on_to_the_request() {
-    let mut msg = vec![5, 2, 0, 2, 1, 8];
-    msg.extend_from_slice(b"codervpn");
-    msg.push(7);
-    msg.extend_from_slice(b"hunter2");
-    msg.extend_from_slice(&v6_request(1));
+    let msg = login_then_request(b"codervpn", b"hunter2");
     let (got, res) = exchange_with(&msg).await;
     // Authenticated; the (fake) stack is stopped, so the request fails after it.
     assert_eq!(&got[..4], &[5, 2, 1, 0]);
