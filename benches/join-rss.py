@@ -11,49 +11,23 @@ PeerUpdate as the daemon process sees it (one sample per run).
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
-import manager  # noqa: E402
+from daemon_bench import launch, proc_status  # noqa: E402
 from session import socks5_connect  # noqa: E402
 
 
 def rss(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[k] = int(v.split()[0]) / 1024
-    return out
+    return {k: v / 1024 for k, v in proc_status(pid).items() if k != "Threads"}
 
 
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "target", "release", "codervpn")
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    tb = subprocess.Popen([binary, "testbed", "serve", "--workspaces", str(n)],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    info = json.loads(tb.stdout.readline())
-    time.sleep(2)  # agents register
-    pb = manager.load_vpn_pb2()
-    import socket as s_
-    probe = s_.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    env = dict(os.environ, CODERVPN_SOCKS5=f"127.0.0.1:{port}")
-    m2t_r, m2t_w = os.pipe()
-    t2m_r, t2m_w = os.pipe()
-    child = subprocess.Popen([binary, "vpn-daemon", "run", "--rpc-read-fd", str(m2t_r), "--rpc-write-fd", str(t2m_w)],
-                             pass_fds=(m2t_r, t2m_w), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    os.close(m2t_r)
-    os.close(t2m_w)
-    pipe = manager.Pipe(t2m_r, m2t_w)
-    pipe.w.write(b"codervpn manager 1.3\n")
-    pipe.header()
+    tb, info, child, pipe, pb, port = launch(binary, n)
     idle = rss(child.pid)
     t0 = time.perf_counter()
     pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=1), start=pb.StartRequest(

@@ -11,25 +11,14 @@ the least-squares slope (MiB per hour) over the second half (after warm-up), and
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
-import manager  # noqa: E402
+from daemon_bench import launch, proc_status  # noqa: E402
 from session import socks5_connect  # noqa: E402
-
-
-def status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "RssAnon", "Threads"):
-                out[k] = int(v.split()[0])
-    return out
 
 
 def slope_per_hour(points):
@@ -47,26 +36,7 @@ def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "target", "release", "codervpn")
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 600
-    tb = subprocess.Popen([binary, "testbed", "serve", "--workspaces", str(n)],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    info = json.loads(tb.stdout.readline())
-    time.sleep(2)
-    pb = manager.load_vpn_pb2()
-    import socket as s_
-    probe = s_.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    env = dict(os.environ, CODERVPN_SOCKS5=f"127.0.0.1:{port}")
-    m2t_r, m2t_w = os.pipe()
-    t2m_r, t2m_w = os.pipe()
-    child = subprocess.Popen([binary, "vpn-daemon", "run", "--rpc-read-fd", str(m2t_r), "--rpc-write-fd", str(t2m_w)],
-                             pass_fds=(m2t_r, t2m_w), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    os.close(m2t_r)
-    os.close(t2m_w)
-    pipe = manager.Pipe(t2m_r, m2t_w)
-    pipe.w.write(b"codervpn manager 1.3\n")
-    pipe.header()
+    tb, info, child, pipe, pb, port = launch(binary, n)
     pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=1), start=pb.StartRequest(
         tunnel_file_descriptor=-1, coder_url=info["url"], api_token=info["token"])))
     names = []
@@ -112,7 +82,7 @@ def main():
     while time.monotonic() - t0 < seconds:
         now = time.monotonic()
         if now >= next_sample:
-            s = status(child.pid)
+            s = proc_status(child.pid)
             samples.append((round(now - t0), round(s["VmRSS"] / 1024, 2), s["Threads"]))
             next_sample += 10
         name = names[i % len(names)]
@@ -133,7 +103,7 @@ def main():
         except Exception:
             failed += 1
         time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
-    end = status(child.pid)
+    end = proc_status(child.pid)
     with lock:
         pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=2), stop=pb.StopRequest()))
     child.wait(timeout=20)
