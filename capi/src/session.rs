@@ -15,7 +15,6 @@ use codervpn_proto::manager::ManagerClient;
 use codervpn_proto::vpn;
 use prost::Message;
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -280,8 +279,8 @@ impl Session {
 }
 
 /// Hands each update to the host, in order, on a blocking thread (a slow callback holds no
-/// runtime worker).
-async fn forward_updates(mut updates: mpsc::UnboundedReceiver<vpn::PeerUpdate>, host: Host) {
+/// runtime worker). Updates that arrive while a callback runs are merged into the next one.
+async fn forward_updates(mut updates: embedded::PeerUpdates, host: Host) {
     while let Some(u) = updates.recv().await {
         let host = host.clone();
         let bytes = u.encode_to_vec();

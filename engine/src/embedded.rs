@@ -11,13 +11,15 @@ use codervpn_proto::manager::ManagerClient;
 use codervpn_proto::vpn::{self, manager_message, tunnel_message};
 use codervpn_proto::{Connection, HandshakeError, Incoming, ManagerSide, TunnelSide, VersionList};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::session::BoxFuture;
 use crate::session::join::TailnetConnector;
 use crate::tunnel::{TunnelExit, TunnelOptions, serve};
+
+mod peer_updates;
+pub use peer_updates::{MergedUpdates, PeerUpdates};
 
 /// Applies each network settings request: `Ok` when applied, `Err(reason)` refuses. Runs
 /// one request at a time, in order.
@@ -47,8 +49,8 @@ impl Handlers {
 /// A running embedded tunnel and its manager side.
 pub struct Embedded {
     pub client: ManagerClient,
-    /// Every one-way PeerUpdate the tunnel sent.
-    pub updates: mpsc::UnboundedReceiver<vpn::PeerUpdate>,
+    /// The one-way PeerUpdates the tunnel sent, those not yet read merged into one.
+    pub updates: PeerUpdates,
     /// Ends with the tunnel.
     pub tunnel: JoinHandle<TunnelExit>,
 }
@@ -56,8 +58,8 @@ pub struct Embedded {
 /// The manager side of any tunnel connection (embedded, compat dylib or daemon).
 pub struct Managed {
     pub client: ManagerClient,
-    /// Every one-way PeerUpdate the tunnel sent.
-    pub updates: mpsc::UnboundedReceiver<vpn::PeerUpdate>,
+    /// The one-way PeerUpdates the tunnel sent, those not yet read merged into one.
+    pub updates: PeerUpdates,
 }
 
 /// Why the embedded tunnel could not be started.
@@ -123,7 +125,7 @@ pub fn drive_with(conn: Connection<ManagerSide>, handlers: Handlers) -> Managed 
         mut on_log,
     } = handlers;
     let (handle, mut incoming) = conn.into_parts();
-    let (up_tx, updates) = mpsc::unbounded_channel();
+    let (up_tx, updates) = peer_updates::channel();
     let h = handle.clone();
     tokio::spawn(async move {
         while let Some(m) = incoming.recv().await {

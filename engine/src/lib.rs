@@ -14,6 +14,7 @@
 //! - [`ffi`]: the `OpenTunnel(readFD, writeFD)` export that makes this crate a drop-in for
 //!   Coder's Go dylib.
 
+pub mod coalesce;
 pub mod connect;
 pub mod device;
 pub mod embedded;

@@ -12,6 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// What the leaf modules (`transport`, `logs`, `coalesce`) may not name: every layer that
+/// does something with packets or sessions.
+const LEAF_MAY_NOT_NAME: &[&str] = &[
+    "net", "session", "tunnel", "connect", "ffi", "embedded", "device",
+];
+
 /// Top-level modules, and the ones each may not name.
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
@@ -26,22 +32,13 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "transport",
         ],
     ),
-    (
-        "transport",
-        &[
-            "net", "session", "tunnel", "connect", "ffi", "embedded", "device",
-        ],
-    ),
+    ("transport", LEAF_MAY_NOT_NAME),
     ("net", &["session", "tunnel", "connect", "ffi", "embedded"]),
     ("connect", &["session", "tunnel", "ffi", "embedded"]),
     ("session", &["tunnel", "ffi", "embedded"]),
     ("tunnel", &["ffi", "embedded"]),
-    (
-        "logs",
-        &[
-            "net", "session", "tunnel", "connect", "ffi", "embedded", "device",
-        ],
-    ),
+    ("coalesce", LEAF_MAY_NOT_NAME),
+    ("logs", LEAF_MAY_NOT_NAME),
 ];
 
 /// A source file as a module path (`net::derp::client`) and its text.

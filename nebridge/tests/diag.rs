@@ -111,7 +111,7 @@ async fn a_live_sessions_bug_report_holds_no_token_header_value_or_private_key()
     let addr = tb.deployment().agent_summaries()[0].ip.clone();
     let mut pong = None;
     for _ in 0..50 {
-        while let Ok(u) = tunnel.updates.try_recv() {
+        while let Some(u) = tunnel.updates.try_recv() {
             publisher.peer_update(&u, SystemTime::now());
         }
         let v = diag

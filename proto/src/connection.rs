@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -94,7 +94,7 @@ pub struct Connection<S: Side> {
 pub struct Handle<S: Side> {
     out: mpsc::Sender<Bytes>,
     fin: mpsc::Sender<Bytes>,
-    regs: mpsc::UnboundedSender<Registration<S::In>>,
+    pending: Pending<S::In>,
     ids: Arc<AtomicU64>,
     closer: Closer,
     negotiated: Version,
@@ -105,7 +105,7 @@ impl<S: Side> Clone for Handle<S> {
         Self {
             out: self.out.clone(),
             fin: self.fin.clone(),
-            regs: self.regs.clone(),
+            pending: self.pending.clone(),
             ids: self.ids.clone(),
             closer: self.closer.clone(),
             negotiated: self.negotiated,
@@ -113,9 +113,58 @@ impl<S: Side> Clone for Handle<S> {
     }
 }
 
-enum Registration<M> {
-    Add(u64, oneshot::Sender<M>),
-    Remove(u64),
+/// The requests waiting for a reply, shared by the handles (which add and cancel) and the
+/// read loop (which answers, and empties it on close). Its size is the number of requests
+/// in flight: a cancelled one leaves nothing behind.
+struct Pending<M>(Arc<Mutex<PendingState<M>>>);
+
+struct PendingState<M> {
+    replies: HashMap<u64, oneshot::Sender<M>>,
+    closed: bool,
+}
+
+impl<M> Clone for Pending<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M> Pending<M> {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(PendingState {
+            replies: HashMap::new(),
+            closed: false,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingState<M>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for request `id`'s reply; `false` once the connection has closed.
+    fn add(&self, id: u64, tx: oneshot::Sender<M>) -> bool {
+        let mut s = self.lock();
+        if s.closed {
+            return false;
+        }
+        s.replies.insert(id, tx);
+        true
+    }
+
+    fn take(&self, id: u64) -> Option<oneshot::Sender<M>> {
+        self.lock().replies.remove(&id)
+    }
+
+    /// Fails every waiting request (their receivers see the sender dropped).
+    fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.replies.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.lock().replies.len()
+    }
 }
 
 /// The first close reason wins; everyone can wait for it.
@@ -210,15 +259,17 @@ impl<S: Side> Connection<S> {
         let closer = Closer::new();
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
         let (fin_tx, fin_rx) = mpsc::channel(1);
-        let (reg_tx, reg_rx) = mpsc::unbounded_channel();
+        let pending = Pending::new();
         let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
         tokio::spawn(write_loop(writer, out_rx, fin_rx, closer.clone()).in_current_span());
-        tokio::spawn(read_loop::<S, R>(reader, reg_rx, in_tx, closer.clone()).in_current_span());
+        tokio::spawn(
+            read_loop::<S, R>(reader, pending.clone(), in_tx, closer.clone()).in_current_span(),
+        );
         Self {
             handle: Handle {
                 out: out_tx,
                 fin: fin_tx,
-                regs: reg_tx,
+                pending,
                 ids: Arc::new(AtomicU64::new(1)),
                 closer,
                 negotiated,
@@ -250,6 +301,11 @@ impl<S: Side> Handle<S> {
         self.negotiated
     }
 
+    /// Requests sent and still waiting for their reply (a cancelled one no longer counts).
+    pub fn requests_in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Sends a request and waits for its reply. Dropping the future cancels the request;
     /// a reply that arrives later is dropped.
     pub async fn request(&self, mut msg: S::Out) -> Result<S::In, RpcError> {
@@ -257,11 +313,11 @@ impl<S: Side> Handle<S> {
         *S::out_rpc(&mut msg) = Some(rpc::request(id));
         let frame = encode::<S>(&msg)?;
         let (tx, rx) = oneshot::channel();
-        self.regs
-            .send(Registration::Add(id, tx))
-            .map_err(|_| self.closer.closed_error())?;
+        if !self.pending.add(id, tx) {
+            return Err(self.closer.closed_error());
+        }
         let guard = Unregister {
-            regs: &self.regs,
+            pending: &self.pending,
             id,
         };
         self.enqueue(frame).await?;
@@ -339,13 +395,13 @@ impl<S: Side> Handle<S> {
 }
 
 struct Unregister<'a, M> {
-    regs: &'a mpsc::UnboundedSender<Registration<M>>,
+    pending: &'a Pending<M>,
     id: u64,
 }
 
 impl<M> Drop for Unregister<'_, M> {
     fn drop(&mut self) {
-        let _ = self.regs.send(Registration::Remove(self.id));
+        self.pending.take(self.id);
     }
 }
 
@@ -418,11 +474,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 async fn read_loop<S: Side, R: AsyncRead + Unpin>(
     mut reader: R,
-    mut regs: mpsc::UnboundedReceiver<Registration<S::In>>,
+    pending: Pending<S::In>,
     incoming: mpsc::Sender<Incoming<S::In>>,
     closer: Closer,
 ) {
-    let mut pending: HashMap<u64, oneshot::Sender<S::In>> = HashMap::new();
     let mut decoder = FrameDecoder::new();
     let reason = 'outer: loop {
         loop {
@@ -441,13 +496,10 @@ async fn read_loop<S: Side, R: AsyncRead + Unpin>(
                     break 'outer CloseReason::Error(e.to_string());
                 }
             };
-            while let Ok(r) = regs.try_recv() {
-                apply(&mut pending, r);
-            }
             let kind = S::in_kind(&msg);
             let item = match rpc::classify(S::in_rpc(&msg)) {
                 Dispatch::Reply(id) => {
-                    match pending.remove(&id) {
+                    match pending.take(id) {
                         Some(tx) => {
                             let _ = tx.send(msg);
                         }
@@ -480,7 +532,6 @@ async fn read_loop<S: Side, R: AsyncRead + Unpin>(
         tokio::select! {
             biased;
             _ = closer.closed() => break CloseReason::Local,
-            Some(r) = regs.recv() => apply(&mut pending, r),
             read = reader.read_buf(decoder.buffer()) => match read {
                 Ok(0) => match decoder.finish() {
                     Ok(()) => break CloseReason::PeerClosed,
@@ -499,16 +550,6 @@ async fn read_loop<S: Side, R: AsyncRead + Unpin>(
     };
     debug!(reason = %reason, "codervpn connection reader done");
     closer.close(reason);
+    pending.close();
     drop(reader);
-}
-
-fn apply<M>(pending: &mut HashMap<u64, oneshot::Sender<M>>, r: Registration<M>) {
-    match r {
-        Registration::Add(id, tx) => {
-            pending.insert(id, tx);
-        }
-        Registration::Remove(id) => {
-            pending.remove(&id);
-        }
-    }
 }

@@ -36,6 +36,18 @@ async fn tunnel_with_raw_peer(header: &str) -> (Connection<TunnelSide>, UnixStre
     (conn, peer)
 }
 
+/// A manager-side connection handshaken with a raw peer that announced `header` (the
+/// peer's copy of our header is left unread).
+async fn manager_with_raw_peer(header: &str) -> (Connection<ManagerSide>, UnixStream) {
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let (r, w) = ours.into_split();
+    peer.write_all(header.as_bytes()).await.unwrap();
+    let conn = Connection::<ManagerSide>::handshake(r, w, VersionList::current())
+        .await
+        .unwrap();
+    (conn, peer)
+}
+
 /// Two connected `Connection`s, manager and tunnel.
 async fn pair() -> (Connection<ManagerSide>, Connection<TunnelSide>) {
     let (a, b) = UnixStream::pair().unwrap();
@@ -103,12 +115,7 @@ async fn raw_peer_handshake_then_frame_then_eof() {
 
 #[tokio::test]
 async fn go_tunnel_advertising_1_1_negotiates_1_1_on_the_manager_side() {
-    let (ours, mut peer) = UnixStream::pair().unwrap();
-    let (r, w) = ours.into_split();
-    peer.write_all(b"codervpn tunnel 1.1\n").await.unwrap();
-    let conn = Connection::<ManagerSide>::handshake(r, w, VersionList::current())
-        .await
-        .unwrap();
+    let (conn, _peer) = manager_with_raw_peer("codervpn tunnel 1.1\n").await;
     assert_eq!(conn.negotiated().to_string(), "1.1");
 }
 
@@ -593,6 +600,33 @@ async fn cancelled_request_drops_the_late_reply() {
     let reply = manager.handle().request(get_peer_update()).await.unwrap();
     assert_eq!(reply.rpc.unwrap().response_to, 2);
     responder.await.unwrap();
+    assert_eq!(manager.handle().requests_in_flight(), 0);
+}
+
+/// A caller that gives up on request after request leaves nothing behind, even while
+/// nobody reads the incoming queue (the reader is then parked on it, reading nothing).
+#[tokio::test]
+async fn cancelled_requests_leave_nothing_behind_while_incoming_is_full() {
+    let (conn, mut peer) = manager_with_raw_peer("codervpn tunnel 1.3\n").await;
+    for _ in 0..200 {
+        write_frame(&mut peer, &log_msg("flood")).await;
+    }
+    // Drain what the requests write, so the writer never blocks.
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while peer.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let h = conn.handle().clone();
+    for _ in 0..2_000 {
+        let r = tokio::time::timeout(Duration::ZERO, h.request(get_peer_update())).await;
+        assert!(r.is_err(), "no reply can come");
+    }
+    assert_eq!(
+        h.requests_in_flight(),
+        0,
+        "every cancelled request unregistered"
+    );
+    drain.abort();
 }
 
 // checklist #28 (TestSpeaker_unaryRPC_hung_up, …_sendLoop)
@@ -615,6 +649,7 @@ async fn hang_up_fails_pending_and_later_requests_with_unexpected_eof() {
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "connection closed: unexpected EOF");
+    assert_eq!(manager.handle().requests_in_flight(), 0);
 }
 
 // checklist #29, #31 on the wire

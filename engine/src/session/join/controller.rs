@@ -6,11 +6,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use codervpn_proto::tailnet::{CoordinateRequest, CoordinateResponse, DerpMap, WorkspaceUpdate};
+use codervpn_proto::tailnet::{CoordinateResponse, DerpMap, WorkspaceUpdate};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use url::Url;
 
+use super::coord_queue::{self, CoordSender};
 use crate::session::rpc::{DialError, DialOptions, TailnetClient};
 
 /// Smallest and largest redial delays.
@@ -28,7 +29,7 @@ pub enum Event {
     /// A (re)connection is up; send coordination requests here (`update_self` and every
     /// `add_tunnel` again after each one).
     Connected {
-        requests: mpsc::UnboundedSender<CoordinateRequest>,
+        requests: CoordSender,
     },
     /// The connection broke; a redial follows.
     Disconnected {
@@ -188,7 +189,7 @@ async fn serve(
         Err(e) => return Ended::Broken(format!("opening StreamDERPMaps: {e}")),
     };
     let (coord_tx, mut coord_resp) = coordinate.split();
-    let (req_tx, mut req_rx) = mpsc::unbounded_channel();
+    let (req_tx, mut req_rx) = coord_queue::channel();
     if events
         .send(Event::Connected { requests: req_tx })
         .await

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod controller;
+mod coord_queue;
 pub mod derp_headers;
 pub mod netinfo;
 pub mod owner;

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use codervpn_dns::SharedZone;
-use codervpn_proto::tailnet::CoordinateRequest;
 use codervpn_proto::vpn::PeerUpdate;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 
 use super::controller::Event;
+use super::coord_queue::CoordSender;
 use super::netinfo;
 use super::owner_core::{Action, OwnerCore};
 pub use super::owner_core::{EndpointSource, OwnerTimings};
@@ -54,7 +54,7 @@ pub struct Owner {
     /// Notices a system sleep ([`SleepWatch::system`]); `None` where the platform has no
     /// clocks to compare.
     pub sleep: Option<SleepWatch>,
-    pub(super) requests: Option<mpsc::UnboundedSender<CoordinateRequest>>,
+    pub(super) requests: Option<CoordSender>,
 }
 
 impl Owner {

@@ -22,7 +22,7 @@ pub const T: Duration = Duration::from_secs(20);
 pub struct Manager {
     pub client: ManagerClient,
     pub settings: mpsc::UnboundedReceiver<vpn::NetworkSettingsRequest>,
-    pub updates: mpsc::UnboundedReceiver<vpn::PeerUpdate>,
+    pub updates: embedded::PeerUpdates,
 }
 
 /// A tunnel with the real connector, and a manager that accepts every network settings
