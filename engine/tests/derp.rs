@@ -445,3 +445,61 @@ async fn upgrade_refused_with_4xx_falls_back_to_websocket() {
     let mut b = client(&url, DerpTransport::WebSocket).await;
     exchange_both_ways(&mut a, &mut b).await;
 }
+
+/// A client that sends its request head a byte every 100 ms, never finishing it, is
+/// answered 408 and dropped once the head deadline (for the whole head, not per read)
+/// passes; a client that finishes in time is still served.
+#[tokio::test]
+async fn a_head_never_finished_gets_408_at_the_deadline() {
+    let (server, url) = start_server().await;
+    server.set_head_timeout(Duration::from_millis(600));
+    let addr = (url.host_str().unwrap(), url.port().unwrap());
+    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let trickle = tokio::spawn(async move {
+        w.write_all(b"GET /derp HTTP/1.1\r\nUpgrade: DERP\r\nX-Slow: ")
+            .await
+            .unwrap();
+        while w.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let t0 = std::time::Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(T, r.read_to_end(&mut answer))
+        .await
+        .expect("the slow client was never dropped")
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(500), "dropped after {took:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    trickle.abort();
+    let mut a = client(&url, DerpTransport::Upgrade).await;
+    let mut b = client(&url, DerpTransport::Upgrade).await;
+    exchange_both_ways(&mut a, &mut b).await;
+}
+
+/// Four times the per-client byte bound relayed in lock-step batches, every packet
+/// delivered: the bound counts what is queued now, not what was ever relayed.
+#[tokio::test]
+async fn relaying_many_times_the_byte_bound_loses_nothing_in_step() {
+    use codervpn_engine::net::derp::PER_CLIENT_QUEUE_BYTES;
+    let (_server, url) = start_server().await;
+    let a = client(&url, DerpTransport::Upgrade).await;
+    let mut b = client(&url, DerpTransport::Upgrade).await;
+    let packet = Bytes::from(vec![7u8; 1200]);
+    let batches = 4 * PER_CLIENT_QUEUE_BYTES / (100 * packet.len()) + 1;
+    for batch in 0..batches {
+        for _ in 0..100 {
+            a.handle.send(b.key, packet.clone()).await.unwrap();
+        }
+        for i in 0..100 {
+            let (from, data) = b.next_packet().await;
+            assert_eq!(
+                (from, data.len()),
+                (a.key, 1200),
+                "batch {batch} packet {i}"
+            );
+        }
+    }
+}

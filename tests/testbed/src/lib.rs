@@ -28,6 +28,7 @@ pub mod model;
 mod netns;
 mod region;
 mod routes;
+mod serve;
 mod stun;
 mod tailnet;
 pub mod tls;
@@ -92,6 +93,9 @@ pub struct TestbedConfig {
     /// `HomeParams.RegionScore` of the served DERP map (region → latency multiplier that
     /// clients apply before choosing a home region); none when empty.
     pub region_scores: Vec<(i64, f64)>,
+    /// How long an HTTP client may take to send a request head before it is dropped
+    /// ([`serve::HEADER_READ_TIMEOUT`] by default).
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl Default for TestbedConfig {
@@ -110,6 +114,7 @@ impl Default for TestbedConfig {
             agent_netns: None,
             second_region: false,
             region_scores: Vec::new(),
+            header_read_timeout: serve::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -276,8 +281,14 @@ impl Testbed {
         };
         let app = router(state);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        spawn_server(listener, server_tls, app, stop_rx)
-            .map_err(|source| TestbedError::Listen { addr, source })?;
+        serve::spawn(
+            listener,
+            server_tls,
+            app,
+            config.header_read_timeout,
+            stop_rx,
+        )
+        .map_err(|source| TestbedError::Listen { addr, source })?;
         let derp_url = url.join("derp").map_err(|e| TestbedError::Listen {
             addr,
             source: std::io::Error::other(e.to_string()),
@@ -533,38 +544,6 @@ impl Testbed {
         }
         v
     }
-}
-
-/// Serves `app` on `listener` (over TLS with `tls`) in the background until `stop`.
-fn spawn_server(
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    app: Router,
-    stop: oneshot::Receiver<()>,
-) -> std::io::Result<()> {
-    let stopped = async {
-        let _ = stop.await;
-    };
-    match tls {
-        Some(server) => {
-            let listener = tls::TlsListener::new(listener, server)?;
-            tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                if let Err(e) = serve.await {
-                    tracing::warn!(error = %e, "testbed server ended");
-                }
-            });
-        }
-        None => {
-            tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                if let Err(e) = serve.await {
-                    tracing::warn!(error = %e, "testbed server ended");
-                }
-            });
-        }
-    }
-    Ok(())
 }
 
 impl Drop for Testbed {

@@ -57,7 +57,14 @@ impl SecondRegion {
             .route("/derp/latency-check", get(crate::routes::latency_check))
             .with_state(derp.clone());
         let (stop_tx, stop_rx) = oneshot::channel();
-        crate::spawn_server(listener, tls, app, stop_rx).map_err(fail)?;
+        crate::serve::spawn(
+            listener,
+            tls,
+            app,
+            crate::serve::HEADER_READ_TIMEOUT,
+            stop_rx,
+        )
+        .map_err(fail)?;
         debug!(%addr, stun = ?stun.as_ref().map(|s| s.addr()), "second DERP region serving");
         Ok(Self {
             addr,

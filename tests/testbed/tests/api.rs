@@ -178,3 +178,57 @@ async fn latency_checks_need_no_token() {
         assert_eq!(r.status(), 200, "{path}");
     }
 }
+
+/// How long until the server closes `s` (reading and discarding), sending `trickle` one
+/// byte every 100 ms meanwhile; `None` if still open after 5 s.
+async fn closed_after(mut s: tokio::net::TcpStream, trickle: &[u8]) -> Option<std::time::Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t0 = std::time::Instant::now();
+    let mut bytes = trickle.iter().cycle();
+    let mut buf = [0u8; 512];
+    while t0.elapsed() < std::time::Duration::from_secs(5) {
+        match tokio::time::timeout(std::time::Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                if let Some(b) = bytes.next()
+                    && s.write_all(&[*b]).await.is_err()
+                {
+                    return Some(t0.elapsed());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A client that connects and says nothing, or sends its request head a byte at a time,
+/// is dropped once the head deadline passes — and requests keep being served.
+#[tokio::test]
+async fn slow_or_silent_clients_are_dropped_at_the_header_deadline() {
+    let tb = Testbed::start(TestbedConfig {
+        header_read_timeout: std::time::Duration::from_millis(600),
+        ..TestbedConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = (tb.url().host_str().unwrap(), tb.url().port().unwrap());
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (silent, trickle) = tokio::join!(
+        closed_after(silent, b""),
+        closed_after(
+            trickle,
+            b"GET /api/v2/buildinfo HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        ),
+    );
+    for (what, t) in [("silent", silent), ("trickling", trickle)] {
+        let t = t.unwrap_or_else(|| panic!("a {what} client was never dropped"));
+        assert!(
+            t >= std::time::Duration::from_millis(500),
+            "a {what} client was dropped after {t:?}, before its deadline"
+        );
+    }
+    let r = get(&tb, "api/v2/buildinfo").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}

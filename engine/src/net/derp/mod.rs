@@ -48,5 +48,5 @@ pub use server::{DerpServer, ServeError};
 #[cfg(any(test, feature = "test-servers"))]
 pub use server_core::{ServerConn, ServerConnConfig, ServerConnError, ServerConnEvent};
 #[cfg(any(test, feature = "test-servers"))]
-pub use server_table::ClientSummary;
+pub use server_table::{ClientSummary, PER_CLIENT_QUEUE_BYTES};
 pub use table::RelayTable;

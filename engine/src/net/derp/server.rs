@@ -28,7 +28,7 @@ use super::keys::{NodePrivateKey, NodePublicKey, ServerInfo};
 use super::server_core::{
     KEEP_ALIVE_MAX_JITTER, ServerConn, ServerConnConfig, ServerConnError, ServerConnEvent,
 };
-use super::server_table::{ClientSummary, Routes, TableCmd, ToConn, run_table};
+use super::server_table::{ClientSummary, ConnQueue, Routes, TableCmd, ToConn, run_table};
 use super::table::ConnId;
 use super::transport::{Read, Timer, Transport};
 
@@ -38,6 +38,9 @@ pub const PER_CLIENT_QUEUE: usize = 512;
 const TABLE_QUEUE: usize = 1024;
 /// A client that does not take a write within this long is disconnected (Go: `writeTimeout`).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client may take to send its HTTP request head (a client that connects and
+/// says nothing, or a byte now and then, is answered 408 and dropped).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection that ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,8 @@ pub enum ServeError {
     Protocol(#[from] ServerConnError),
     #[error("client did not read for {WRITE_TIMEOUT:?}; disconnected")]
     WriteTimeout,
+    #[error("client did not send its request head within {0:?}; disconnected")]
+    HeadTimeout(Duration),
     #[error("the DERP server is shut down")]
     ServerClosed,
 }
@@ -73,6 +78,8 @@ struct Inner {
     next_conn: AtomicU64,
     /// Fault injection: relayed packets dropped per 2^32 (0 = none).
     drop_per_2_32: std::sync::atomic::AtomicU32,
+    /// [`HEAD_TIMEOUT`] unless set, in milliseconds.
+    head_timeout_ms: AtomicU64,
     /// Packets dropped by that fault.
     dropped_by_fault: AtomicU64,
 }
@@ -97,6 +104,7 @@ impl DerpServer {
                 routes: routes_rx,
                 next_conn: AtomicU64::new(1),
                 drop_per_2_32: std::sync::atomic::AtomicU32::new(0),
+                head_timeout_ms: AtomicU64::new(millis(HEAD_TIMEOUT)),
                 dropped_by_fault: AtomicU64::new(0),
             }),
         }
@@ -137,9 +145,42 @@ impl DerpServer {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut buf = Vec::with_capacity(1024);
-        let end = loop {
-            if let Some(end) = http::head_end(&buf) {
-                break end;
+        let limit = Duration::from_millis(self.inner.head_timeout_ms.load(Ordering::Relaxed));
+        let head = tokio::time::timeout(limit, self.read_head(&mut stream, &mut buf)).await;
+        let end = match head {
+            Ok(Ok(Some(end))) => end,
+            Ok(Ok(None)) => return Ok(()), // closed before asking anything
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let answer = http::error_response(408, "Request Timeout", "");
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&answer)).await;
+                return Err(ServeError::HeadTimeout(limit));
+            }
+        };
+        self.serve_head(stream, &buf, end).await
+    }
+
+    /// How long clients get to send their request head from now on ([`HEAD_TIMEOUT`] by
+    /// default).
+    pub fn set_head_timeout(&self, limit: Duration) {
+        self.inner
+            .head_timeout_ms
+            .store(millis(limit), Ordering::Relaxed);
+    }
+
+    /// Reads into `buf` until the end of an HTTP head: its length, or `None` if the client
+    /// closed first. A head over [`http::MAX_HEAD_LEN`] is answered 431.
+    async fn read_head<S>(
+        &self,
+        stream: &mut S,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<usize>, ServeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        loop {
+            if let Some(end) = http::head_end(buf) {
+                return Ok(Some(end));
             }
             if buf.len() > http::MAX_HEAD_LEN {
                 stream
@@ -151,10 +192,18 @@ impl DerpServer {
                     .await?;
                 return Err(HttpError::HeadTooLong.into());
             }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Ok(()); // closed before asking anything
+            if stream.read_buf(buf).await? == 0 {
+                return Ok(None);
             }
-        };
+        }
+    }
+
+    /// Answers the request whose head is `buf[..end]` (what follows it is the client's
+    /// first bytes after the upgrade).
+    async fn serve_head<S>(&self, mut stream: S, buf: &[u8], end: usize) -> Result<(), ServeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         let leftover = Bytes::copy_from_slice(&buf[end..]);
         match http::parse_upgrade_request(&buf[..end]) {
             Ok(UpgradeKind::Derp { fast_start }) => {
@@ -287,9 +336,11 @@ impl DerpServer {
         };
         let mut core = ServerConn::new(self.inner.private_key.clone(), config, Instant::now());
         let (tx, rx) = mpsc::channel(PER_CLIENT_QUEUE);
+        let queue = ConnQueue::new(tx);
         let mut state = ConnState {
             conn,
-            tx: Some(tx),
+            queue: queue.clone(),
+            tx: Some(queue),
             rx,
             key: None,
             noted: HashMap::new(),
@@ -347,7 +398,12 @@ impl DerpServer {
                     for msg in batch.take(64) {
                         match msg {
                             None | Some(ToConn::Close) => return Ok(()),
-                            Some(m) => apply(core, m),
+                            Some(m) => {
+                                if let ToConn::Packet { data, .. } = &m {
+                                    st.queue.taken(data.len());
+                                }
+                                apply(core, m);
+                            }
                         }
                     }
                 },
@@ -392,26 +448,17 @@ impl DerpServer {
                 }
                 let route = {
                     let routes = self.inner.routes.borrow();
-                    routes.map.get(&dst).map(|r| {
-                        (
-                            r.conn,
-                            r.tx.try_send(ToConn::Packet {
-                                src,
-                                data: packet.clone(),
-                            }),
-                        )
-                    })
+                    routes
+                        .map
+                        .get(&dst)
+                        .map(|r| (r.conn, r.tx.try_send_packet(src, packet.clone())))
                 };
                 match route {
                     None => {
                         core.note_unknown_destination(Instant::now(), dst, &packet);
                     }
                     Some((dst_conn, sent)) => {
-                        if let Err(e) = sent {
-                            let why = match e {
-                                mpsc::error::TrySendError::Full(_) => "queue full",
-                                mpsc::error::TrySendError::Closed(_) => "gone",
-                            };
+                        if let Err(why) = sent {
                             trace!(dst = %dst.short(), why, "derp drop");
                         }
                         if st.noted.get(&dst) != Some(&dst_conn) {
@@ -444,8 +491,10 @@ impl DerpServer {
 
 struct ConnState {
     conn: ConnId,
+    /// Our queue (its byte count goes down as we take packets).
+    queue: ConnQueue,
     /// Our queue's sender, until it is handed to the table at registration.
-    tx: Option<mpsc::Sender<ToConn>>,
+    tx: Option<ConnQueue>,
     rx: mpsc::Receiver<ToConn>,
     key: Option<NodePublicKey>,
     /// The destination connection last reported to the table per destination key.
@@ -471,4 +520,8 @@ fn apply(core: &mut ServerConn, msg: ToConn) {
         } => core.queue_restarting(reconnect_in, try_for),
         ToConn::Close => {}
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

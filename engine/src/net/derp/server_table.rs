@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +34,59 @@ pub(super) struct Routes {
 #[derive(Debug, Clone)]
 pub(super) struct Route {
     pub(super) conn: ConnId,
+    pub(super) tx: ConnQueue,
+}
+
+/// Bytes of relayed packets queued per destination connection; with the server's
+/// `PER_CLIENT_QUEUE` packets, the queue's bound. 512 WireGuard-sized packets fit; 64 KiB
+/// ones stop at 16.
+pub const PER_CLIENT_QUEUE_BYTES: usize = 1 << 20;
+
+/// A connection's queue: bounded in messages (the channel) and in relayed bytes.
+#[derive(Debug, Clone)]
+pub(super) struct ConnQueue {
     pub(super) tx: mpsc::Sender<ToConn>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl ConnQueue {
+    pub(super) fn new(tx: mpsc::Sender<ToConn>) -> Self {
+        Self {
+            tx,
+            bytes: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Queues a relayed packet unless the queue is full (in packets or in bytes): then
+    /// the packet is dropped and the reason given.
+    pub(super) fn try_send_packet(
+        &self,
+        src: NodePublicKey,
+        data: Bytes,
+    ) -> Result<(), &'static str> {
+        let len = data.len();
+        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > PER_CLIENT_QUEUE_BYTES {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err("queue full (bytes)");
+        }
+        self.tx.try_send(ToConn::Packet { src, data }).map_err(|e| {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => "queue full",
+                mpsc::error::TrySendError::Closed(_) => "gone",
+            }
+        })
+    }
+
+    /// The connection took a packet of `len` bytes off the queue.
+    pub(super) fn taken(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -41,7 +94,7 @@ pub(super) enum TableCmd {
     Register {
         key: NodePublicKey,
         conn: ConnId,
-        tx: mpsc::Sender<ToConn>,
+        tx: ConnQueue,
         done: oneshot::Sender<()>,
     },
     Unregister {
@@ -91,7 +144,7 @@ pub(super) enum ToConn {
 
 struct ConnEntry {
     key: NodePublicKey,
-    tx: mpsc::Sender<ToConn>,
+    tx: ConnQueue,
     preferred: bool,
 }
 
@@ -207,7 +260,8 @@ pub(super) async fn run_table(
 }
 
 /// Control messages must arrive even when the packet queue is full: wait in a side task.
-fn deliver(tx: &mpsc::Sender<ToConn>, msg: ToConn) {
+fn deliver(q: &ConnQueue, msg: ToConn) {
+    let tx = &q.tx;
     match tx.try_send(msg) {
         Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
         Err(mpsc::error::TrySendError::Full(msg)) => {
@@ -218,3 +272,7 @@ fn deliver(tx: &mpsc::Sender<ToConn>, msg: ToConn) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "server_table_tests.rs"]
+mod tests;
