@@ -28,6 +28,7 @@ use super::merge::{Dns, NetworkSettings, Route};
 use super::reassert::{self, Verdict, Watch};
 use super::resolvconf::owner_pid;
 use super::split_dns::{DnsError, SplitDns};
+use super::tool::ToolError;
 use crate::netlink::{Netlink, NetlinkError};
 
 /// The settings applied to one interface, and how to undo them.
@@ -281,10 +282,10 @@ impl LinuxNetworkConfig {
         let source = match tokio::task::spawn_blocking(call).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(source)) => source,
-            Err(e) => DnsError::Resolvectl {
+            Err(e) => DnsError::Tool(ToolError {
                 command: "(DNS backend task)".into(),
                 detail: e.to_string(),
-            },
+            }),
         };
         Err(ApplyError::Dns {
             interface: self.interface.clone(),

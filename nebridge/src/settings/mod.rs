@@ -7,6 +7,7 @@ pub mod reassert;
 pub mod resolvconf;
 pub mod resolvconf_tool;
 pub mod split_dns;
+pub mod tool;
 
 use futures_util::future::BoxFuture;
 

@@ -16,16 +16,13 @@
 //! deployment's names and REFUSES the rest, and glibc then asks the next server.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use tracing::{debug, info};
 
 use super::merge::Dns;
 use super::resolvconf::alive;
+use super::tool::{self, TOOL_TIMEOUT, ToolError};
 
-/// How long one `resolvconf` run may take (Debian's waits up to 10 s for its lock).
-const RUN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Our records: this prefix, then the pid.
 const RECORD_PREFIX: &str = "tun0.codervpn.";
 
@@ -39,12 +36,7 @@ pub enum Flavour {
 }
 
 /// A `resolvconf` command failed; names the command.
-#[derive(Debug, thiserror::Error)]
-#[error("`{command}` failed: {detail}")]
-pub struct ResolvconfError {
-    pub command: String,
-    pub detail: String,
-}
+pub type ResolvconfError = ToolError;
 
 /// One `resolvconf` binary and our record in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +51,7 @@ impl ResolvconfTool {
     /// prints "Debian resolvconf …"; old ones exit 99 on the unknown option; anything
     /// else is openresolv, as tailscale assumes too).
     pub fn probe(bin: &Path) -> Self {
-        let out = run_raw(bin, &["--version"], None);
+        let out = tool::run_any_status(bin, &["--version"], None, TOOL_TIMEOUT);
         let flavour = match out {
             Ok(o) if o.status.code() == Some(99) => Flavour::Debian,
             Ok(o) => flavour_of_version(&String::from_utf8_lossy(&o.stdout)),
@@ -122,80 +114,10 @@ impl ResolvconfTool {
         Ok(gone)
     }
 
-    /// Runs the tool with `args` (and `stdin`), within [`RUN_TIMEOUT`]; its stdout. Blocks.
+    /// Runs the tool with `args` (and `stdin`), within [`TOOL_TIMEOUT`]; its stdout. Blocks.
     fn run(&self, args: &[&str], stdin: Option<String>) -> Result<String, ResolvconfError> {
-        let out = run_raw(&self.bin, args, stdin)?;
-        if !out.status.success() {
-            return Err(ResolvconfError {
-                command: command_line(&self.bin, args),
-                detail: format!(
-                    "{}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        tool::run(&self.bin, args, stdin, TOOL_TIMEOUT)
     }
-}
-
-/// `bin args…`, for messages.
-fn command_line(bin: &Path, args: &[&str]) -> String {
-    format!("{} {}", bin.display(), args.join(" "))
-}
-
-/// Runs `bin` with `args` (and `stdin`) within [`RUN_TIMEOUT`], whatever its exit status.
-/// Blocks.
-fn run_raw(
-    bin: &Path,
-    args: &[&str],
-    stdin: Option<String>,
-) -> Result<std::process::Output, ResolvconfError> {
-    let command = command_line(bin, args);
-    let fail = |detail: String| ResolvconfError {
-        command: command.clone(),
-        detail,
-    };
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run it: {e}")))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write;
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| fail(format!("writing its input: {e}")))?;
-    }
-    // Its output is a few lines, well within a pipe's buffer: poll for the exit, then
-    // read. A child that never exits is killed (not yet reaped, so the pid is still
-    // its own).
-    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "no answer within {} s",
-                    RUN_TIMEOUT.as_secs()
-                )));
-            }
-            Err(e) => return Err(fail(format!("waiting for it: {e}"))),
-        }
-    }
-    child
-        .wait_with_output()
-        .map_err(|e| fail(format!("reading its output: {e}")))
 }
 
 /// Which implementation a `--version` output names.

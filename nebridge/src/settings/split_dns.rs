@@ -27,7 +27,8 @@ use super::merge::Dns;
 use super::resolvconf::{
     RESOLV_CONF, ResolvConf, ResolvConfError, Restored, original_of, owner_pid,
 };
-use super::resolvconf_tool::{ResolvconfError, ResolvconfTool};
+use super::resolvconf_tool::ResolvconfTool;
+use super::tool::{self, TOOL_TIMEOUT, ToolError};
 
 /// systemd-resolved's runtime directory: it exists while resolved runs.
 const RESOLVED_RUN_DIR: &str = "/run/systemd/resolve";
@@ -54,12 +55,11 @@ pub enum SplitDns {
 /// A DNS backend failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    #[error("split DNS with `resolvectl {command}` failed: {detail}")]
-    Resolvectl { command: String, detail: String },
+    /// `resolvectl` or `resolvconf` failed.
+    #[error("split DNS: {0}")]
+    Tool(#[from] ToolError),
     #[error(transparent)]
     ResolvConf(#[from] ResolvConfError),
-    #[error(transparent)]
-    Resolvconf(#[from] ResolvconfError),
 }
 
 /// Who generates a resolv.conf, by its symlink target or header.
@@ -293,21 +293,12 @@ impl SplitDns {
     }
 }
 
+/// Runs `resolvectl` (within [`TOOL_TIMEOUT`]: a stuck systemd-resolved is reported, not
+/// waited on).
 fn resolvectl(bin: &Path, args: &[String]) -> Result<(), DnsError> {
-    let out = std::process::Command::new(bin).args(args).output();
-    let detail = match out {
-        Ok(out) if out.status.success() => return Ok(()),
-        Ok(out) => format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => format!("cannot run {}: {e}", bin.display()),
-    };
-    Err(DnsError::Resolvectl {
-        command: args.join(" "),
-        detail,
-    })
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tool::run(bin, &args, None, TOOL_TIMEOUT)?;
+    Ok(())
 }
 
 /// The `resolvectl` argument lists that configure split DNS for `dns` on `interface`.
