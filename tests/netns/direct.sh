@@ -14,14 +14,7 @@ source "$(dirname "$0")/lib.sh"
 trap cleanup EXIT
 setup_hosts
 
-start_testbed --workspaces 1
-AGENT_IP=$(json 'd["agents"][0]["ip"]')
-start_up
-
-# Traffic starts the WireGuard session; disco finds the veth path.
-ip netns exec "$NS_A" ping -6 -c 3 -W 2 "$AGENT_IP" > /dev/null || true
-wait_log "is direct via $VETH_B:" 20 || fail "the path never went direct"
-echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
+up_direct_to_one_agent
 
 status_says p2p
 echo "status: p2p"

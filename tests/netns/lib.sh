@@ -390,6 +390,19 @@ start_up() {
   cat "$WORK/up.log"; echo "up did not connect"; return 1
 }
 
+# up_direct_to_one_agent: a testbed with one workspace in host b, `codervpn up` in host a,
+# traffic to the agent until the path goes direct over the veth (fails if it does not
+# within 20 s). Sets AGENT_IP (and UP_PID).
+up_direct_to_one_agent() {
+  start_testbed --workspaces 1
+  AGENT_IP=$(json 'd["agents"][0]["ip"]')
+  start_up
+  # Traffic starts the WireGuard session; disco finds the veth path.
+  ip netns exec "$NS_A" ping -6 -c 3 -W 2 "$AGENT_IP" > /dev/null || true
+  wait_log "is direct via $VETH_B:" 20 || fail "the path never went direct"
+  echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
+}
+
 # stop_up: SIGINT to `codervpn up`; fails if it does not exit cleanly.
 stop_up() {
   kill -INT "$UP_PID"

@@ -244,15 +244,7 @@ async fn a_region_scored_up_by_the_server_is_not_chosen_as_home_though_faster() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_relay_is_reached_when_home_is_another_region() {
     use codervpn_testbed::{EMBEDDED_REGION_ID, SECOND_REGION_ID};
-    let tb = Testbed::start(TestbedConfig {
-        workspaces: 1,
-        second_region: true,
-        disable_direct_connections: true,
-        region_scores: vec![(EMBEDDED_REGION_ID, 1000.0)],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let tb = homed_away_from_the_embedded_relay().await;
     let (m, connector, _) = started_with(&tb, latest_round_only()).await;
     wait_home(&tb, SECOND_REGION_ID).await;
     let agent = tb.deployment().agent_summaries()[0].clone();
@@ -276,13 +268,11 @@ async fn the_embedded_relay_is_reached_when_home_is_another_region() {
     assert!(m.client.stop().await.unwrap().success);
 }
 
-/// The session token reaches only the relay on the Coder URL's origin (region 999, the
-/// embedded one); region 1000 (another port: another origin, as a third party's relay
-/// would be) gets the manager's extra header but never the token (issue #17, finding 4).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_session_token_goes_only_to_the_relay_on_the_coder_origin() {
-    use codervpn_testbed::{EMBEDDED_REGION_ID, SECOND_REGION_ID, TOKEN_HEADER};
-    let tb = Testbed::start(TestbedConfig {
+/// One workspace, direct connections off, two regions with the embedded one (999) scored
+/// out of the home choice: the client homes in 1000 and reaches 999 only for its agents.
+async fn homed_away_from_the_embedded_relay() -> Testbed {
+    use codervpn_testbed::EMBEDDED_REGION_ID;
+    Testbed::start(TestbedConfig {
         workspaces: 1,
         second_region: true,
         disable_direct_connections: true,
@@ -290,7 +280,16 @@ async fn the_session_token_goes_only_to_the_relay_on_the_coder_origin() {
         ..Default::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// The session token reaches only the relay on the Coder URL's origin (region 999, the
+/// embedded one); region 1000 (another port: another origin, as a third party's relay
+/// would be) gets the manager's extra header but never the token (issue #17, finding 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_token_goes_only_to_the_relay_on_the_coder_origin() {
+    use codervpn_testbed::{EMBEDDED_REGION_ID, SECOND_REGION_ID, TOKEN_HEADER};
+    let tb = homed_away_from_the_embedded_relay().await;
     let connector = TailnetConnector::new(latest_round_only());
     let m = common::tunnel(connector.clone()).await;
     let mut req = common::start_request(&tb);
