@@ -7,11 +7,39 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
 import manager  # noqa: E402
+from session import socks5_connect  # noqa: E402
+
+
+def args(default_seconds=None):
+    """The benches' arguments: [CODERVPN_BINARY] [N] [SECONDS] (target/release/codervpn, 100,
+    `default_seconds`); SECONDS only when a default is given."""
+    a = sys.argv[1:]
+    binary = a[0] if a else os.path.join(HERE, "..", "target", "release", "codervpn")
+    n = int(a[1]) if len(a) > 1 else 100
+    if default_seconds is None:
+        return binary, n
+    return binary, n, int(a[2]) if len(a) > 2 else default_seconds
+
+
+def reach_all(port, names):
+    """One TCP connection (to the echo port) to each agent through the SOCKS5 proxy, so
+    WireGuard has a session with each; retried for 2 s each. Returns how many were reached."""
+    reached = 0
+    for name in names:
+        for _ in range(20):
+            try:
+                socks5_connect(("127.0.0.1", port), name, 7).close()
+                reached += 1
+                break
+            except Exception:
+                time.sleep(0.1)
+    return reached
 
 
 def proc_status(pid, keys=("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads")):
@@ -47,3 +75,54 @@ def launch(binary, n):
     pipe.w.write(b"codervpn manager 1.3\n")
     pipe.header()
     return tb, info, child, pipe, pb, port
+
+
+class Drained:
+    """A started daemon whose manager side a thread answers and drains: network settings
+    accepted, PeerUpdates and log records counted, the agents' names from the first
+    PeerUpdate."""
+
+    def __init__(self, pipe, pb, info):
+        self.pipe, self.pb = pipe, pb
+        self.names = []
+        self.counts = {"peer_updates": 0, "logs": 0}
+        self.lock = threading.Lock()
+        self.started = threading.Event()
+        pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=1), start=pb.StartRequest(
+            tunnel_file_descriptor=-1, coder_url=info["url"], api_token=info["token"])))
+        threading.Thread(target=self._read_all, daemon=True).start()
+        if not self.started.wait(60):
+            sys.exit("no PeerUpdate within 60 s")
+
+    def _read_all(self):
+        pb = self.pb
+        while True:
+            try:
+                raw = self.pipe.recv_raw()
+            except Exception:
+                return
+            if raw is None:
+                return
+            msg = pb.TunnelMessage()
+            msg.ParseFromString(raw)
+            kind = msg.WhichOneof("msg")
+            if kind == "network_settings":
+                with self.lock:
+                    self.pipe.send(pb.ManagerMessage(rpc=pb.RPC(response_to=msg.rpc.msg_id),
+                                                     network_settings=pb.NetworkSettingsResponse(success=True)))
+            elif kind == "start":
+                if not msg.start.success:
+                    print(f"start failed: {msg.start.error_message}", file=sys.stderr)
+                    os._exit(1)
+            elif kind == "peer_update":
+                self.counts["peer_updates"] += 1
+                if not self.names:
+                    self.names.extend(sorted(a.fqdn, key=len)[1].rstrip(".")
+                                      for a in msg.peer_update.upserted_agents)
+                    self.started.set()
+            elif kind == "log":
+                self.counts["logs"] += 1
+
+    def stop(self):
+        with self.lock:
+            self.pipe.send(self.pb.ManagerMessage(rpc=self.pb.RPC(msg_id=2), stop=self.pb.StopRequest()))

@@ -7,6 +7,9 @@ stacks) and its file part (pages of the binary itself). Also prints the time fro
 PeerUpdate as the daemon process sees it (one sample per run).
 
     benches/join-rss.py [CODERVPN_BINARY] [N]     (default target/release/codervpn, 100)
+
+With JOIN_RSS_SMAPS=1, also prints (stderr) the resident size of the largest mappings
+after reaching every agent.
 """
 
 import json
@@ -16,17 +19,30 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
-from daemon_bench import launch, proc_status  # noqa: E402
-from session import socks5_connect  # noqa: E402
+from daemon_bench import args, launch, proc_status, reach_all  # noqa: E402
 
 
 def rss(pid):
     return {k: v / 1024 for k, v in proc_status(pid).items() if k != "Threads"}
 
 
+def smaps_summary(pid, top=12):
+    """Resident KiB per mapping (file name and permissions, or [heap]/[anon]), largest first."""
+    sizes = {}
+    key = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5:
+                name = parts[5] if len(parts) > 5 else "[anon]"
+                key = f"{os.path.basename(name)} {parts[1]}"
+            elif parts[0] == "Rss:":
+                sizes[key] = sizes.get(key, 0) + int(parts[1])
+    return [f"{kib / 1024:7.2f} MiB  {k}" for k, kib in sorted(sizes.items(), key=lambda kv: -kv[1])[:top]]
+
+
 def main():
-    binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "target", "release", "codervpn")
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    binary, n = args()
     tb, info, child, pipe, pb, port = launch(binary, n)
     idle = rss(child.pid)
     t0 = time.perf_counter()
@@ -50,17 +66,12 @@ def main():
             first = time.perf_counter() - t0
             names = [sorted(a.fqdn, key=len)[1].rstrip(".") for a in msg.peer_update.upserted_agents]
     joined = rss(child.pid)
-    reached = 0
-    for name in names:
-        for _ in range(20):
-            try:
-                socks5_connect(("127.0.0.1", port), name, 7).close()
-                reached += 1
-                break
-            except Exception:
-                time.sleep(0.1)
+    reached = reach_all(port, names)
     time.sleep(1)
     busy = rss(child.pid)
+    if os.environ.get("JOIN_RSS_SMAPS"):
+        for line in smaps_summary(child.pid):
+            print(line, file=sys.stderr)
     pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=2), stop=pb.StopRequest()))
     child.wait(timeout=20)
     tb.terminate()

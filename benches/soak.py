@@ -12,12 +12,11 @@ the least-squares slope (MiB per hour) over the second half (after warm-up), and
 import json
 import os
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
-from daemon_bench import launch, proc_status  # noqa: E402
+from daemon_bench import Drained, args, launch, proc_status  # noqa: E402
 from session import socks5_connect  # noqa: E402
 
 
@@ -33,47 +32,10 @@ def slope_per_hour(points):
 
 
 def main():
-    binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "target", "release", "codervpn")
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 600
+    binary, n, seconds = args(600)
     tb, info, child, pipe, pb, port = launch(binary, n)
-    pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=1), start=pb.StartRequest(
-        tunnel_file_descriptor=-1, coder_url=info["url"], api_token=info["token"])))
-    names = []
-    started = threading.Event()
-    counts = {"peer_updates": 0, "logs": 0}
-    lock = threading.Lock()
-
-    def read_all():
-        while True:
-            try:
-                raw = pipe.recv_raw()
-            except Exception:
-                return
-            if raw is None:
-                return
-            msg = pb.TunnelMessage()
-            msg.ParseFromString(raw)
-            kind = msg.WhichOneof("msg")
-            if kind == "network_settings":
-                with lock:
-                    pipe.send(pb.ManagerMessage(rpc=pb.RPC(response_to=msg.rpc.msg_id),
-                                                network_settings=pb.NetworkSettingsResponse(success=True)))
-            elif kind == "start":
-                if not msg.start.success:
-                    print(f"start failed: {msg.start.error_message}", file=sys.stderr)
-                    os._exit(1)
-            elif kind == "peer_update":
-                counts["peer_updates"] += 1
-                if not names:
-                    names.extend(sorted(a.fqdn, key=len)[1].rstrip(".") for a in msg.peer_update.upserted_agents)
-                    started.set()
-            elif kind == "log":
-                counts["logs"] += 1
-
-    threading.Thread(target=read_all, daemon=True).start()
-    if not started.wait(60):
-        sys.exit("no PeerUpdate within 60 s")
+    d = Drained(pipe, pb, info)
+    names, counts = d.names, d.counts
     payload = os.urandom(1024)
     samples, ok, failed = [], 0, 0
     t0 = time.monotonic()
@@ -104,8 +66,7 @@ def main():
             failed += 1
         time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
     end = proc_status(child.pid)
-    with lock:
-        pipe.send(pb.ManagerMessage(rpc=pb.RPC(msg_id=2), stop=pb.StopRequest()))
+    d.stop()
     child.wait(timeout=20)
     tb.terminate()
     half = [(t, v) for t, v, _ in samples if t >= seconds / 2]

@@ -424,12 +424,12 @@ impl DirectPaths {
             return;
         };
         let before = std::mem::replace(&mut peer.path, path);
+        if before.same_route(path) {
+            trace!(peer = %key_prefix(key), ?path, "direct path latency");
+            return;
+        }
         match path {
             Path::Direct { addr, latency } => {
-                if matches!(before, Path::Direct { addr: a, .. } if a == addr) {
-                    trace!(peer = %key_prefix(key), ?latency, "direct path latency");
-                    return;
-                }
                 info!(peer = %key_prefix(key), %addr, ?latency, "path to {} is direct via {addr}", key_prefix(key));
                 wg.set_endpoint(key, Via::Udp(addr));
             }

@@ -71,6 +71,18 @@ pub enum Path {
     Derp,
 }
 
+impl Path {
+    /// Whether two paths go the same way (the same direct endpoint, or both DERP), whatever
+    /// their latencies.
+    pub fn same_route(self, other: Path) -> bool {
+        match (self, other) {
+            (Path::Direct { addr: x, .. }, Path::Direct { addr: y, .. }) => x == y,
+            (Path::Derp, Path::Derp) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A disco message the caller should seal to the peer's disco key and send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transmit {
@@ -415,7 +427,14 @@ impl PeerPaths {
     fn note_path(&mut self, now: Instant) {
         let path = self.best_path(now);
         if path != self.reported {
-            debug!(?path, "disco: path changed");
+            // A new latency on the same endpoint is news for the caller, not for the log:
+            // with every agent pinged every few seconds it would be most of an idle
+            // tunnel's log.
+            if path.same_route(self.reported) {
+                trace!(?path, "disco: path latency");
+            } else {
+                debug!(?path, "disco: path changed");
+            }
             self.reported = path;
             self.path_change = Some(path);
         }

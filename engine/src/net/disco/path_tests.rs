@@ -355,3 +355,23 @@ fn slow_direct_path_looks_for_a_better_one_every_upgrade_interval() {
     // B was pinged at 0 s and again once the 60 s upgrade interval passed.
     assert_eq!(saw_b, 1);
 }
+
+#[test]
+fn a_new_latency_on_the_same_endpoint_is_the_same_route() {
+    let a = Path::Direct {
+        addr: addr(A),
+        latency: ms(1),
+    };
+    let a_slower = Path::Direct {
+        addr: addr(A),
+        latency: ms(9),
+    };
+    let b = Path::Direct {
+        addr: addr(B),
+        latency: ms(1),
+    };
+    assert!(a.same_route(a_slower));
+    assert!(Path::Derp.same_route(Path::Derp));
+    assert!(!a.same_route(b));
+    assert!(!a.same_route(Path::Derp));
+}
