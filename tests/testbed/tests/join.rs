@@ -119,11 +119,15 @@ async fn wrong_token_fails_start_with_a_message_that_says_so() {
     req.api_token = "not-the-token".into();
     let r = m.client.start(req).await.unwrap();
     assert!(!r.success);
+    // The message names the host, and never the token.
+    let host = tb.url().host_str().unwrap().to_owned();
     assert!(
-        r.error_message.contains("session token was rejected by"),
+        r.error_message.contains("session token was rejected by")
+            && r.error_message.contains(&host),
         "{}",
         r.error_message
     );
+    assert!(!r.error_message.contains("not-the-token"), "{}", r.error_message);
     assert!(m.settings.try_recv().is_err(), "nothing applied");
 }
 
