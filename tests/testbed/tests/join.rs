@@ -127,7 +127,11 @@ async fn wrong_token_fails_start_with_a_message_that_says_so() {
         "{}",
         r.error_message
     );
-    assert!(!r.error_message.contains("not-the-token"), "{}", r.error_message);
+    assert!(
+        !r.error_message.contains("not-the-token"),
+        "{}",
+        r.error_message
+    );
     assert!(m.settings.try_recv().is_err(), "nothing applied");
 }
 
