@@ -435,6 +435,31 @@ async fn signature_for_another_coder_version_is_refused() {
     );
 }
 
+/// A signature is bound to its file and platform too: a valid signature by the pinned key,
+/// for this version, made for another artifact, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_for_another_file_or_platform_is_refused() {
+    let env = Env::start("v2.24.3").await;
+    let ours = comment("2.24.3");
+    let platform = platform().signing_name();
+    for (what, got, want) in [
+        ("file", "coder-vpn-other.so", library_name()),
+        ("platform", "plan9-mips", platform.clone()),
+    ] {
+        let tc = ours.replace(&format!("{what}={want}"), &format!("{what}={got}"));
+        assert_ne!(tc, ours);
+        let bytes = payload(&format!("another-{what}"));
+        env.publish(&bytes, Some(env.signer.sign(&bytes, &tc)));
+        let err = env.refused(&bytes).await;
+        assert!(
+            err.contains(&format!(
+                "it is signed for {what}={got}, expected {what}={want}"
+            )),
+            "{err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_older_than_2_20_0_is_refused_before_downloading() {
     let env = Env::start("v2.19.9").await;
