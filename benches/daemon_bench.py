@@ -67,7 +67,9 @@ def launch(binary, n):
     env = dict(os.environ, CODERVPN_SOCKS5=f"127.0.0.1:{port}")
     m2t_r, m2t_w = os.pipe()
     t2m_r, t2m_w = os.pipe()
-    child = subprocess.Popen([binary, "vpn-daemon", "run", "--rpc-read-fd", str(m2t_r), "--rpc-write-fd", str(t2m_w)],
+    # DAEMON_BINARY: another binary for the daemon (e.g. target/release/codervpn-daemon).
+    daemon = os.environ.get("DAEMON_BINARY", binary)
+    child = subprocess.Popen([daemon, "vpn-daemon", "run", "--rpc-read-fd", str(m2t_r), "--rpc-write-fd", str(t2m_w)],
                              pass_fds=(m2t_r, t2m_w), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     os.close(m2t_r)
     os.close(t2m_w)

@@ -22,6 +22,24 @@ async fn daemon_speaks_the_whole_exchange_and_exits_after_stop() {
     assert!(stderr.contains("tunnel stopped by the manager"), "{stderr}");
 }
 
+/// The tunnel-only binary takes the same command line and speaks the same exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_only_binary_is_the_same_daemon() {
+    let p = pipes();
+    let child = spawn_daemon_binary(
+        env!("CARGO_BIN_EXE_codervpn-daemon"),
+        p.tunnel_read,
+        p.tunnel_write,
+        &daemon_args(),
+        &[],
+    );
+    let mut conn = manager(p.manager_read, p.manager_write).await;
+    full_exchange(&mut conn).await;
+    let (status, stderr) = wait(child);
+    assert!(status.success(), "{status:?} {stderr}");
+    assert!(stderr.contains("tunnel stopped by the manager"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_takes_its_descriptors_from_the_environment() {
     let p = pipes();

@@ -61,7 +61,18 @@ pub fn spawn_daemon(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_codervpn"));
+    spawn_daemon_binary(env!("CARGO_BIN_EXE_codervpn"), read, write, extra, env)
+}
+
+/// [`spawn_daemon`] with another binary taking the same `vpn-daemon run` command line.
+pub fn spawn_daemon_binary(
+    binary: &str,
+    read: PipeReader,
+    write: PipeWriter,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    let mut cmd = Command::new(binary);
     cmd.args(["vpn-daemon", "run"])
         .args(extra)
         .stdin(Stdio::null())
