@@ -41,10 +41,11 @@
 //! `insecure_skip_verify` skips the signature and trusted-comment checks (never the server
 //! version check) and logs a WARN every time it is used.
 //!
-//! Not implemented: the macOS code-signing checks of dylib-abi-and-compat.md §6.1 (`macos_codesign_checks` is a
-//! stub that passes and logs a WARN).
+//! Not wired: the macOS code-signing checks of dylib-abi-and-compat.md §6.1. The rule and
+//! a macOS reader (`SecStaticCode`) are the crate `codervpn-codesign`; this crate does not
+//! build for macOS yet, so `macos_codesign_checks` is a stub that passes and logs a WARN.
 
-pub mod codesign;
+pub use codervpn_codesign as codesign;
 mod download;
 mod exec;
 pub mod launch;
@@ -406,9 +407,10 @@ async fn check(
 }
 
 /// The macOS code-signing checks of dylib-abi-and-compat.md §6.1 (valid signature with
-/// `anchor apple generic`, identifier, team, Info.plist). The rule is [`codesign::check`];
-/// reading the signing information with `SecStaticCode` is NOT IMPLEMENTED: this always
-/// passes, and on macOS compat mode relies on the minisign check alone.
+/// `anchor apple generic`, identifier, team, Info.plist). The rule is [`codesign::check`]
+/// and `codesign::macos::signing_info` reads a file's signature; NOT WIRED here yet (the
+/// bytes would go to a private file first, and this crate does not build for macOS): this
+/// always passes, and on macOS compat mode relies on the minisign check alone.
 #[cfg(target_os = "macos")]
 fn macos_codesign_checks(_bytes: &[u8]) -> Result<(), VerifyError> {
     warn!("macOS code-signing checks (§6.1) are not implemented; relying on minisign only");

@@ -1,11 +1,16 @@
 //! The Apple code-signing rule Coder Desktop applies to a downloaded tunnel
 //! (dylib-abi-and-compat.md §6.1 for the library, §6.3 for the CLI), as data in and a verdict
-//! out: which fields, which values, in which order, with which message. The facts come from
-//! `SecStaticCode` on a Mac (`security-framework`, issue #15); here they are a plain
-//! [`SigningInfo`], so the rule is tested on Linux against fake signing information.
+//! out: which fields, which values, in which order, with which message — a plain
+//! [`SigningInfo`], so the rule is tested on Linux against fake signing information. On
+//! macOS, `macos::signing_info` reads those facts from a file with `SecStaticCode`
+//! (Security.framework, through `security-framework`): type-checked by `.ci/apple-check`,
+//! never run here (no Mac).
 //!
 //! One deliberate difference from the dylib-era app: the signature must satisfy
 //! `anchor apple generic` (upstream added the requirement only in the daemon era).
+
+#[cfg(target_os = "macos")]
+pub mod macos;
 
 /// Coder's Apple developer team.
 pub const CODER_TEAM: &str = "4399GN35BJ";
