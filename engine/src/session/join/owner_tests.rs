@@ -42,7 +42,13 @@ struct Seen {
 }
 
 impl Harness {
+    /// No status update within a test.
     async fn start() -> Self {
+        Self::start_with(Duration::from_secs(3600)).await
+    }
+
+    /// Status updates every `status_interval`.
+    async fn start_with(status_interval: Duration) -> Self {
         let (a, b) = tokio::io::duplex(4096);
         let (ar, aw) = tokio::io::split(a);
         let (br, bw) = tokio::io::split(b);
@@ -62,8 +68,7 @@ impl Harness {
             endpoints: Vec::new(),
         };
         let timings = OwnerTimings {
-            // No status update (and no stats to answer) within a test.
-            status_interval: Duration::from_secs(3600),
+            status_interval,
             ..Default::default()
         };
         let core = OwnerCore::new(
@@ -193,4 +198,21 @@ async fn a_manager_wake_does_the_same() {
     h.control.send(Control::Wake).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(h.seen(), WOKEN);
+}
+
+/// The status update (stats fetched from the data plane, then a PeerUpdate to the manager)
+/// comes every 5 s with the default timings, as Coder's tunnel sends one every 5 s.
+#[tokio::test(start_paused = true)]
+async fn the_status_update_comes_every_five_seconds() {
+    let mut h = Harness::start_with(OwnerTimings::default().status_interval).await;
+    let mut fetched_at = Vec::new();
+    let origin = tokio::time::Instant::now();
+    let end = origin + Duration::from_secs(21);
+    while let Ok(Some(cmd)) = tokio::time::timeout_at(end, h.wg.recv()).await {
+        if let WgCommand::Stats(reply) = cmd {
+            fetched_at.push(origin.elapsed().as_secs());
+            let _ = reply.send(Default::default());
+        }
+    }
+    assert_eq!(fetched_at, [5, 10, 15, 20]);
 }
