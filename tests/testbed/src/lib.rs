@@ -29,6 +29,7 @@ mod netns;
 mod region;
 mod routes;
 mod serve;
+pub use serve::HEADER_READ_TIMEOUT;
 mod stun;
 mod tailnet;
 pub mod tls;
@@ -94,7 +95,7 @@ pub struct TestbedConfig {
     /// clients apply before choosing a home region); none when empty.
     pub region_scores: Vec<(i64, f64)>,
     /// How long an HTTP client may take to send a request head before it is dropped
-    /// ([`serve::HEADER_READ_TIMEOUT`] by default).
+    /// ([`HEADER_READ_TIMEOUT`] by default).
     pub header_read_timeout: std::time::Duration,
 }
 
