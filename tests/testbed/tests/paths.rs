@@ -171,6 +171,13 @@ async fn home_region_follows_the_clearly_closer_relay_and_traffic_keeps_flowing(
         wait_home(&tb, home).await;
         let page = fetch_page(&connector, &agent.ip).await;
         assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
+        // The old home stays connected (region 1000 has no agent: nothing else keeps it).
+        let snap = connector.diagnostics().snapshot().await.unwrap();
+        assert!(
+            snap.wg.derp.iter().any(|(id, s)| *id == other && s.connected),
+            "the old home {other} was disconnected: {:?}",
+            snap.wg.derp
+        );
     }
     assert!(
         tb.derp_connections(SECOND_REGION_ID) >= 1,
