@@ -174,7 +174,10 @@ async fn home_region_follows_the_clearly_closer_relay_and_traffic_keeps_flowing(
         // The old home stays connected (region 1000 has no agent: nothing else keeps it).
         let snap = connector.diagnostics().snapshot().await.unwrap();
         assert!(
-            snap.wg.derp.iter().any(|(id, s)| *id == other && s.connected),
+            snap.wg
+                .derp
+                .iter()
+                .any(|(id, s)| *id == other && s.connected),
             "the old home {other} was disconnected: {:?}",
             snap.wg.derp
         );
