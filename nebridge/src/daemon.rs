@@ -85,8 +85,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The descriptor from its flag, else `CODER_VPN_DAEMON_RPC_<DIR>_FD`, else
-/// `CODER_VPN_DAEMON_RPC_<DIR>_HANDLE` (the Linux desktop app's name).
 /// One glibc malloc arena for the whole process instead of one per thread that ever
 /// allocated: the tunnel allocates nothing per packet, so its few threads never contend,
 /// and the resident set with 100 agents drops by ≈ 0.5–1 MiB (BENCHMARKS.md, issue #18).
@@ -99,6 +97,8 @@ fn one_malloc_arena() {
     }
 }
 
+/// The descriptor from its flag, else `CODER_VPN_DAEMON_RPC_<DIR>_FD`, else
+/// `CODER_VPN_DAEMON_RPC_<DIR>_HANDLE` (the Linux desktop app's name).
 fn descriptor(flag: Option<i32>, dir: &str) -> anyhow::Result<i32> {
     if let Some(fd) = flag {
         return Ok(fd);
