@@ -28,7 +28,9 @@ use super::keys::{NodePrivateKey, NodePublicKey, ServerInfo};
 use super::server_core::{
     KEEP_ALIVE_MAX_JITTER, ServerConn, ServerConnConfig, ServerConnError, ServerConnEvent,
 };
-use super::server_table::{ClientSummary, ConnQueue, Routes, TableCmd, ToConn, run_table};
+use super::server_table::{
+    ClientSummary, ConnQueue, QueuedBytes, Routes, TableCmd, ToConn, run_table,
+};
 use super::table::ConnId;
 use super::transport::{Read, Timer, Transport};
 
@@ -339,7 +341,7 @@ impl DerpServer {
         let queue = ConnQueue::new(tx);
         let mut state = ConnState {
             conn,
-            queue: queue.clone(),
+            queued: queue.bytes(),
             tx: Some(queue),
             rx,
             key: None,
@@ -400,7 +402,7 @@ impl DerpServer {
                             None | Some(ToConn::Close) => return Ok(()),
                             Some(m) => {
                                 if let ToConn::Packet { data, .. } = &m {
-                                    st.queue.taken(data.len());
+                                    st.queued.taken(data.len());
                                 }
                                 apply(core, m);
                             }
@@ -491,8 +493,8 @@ impl DerpServer {
 
 struct ConnState {
     conn: ConnId,
-    /// Our queue (its byte count goes down as we take packets).
-    queue: ConnQueue,
+    /// Our queue's byte count (it goes down as we take packets).
+    queued: QueuedBytes,
     /// Our queue's sender, until it is handed to the table at registration.
     tx: Option<ConnQueue>,
     rx: mpsc::Receiver<ToConn>,

@@ -78,14 +78,26 @@ impl ConnQueue {
         })
     }
 
-    /// The connection took a packet of `len` bytes off the queue.
-    pub(super) fn taken(&self, len: usize) {
-        self.bytes.fetch_sub(len, Ordering::Relaxed);
+    /// The byte count alone, for the connection that reads the queue: it must hold no
+    /// sender, or its queue would not end when the table drops the last one.
+    pub(super) fn bytes(&self) -> QueuedBytes {
+        QueuedBytes(self.bytes.clone())
     }
 
     #[cfg(test)]
     fn queued_bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection queue's byte count, seen from the connection that takes the packets.
+#[derive(Debug)]
+pub(super) struct QueuedBytes(Arc<AtomicUsize>);
+
+impl QueuedBytes {
+    /// The connection took a packet of `len` bytes off the queue.
+    pub(super) fn taken(&self, len: usize) {
+        self.0.fetch_sub(len, Ordering::Relaxed);
     }
 }
 

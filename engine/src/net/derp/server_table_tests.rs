@@ -4,10 +4,11 @@ use super::*;
 use crate::net::derp::NodePrivateKey;
 
 fn drain(rx: &mut mpsc::Receiver<ToConn>, q: &ConnQueue) -> usize {
+    let bytes = q.bytes();
     let mut n = 0;
     while let Ok(m) = rx.try_recv() {
         if let ToConn::Packet { data, .. } = m {
-            q.taken(data.len());
+            bytes.taken(data.len());
         }
         n += 1;
     }
