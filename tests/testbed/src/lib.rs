@@ -243,8 +243,13 @@ impl Testbed {
         let mut derp_map = derpmap::build(&host, port, force_http, stun.as_ref().map(|s| s.addr()));
         let second = match config.second_region {
             true => {
-                let second =
-                    region::SecondRegion::start(addr.ip(), server_tls.clone(), config.stun).await?;
+                let second = region::SecondRegion::start(
+                    addr.ip(),
+                    server_tls.clone(),
+                    config.stun,
+                    config.header_read_timeout,
+                )
+                .await?;
                 let stun = second.stun().map(|s| s.addr());
                 derpmap::add_second_region(
                     &mut derp_map,

@@ -38,6 +38,7 @@ impl SecondRegion {
         ip: IpAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
         stun: bool,
+        header_read_timeout: std::time::Duration,
     ) -> Result<Self, TestbedError> {
         let want = SocketAddr::new(ip, 0);
         let fail = |source| TestbedError::SecondRegion { addr: want, source };
@@ -57,14 +58,7 @@ impl SecondRegion {
             .route("/derp/latency-check", get(crate::routes::latency_check))
             .with_state(derp.clone());
         let (stop_tx, stop_rx) = oneshot::channel();
-        crate::serve::spawn(
-            listener,
-            tls,
-            app,
-            crate::serve::HEADER_READ_TIMEOUT,
-            stop_rx,
-        )
-        .map_err(fail)?;
+        crate::serve::spawn(listener, tls, app, header_read_timeout, stop_rx).map_err(fail)?;
         debug!(%addr, stun = ?stun.as_ref().map(|s| s.addr()), "second DERP region serving");
         Ok(Self {
             addr,
