@@ -119,6 +119,23 @@ fn latest_round_only() -> JoinOptions {
 
 /// The home region the client last published (`update_self.preferred_derp`), waited for
 /// until it is `want` (10 s at most).
+/// The client's diagnostics, once checked that its connection to `region`'s relay is up.
+async fn snapshot_with_relay_up(
+    connector: &TailnetConnector,
+    region: i64,
+) -> codervpn_engine::session::diag::EngineSnapshot {
+    let snap = connector.diagnostics().snapshot().await.unwrap();
+    assert!(
+        snap.wg
+            .derp
+            .iter()
+            .any(|(id, s)| *id == region && s.connected),
+        "no connection to region {region}'s relay: {:?}",
+        snap.wg.derp
+    );
+    snap
+}
+
 async fn wait_home(tb: &Testbed, want: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -172,15 +189,7 @@ async fn home_region_follows_the_clearly_closer_relay_and_traffic_keeps_flowing(
         let page = fetch_page(&connector, &agent.ip).await;
         assert!(page.ends_with(&agent_page(&agent.workspace, &agent.name)));
         // The old home stays connected (region 1000 has no agent: nothing else keeps it).
-        let snap = connector.diagnostics().snapshot().await.unwrap();
-        assert!(
-            snap.wg
-                .derp
-                .iter()
-                .any(|(id, s)| *id == other && s.connected),
-            "the old home {other} was disconnected: {:?}",
-            snap.wg.derp
-        );
+        snapshot_with_relay_up(&connector, other).await;
     }
     assert!(
         tb.derp_connections(SECOND_REGION_ID) >= 1,
@@ -264,15 +273,7 @@ async fn the_embedded_relay_is_reached_when_home_is_another_region() {
         tb.derp_connections(EMBEDDED_REGION_ID) >= 1,
         "the client never reached region 999"
     );
-    let snap = connector.diagnostics().snapshot().await.unwrap();
-    assert!(
-        snap.wg
-            .derp
-            .iter()
-            .any(|(id, s)| *id == EMBEDDED_REGION_ID && s.connected),
-        "{:?}",
-        snap.wg.derp
-    );
+    let snap = snapshot_with_relay_up(&connector, EMBEDDED_REGION_ID).await;
     assert_eq!(snap.wg.home_region, Some(SECOND_REGION_ID));
     assert!(snap.wg.traffic.derp_rx.packets > 0 && snap.wg.traffic.udp_rx.packets == 0);
     assert!(m.client.stop().await.unwrap().success);
