@@ -32,6 +32,7 @@ ACTIVE=$(grep -v '^#' "$RESOLV" | tr '\n' '|')
   || fail "resolv.conf while up: $ACTIVE"
 echo "resolv.conf while up: $ACTIVE"
 # glibc: getent and curl by name, no --resolve, no dig @server.
+wait_resolves "$FQDN" "$AGENT_IP"
 GOT=$(ip netns exec "$NS_A" getent ahostsv6 "$FQDN" | awk 'NR==1 {print $1}')
 [ "$GOT" = "$AGENT_IP" ] || fail "getent ahostsv6 $FQDN gave '$GOT', want $AGENT_IP"
 PAGE=$(ip netns exec "$NS_A" curl -s --max-time 10 "http://$FQDN/") || fail "curl http://$FQDN/"
@@ -75,6 +76,7 @@ wait_log "another program rewrote it while the tunnel ran: the tunnel's resolver
 ACTIVE=$(grep -v '^#' "$RESOLV" | tr '\n' '|')
 [ "$ACTIVE" = "nameserver fd60:627a:a42b::53|nameserver 192.0.2.53|search renewed.example|" ] \
   || fail "resolv.conf after the rewrite: $ACTIVE"
+wait_resolves "$FQDN" "$AGENT_IP"
 GOT=$(ip netns exec "$NS_A" getent ahostsv6 "$FQDN" | awk 'NR==1 {print $1}')
 [ "$GOT" = "$AGENT_IP" ] || fail "after the rewrite getent gave '$GOT'"
 stop_up || fail "up exited with an error (4th run)"
