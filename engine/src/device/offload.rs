@@ -1,7 +1,12 @@
 //! TUN segmentation offload (`IFF_VNET_HDR` + `TUNSETOFFLOAD`): the kernel hands us TCP
-//! "super packets" of up to 64 KiB behind a 10-byte `virtio_net_hdr`, with the TCP checksum
-//! left partial; we cut them into MSS-sized segments with correct headers and checksums.
-//! Pure functions, tested on hand-built packets.
+//! and UDP "super packets" of up to 64 KiB behind a 10-byte `virtio_net_hdr`, with the
+//! transport checksum left partial; we cut them into MSS-sized TCP segments, or
+//! `gso_size`-sized UDP datagrams (an application's `UDP_SEGMENT` send, kept whole by USO),
+//! with correct headers and checksums. Pure functions, tested on hand-built packets.
+//!
+//! The header's `hdr_len` is not trusted: the kernel reports the skb's linear length there,
+//! which on a forwarding path can include payload. The header length is read from the
+//! packet instead (`csum_start` plus the TCP data offset, or plus 8 for UDP).
 
 use std::io;
 
@@ -12,11 +17,15 @@ const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
+
+pub(crate) const PROTO_TCP: u32 = 6;
+pub(crate) const PROTO_UDP: u32 = 17;
 
 /// The fields of a `virtio_net_hdr` (little-endian on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,7 +86,20 @@ pub fn segment(
             each(packet);
             Ok(1)
         }
-        GSO_TCPV4 | GSO_TCPV6 => segment_tcp(hdr, packet, scratch, each),
+        t @ (GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4) => {
+            let ip_len = usize::from(hdr.csum_start);
+            let size = usize::from(hdr.gso_size);
+            let v4 = packet.first().map(|b| b >> 4) == Some(4);
+            if size == 0 || ip_len < if v4 { 20 } else { 40 } {
+                return Err(invalid("malformed GSO packet headers"));
+            }
+            let g = Gso { v4, ip_len, size };
+            if t == GSO_UDP_L4 {
+                segment_udp(g, packet, scratch, each)
+            } else {
+                segment_tcp(g, packet, scratch, each)
+            }
+        }
         other => Err(invalid(&format!("unsupported GSO type {other}"))),
     }
 }
@@ -94,24 +116,30 @@ fn finish_partial_checksum(packet: &mut [u8], start: usize, offset: usize) -> io
     Ok(())
 }
 
+/// What a GSO packet's virtio header says about it, checked.
+#[derive(Clone, Copy)]
+struct Gso {
+    v4: bool,
+    /// Where the transport header starts (`csum_start`).
+    ip_len: usize,
+    /// Payload bytes per segment (`gso_size`, never 0).
+    size: usize,
+}
+
 fn segment_tcp(
-    hdr: &VnetHdr,
+    g: Gso,
     packet: &[u8],
     scratch: &mut [u8],
     mut each: impl FnMut(&[u8]),
 ) -> io::Result<usize> {
-    let ip_len = usize::from(hdr.csum_start);
-    let headers = usize::from(hdr.hdr_len);
-    let mss = usize::from(hdr.gso_size);
-    let v4 = packet.first().map(|b| b >> 4) == Some(4);
-    if mss == 0
-        || headers < ip_len + 20
-        || headers > packet.len()
-        || ip_len < if v4 { 20 } else { 40 }
-    {
+    let Gso { v4, ip_len, size } = g;
+    let data_offset = packet
+        .get(ip_len + 12)
+        .map_or(0, |b| usize::from(b >> 4) * 4);
+    let headers = ip_len + data_offset;
+    if data_offset < 20 || headers > packet.len() {
         return Err(invalid("malformed TSO packet headers"));
     }
-    let payload = &packet[headers..];
     let seq0 = u32::from_be_bytes([
         packet[ip_len + 4],
         packet[ip_len + 5],
@@ -119,28 +147,9 @@ fn segment_tcp(
         packet[ip_len + 7],
     ]);
     let flags0 = packet[ip_len + 13];
-    let id0 = u16::from_be_bytes([packet[4], packet[5]]);
-    let count = payload.len().div_ceil(mss).max(1);
-    for i in 0..count {
-        let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
-        let total = headers + chunk.len();
-        if total > scratch.len() {
-            return Err(invalid("segment larger than the scratch buffer"));
-        }
-        let seg = &mut scratch[..total];
-        seg[..headers].copy_from_slice(&packet[..headers]);
-        seg[headers..].copy_from_slice(chunk);
-        if v4 {
-            seg[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-            seg[10..12].copy_from_slice(&[0, 0]);
-            let c = !fold(sum16(&seg[..ip_len], 0));
-            seg[10..12].copy_from_slice(&c.to_be_bytes());
-        } else {
-            seg[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-        }
+    cut(packet, g, headers, scratch, |i, count, seg| {
         let tcp = ip_len;
-        let seq = seq0.wrapping_add((i * mss) as u32);
+        let seq = seq0.wrapping_add((i * size) as u32);
         seg[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
         let mut flags = flags0;
         if i + 1 != count {
@@ -153,15 +162,85 @@ fn segment_tcp(
         seg[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
         let c = !fold(sum16(
             &seg[tcp..],
-            pseudo_header(seg, v4, ip_len, total - tcp),
+            pseudo_header(seg, v4, PROTO_TCP, seg.len() - tcp),
         ));
         seg[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
         each(seg);
+    })
+}
+
+/// Cuts a UDP GSO packet into datagrams of `size` payload bytes (the last may be
+/// shorter), each with its own lengths, IPv4 id and full checksum.
+fn segment_udp(
+    g: Gso,
+    packet: &[u8],
+    scratch: &mut [u8],
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<usize> {
+    let Gso { v4, ip_len, .. } = g;
+    let headers = ip_len + 8;
+    if headers > packet.len() {
+        return Err(invalid("malformed UDP GSO packet headers"));
+    }
+    cut(packet, g, headers, scratch, |_, _, seg| {
+        let udp = ip_len;
+        let l4 = seg.len() - udp;
+        seg[udp + 4..udp + 6].copy_from_slice(&(l4 as u16).to_be_bytes());
+        seg[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+        let c = match !fold(sum16(&seg[udp..], pseudo_header(seg, v4, PROTO_UDP, l4))) {
+            0 => 0xffff, // a computed zero is sent as all ones (RFC 768)
+            c => c,
+        };
+        seg[udp + 6..udp + 8].copy_from_slice(&c.to_be_bytes());
+        each(seg);
+    })
+}
+
+/// Builds each piece of `packet` in `scratch` — its `headers` bytes, then the next `size`
+/// bytes of payload (the last piece may be shorter; an empty payload makes one piece) — with
+/// the IP lengths (and IPv4 id) set, and hands it to `fill(index, count, piece)` to finish
+/// the transport header. Returns how many pieces there were.
+fn cut(
+    packet: &[u8],
+    Gso { v4, ip_len, size }: Gso,
+    headers: usize,
+    scratch: &mut [u8],
+    mut fill: impl FnMut(usize, usize, &mut [u8]),
+) -> io::Result<usize> {
+    let payload = &packet[headers..];
+    let id0 = u16::from_be_bytes([packet[4], packet[5]]);
+    let count = payload.len().div_ceil(size).max(1);
+    for i in 0..count {
+        let chunk = &payload[(i * size).min(payload.len())..((i + 1) * size).min(payload.len())];
+        let total = headers + chunk.len();
+        let seg = scratch
+            .get_mut(..total)
+            .ok_or_else(|| invalid("segment larger than the scratch buffer"))?;
+        seg[..headers].copy_from_slice(&packet[..headers]);
+        seg[headers..].copy_from_slice(chunk);
+        set_ip_lengths(seg, v4, ip_len, id0.wrapping_add(i as u16));
+        fill(i, count, seg);
     }
     Ok(count)
 }
 
-fn pseudo_header(packet: &[u8], v4: bool, _ip_len: usize, l4_len: usize) -> u32 {
+/// Sets the IP length field for `seg`'s size (and, for IPv4, its id and header checksum).
+fn set_ip_lengths(seg: &mut [u8], v4: bool, ip_len: usize, id: u16) {
+    let total = seg.len();
+    if v4 {
+        seg[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        seg[4..6].copy_from_slice(&id.to_be_bytes());
+        seg[10..12].copy_from_slice(&[0, 0]);
+        let c = !fold(sum16(&seg[..ip_len], 0));
+        seg[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        seg[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+    }
+}
+
+/// The ones-complement sum of the IPv4 or IPv6 pseudo-header for a transport segment of
+/// `l4_len` bytes of protocol `proto`.
+pub(crate) fn pseudo_header(packet: &[u8], v4: bool, proto: u32, l4_len: usize) -> u32 {
     let (src, dst) = if v4 {
         (&packet[12..16], &packet[16..20])
     } else {
@@ -169,7 +248,7 @@ fn pseudo_header(packet: &[u8], v4: bool, _ip_len: usize, l4_len: usize) -> u32 
     };
     let mut sum = sum16(src, 0);
     sum = sum16(dst, sum);
-    sum += 6; // TCP
+    sum += proto;
     sum += l4_len as u32;
     sum
 }
@@ -214,7 +293,7 @@ mod tests {
         }
         let l4 = seg.len() - ip_len;
         assert_eq!(
-            fold(sum16(&seg[ip_len..], pseudo_header(seg, v4, ip_len, l4))),
+            fold(sum16(&seg[ip_len..], pseudo_header(seg, v4, PROTO_TCP, l4))),
             0xffff,
             "TCP checksum"
         );
@@ -254,7 +333,7 @@ mod tests {
         for (i, b) in p[t + 20..].iter_mut().enumerate() {
             *b = (i * 7) as u8;
         }
-        let partial = fold(pseudo_header(&p, v4, ip_len, total - ip_len));
+        let partial = fold(pseudo_header(&p, v4, PROTO_TCP, total - ip_len));
         p[t + 16..t + 18].copy_from_slice(&partial.to_be_bytes());
         let hdr = VnetHdr {
             flags: F_NEEDS_CSUM,
@@ -321,7 +400,7 @@ mod tests {
         for bad in [
             VnetHdr { gso_size: 0, ..hdr },
             VnetHdr {
-                hdr_len: 60_000,
+                csum_start: 60_000,
                 ..hdr
             },
             VnetHdr {
@@ -329,16 +408,131 @@ mod tests {
                 ..hdr
             },
             VnetHdr { gso_type: 3, ..hdr },
+            VnetHdr {
+                gso_type: GSO_UDP_L4,
+                gso_size: 0,
+                ..hdr
+            },
+            VnetHdr {
+                gso_type: GSO_UDP_L4,
+                csum_start: 3,
+                ..hdr
+            },
+            VnetHdr {
+                gso_type: GSO_UDP_L4,
+                csum_start: 60_000,
+                ..hdr
+            },
         ] {
             assert!(
                 segment(&bad, &mut p, &mut scratch, |_| {}).is_err(),
                 "{bad:?}"
             );
         }
+        // A TCP data offset under 5 words cannot be a header.
+        let mut short = p.clone();
+        short[20 + 12] = 4 << 4;
+        assert!(segment(&hdr, &mut short, &mut scratch, |_| {}).is_err());
         hdr.gso_type = GSO_NONE;
         hdr.csum_offset = 60_000;
         assert!(segment(&hdr, &mut p, &mut scratch, |_| {}).is_err());
         assert!(VnetHdr::parse(&[0; 5]).is_err());
+    }
+
+    #[test]
+    fn the_header_length_comes_from_the_packet_not_from_hdr_len() {
+        // On a forwarding path the kernel reports the skb's linear length, payload included.
+        for v4 in [true, false] {
+            let (hdr, p) = super_packet(v4, 2500, 0x10);
+            let mut expected = Vec::new();
+            let mut scratch = vec![0u8; 65_536];
+            segment(&hdr, &mut p.clone(), &mut scratch, |s| {
+                expected.push(s.to_vec())
+            })
+            .unwrap();
+            let lying = VnetHdr {
+                hdr_len: hdr.hdr_len + 700,
+                ..hdr
+            };
+            let mut got = Vec::new();
+            segment(&lying, &mut p.clone(), &mut scratch, |s| {
+                got.push(s.to_vec())
+            })
+            .unwrap();
+            assert_eq!(got, expected);
+        }
+    }
+
+    /// A UDP GSO packet as the kernel hands it over with USO: one UDP header, the UDP
+    /// length and checksum of the whole (checksum partial: the pseudo-header sum).
+    fn udp_super_packet(v4: bool, payload: usize, size: u16) -> (VnetHdr, Vec<u8>) {
+        let ip_len = if v4 { 20 } else { 40 };
+        let (_, tcp) = super_packet(v4, 0, 0);
+        let mut p = tcp[..ip_len].to_vec();
+        p.resize(ip_len + 8 + payload, 0);
+        let total = p.len();
+        if v4 {
+            p[9] = 17;
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        } else {
+            p[6] = 17;
+            p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+        }
+        let u = ip_len;
+        p[u..u + 2].copy_from_slice(&443u16.to_be_bytes());
+        p[u + 2..u + 4].copy_from_slice(&50000u16.to_be_bytes());
+        p[u + 4..u + 6].copy_from_slice(&((total - u) as u16).to_be_bytes());
+        for (i, b) in p[u + 8..].iter_mut().enumerate() {
+            *b = (i * 13 + 5) as u8;
+        }
+        let partial = fold(pseudo_header(&p, v4, PROTO_UDP, total - u));
+        p[u + 6..u + 8].copy_from_slice(&partial.to_be_bytes());
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_UDP_L4,
+            hdr_len: (ip_len + 8) as u16,
+            gso_size: size,
+            csum_start: ip_len as u16,
+            csum_offset: 6,
+        };
+        (hdr, p)
+    }
+
+    #[test]
+    fn udp_gso_packets_are_cut_into_datagrams_with_valid_checksums() {
+        for v4 in [true, false] {
+            let (hdr, mut p) = udp_super_packet(v4, 3 * 1200 + 77, 1200);
+            let ip_len = usize::from(hdr.csum_start);
+            let payload = p[ip_len + 8..].to_vec();
+            let mut scratch = vec![0u8; 65_536];
+            let mut dgrams: Vec<Vec<u8>> = Vec::new();
+            let n = segment(&hdr, &mut p, &mut scratch, |s| dgrams.push(s.to_vec())).unwrap();
+            assert_eq!(n, 4);
+            let mut joined = Vec::new();
+            for (i, d) in dgrams.iter().enumerate() {
+                let l4 = d.len() - ip_len;
+                assert_eq!(
+                    usize::from(u16::from_be_bytes([d[ip_len + 4], d[ip_len + 5]])),
+                    l4
+                );
+                assert_eq!(
+                    fold(sum16(&d[ip_len..], pseudo_header(d, v4, PROTO_UDP, l4))),
+                    0xffff,
+                    "UDP checksum of datagram {i}"
+                );
+                if v4 {
+                    assert_eq!(fold(sum16(&d[..20], 0)), 0xffff, "IPv4 header checksum");
+                    assert_eq!(usize::from(u16::from_be_bytes([d[2], d[3]])), d.len());
+                    assert_eq!(u16::from_be_bytes([d[4], d[5]]), 100 + i as u16);
+                } else {
+                    assert_eq!(usize::from(u16::from_be_bytes([d[4], d[5]])), d.len() - 40);
+                }
+                assert_eq!(&d[ip_len..ip_len + 4], &p[ip_len..ip_len + 4], "ports");
+                joined.extend_from_slice(&d[ip_len + 8..]);
+            }
+            assert_eq!(dgrams[3].len(), ip_len + 8 + 77);
+            assert_eq!(joined, payload);
+        }
     }
 
     #[test]
