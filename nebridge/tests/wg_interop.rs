@@ -2,30 +2,40 @@
 //! namespaces joined by a veth pair: ping and a 100 MB TCP transfer with matching SHA-256,
 //! each way (`tests/netns/wg-interop.sh`). Needs root, iproute2, wireguard-tools,
 //! wireguard-go (Debian) and boringtun-cli (`cargo install boringtun-cli`); `.ci/run`
-//! installs them.
+//! installs them. Also ours with ours carrying UDP through TUN segmentation offload
+//! (`tests/netns/udp-gso.sh`, needs Linux ≥ 6.2 for USO).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::Command;
 
-fn interop(a: &str, b: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/netns/wg-interop.sh");
+/// Runs `tests/netns/<script> args…` with this build's binary; fails unless it exits 0
+/// with `want` on stdout. Returns the stdout.
+fn netns(script: &str, args: &[&str], want: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/netns")
+        .join(script);
     let out = Command::new("bash")
-        .arg(script)
-        .args([a, b])
+        .arg(path)
+        .args(args)
         .env("CODERVPN", env!("CARGO_BIN_EXE_codervpn"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "{a} <-> {b} failed:\n{stdout}\n{stderr}"
+        out.status.success() && stdout.contains(want),
+        "{script} {args:?} failed:\n{stdout}\n{stderr}"
     );
-    assert!(
-        stdout.contains(&format!("interop ok: {a} <-> {b}")),
-        "{stdout}"
+    stdout
+}
+
+fn interop(a: &str, b: &str) {
+    let stdout = netns(
+        "wg-interop.sh",
+        &[a, b],
+        &format!("interop ok: {a} <-> {b}"),
     );
     assert_eq!(stdout.matches("sha256 ok").count(), 2, "{stdout}");
 }
@@ -53,4 +63,13 @@ fn ours_initiates_to_boringtun_cli() {
 #[test]
 fn boringtun_cli_initiates_to_ours() {
     interop("boringtun", "ours");
+}
+
+/// UDP through `wg up` with TUN segmentation offload both ways: datagrams an application
+/// sends with `UDP_SEGMENT` are read from the TUN as UDP GSO packets and cut here, and runs
+/// of datagrams are written to the far TUN as UDP GSO frames; every byte is checked
+/// (`tests/netns/udp-gso.sh`).
+#[test]
+fn udp_datagrams_cross_whole_with_udp_segmentation_offload_both_ways() {
+    netns("udp-gso.sh", &[], "udp-gso ok");
 }

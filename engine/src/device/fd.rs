@@ -303,20 +303,49 @@ impl Device for FdDevice {
 impl FdDevice {
     /// Runs `op` on the coalescer with a sink that writes each finished frame to the TUN;
     /// returns the last write error, if any.
+    ///
+    /// A kernel without UDP GSO on TUN writes (before Linux 6.2) refuses a UDP GSO frame
+    /// with `EINVAL`: that frame is then cut here and written datagram by datagram, and
+    /// UDP is no longer joined.
     fn coalesce(&self, op: impl FnOnce(&mut Coalescer, &mut dyn FnMut(&[u8]))) -> io::Result<()> {
         let fd = self.fd.get_ref().as_raw_fd();
         let mut result = Ok(());
+        let mut udp_refused = false;
         let mut c = self
             .coalescer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         op(&mut c, &mut |frame| {
-            if let Err(e) = write_frame(fd, frame) {
+            let r = match write_frame(fd, frame) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && offload::is_udp_gso(frame) => {
+                    udp_refused = true;
+                    write_cut(fd, frame)
+                }
+                r => r,
+            };
+            if let Err(e) = r {
                 result = Err(e);
             }
         });
+        if udp_refused {
+            tracing::debug!(
+                "the kernel refused a UDP GSO frame on the TUN; UDP is no longer coalesced"
+            );
+            c.set_udp(false);
+        }
         result
     }
+}
+
+/// Cuts a GSO frame into plain packets and writes each.
+fn write_cut(fd: std::os::fd::RawFd, frame: &[u8]) -> io::Result<()> {
+    let mut result = Ok(());
+    offload::cut_frame(frame, |plain| {
+        if let Err(e) = write_frame(fd, plain) {
+            result = Err(e);
+        }
+    })?;
+    result
 }
 
 /// Writes one complete frame (vnet header included).

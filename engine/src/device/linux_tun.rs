@@ -24,20 +24,26 @@ const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
 
 /// Creates (or attaches to) the TUN interface `name`; returns its descriptor, the name the
-/// kernel gave it, and the framing its packets use: with `offload`, TCP segmentation
-/// offload is asked for (`IFF_VNET_HDR` + TSO), and granted or not by the kernel. The
-/// interface disappears, with its addresses and routes, when the last descriptor closes.
+/// kernel gave it, and the framing its packets use: with `offload`, segmentation offload is
+/// asked for (`IFF_VNET_HDR` + TCP segmentation, and UDP segmentation where the kernel has
+/// it, Linux ≥ 6.2), and granted or not by the kernel. The interface disappears, with its
+/// addresses and routes, when the last descriptor closes.
 pub fn create_tun(name: &str, offload: bool) -> io::Result<(OwnedFd, String, Framing)> {
     if offload {
         let (fd, actual) = open_tun(name, libc::IFF_VNET_HDR)?;
-        let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
-        // SAFETY: TUNSETOFFLOAD takes the flags by value.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) } == 0 {
-            return Ok((fd, actual, Framing::Vnet));
+        let tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        for flags in [tcp | TUN_F_USO4 | TUN_F_USO6, tcp] {
+            // SAFETY: TUNSETOFFLOAD takes the flags by value.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) } == 0 {
+                tracing::debug!(uso = flags & TUN_F_USO4 != 0, "TUN offload on");
+                return Ok((fd, actual, Framing::Vnet));
+            }
+            tracing::debug!(error = %io::Error::last_os_error(), flags, "TUN offload refused");
         }
-        tracing::debug!(error = %io::Error::last_os_error(), "TUN offload refused; plain packets");
         drop(fd);
     }
     let (fd, actual) = open_tun(name, 0)?;

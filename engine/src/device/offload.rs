@@ -66,6 +66,25 @@ impl VnetHdr {
     }
 }
 
+/// Whether `frame` (vnet header first) is a UDP GSO frame.
+pub fn is_udp_gso(frame: &[u8]) -> bool {
+    frame.get(1).is_some_and(|t| t & !GSO_ECN == GSO_UDP_L4)
+}
+
+/// Cuts a GSO frame (vnet header first) into plain frames — a zeroed vnet header, then
+/// one packet — for a kernel that refused the frame whole. Returns how many it made.
+pub fn cut_frame(frame: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<usize> {
+    let hdr = VnetHdr::parse(frame)?;
+    let mut body = frame[VNET_HDR_LEN..].to_vec();
+    let mut scratch = vec![0u8; 65_536];
+    let mut plain = vec![0u8; VNET_HDR_LEN];
+    segment(&hdr, &mut body, &mut scratch, |p| {
+        plain.truncate(VNET_HDR_LEN);
+        plain.extend_from_slice(p);
+        each(&plain);
+    })
+}
+
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
 }
