@@ -8,8 +8,10 @@
 #   cargo build --release -p codervpn-nebridge
 #   sudo CODERVPN=target/release/codervpn benches/netns-throughput.sh [SECONDS] [IMPL…]
 #
-# IMPL defaults to: bare ours wggo wggo-current boringtun. Needs root, iproute2, wireguard-tools,
-# iperf3, iputils-ping, wireguard-go, boringtun-cli.
+# IMPL defaults to: bare ours wggo wggo-current boringtun. `ours-base` is ours again from the
+# binary in OURS_BASE (an earlier build, for a before/after in one run). UDP_RATE (default
+# 200M) is the offered UDP rate. Needs root, iproute2, wireguard-tools, iperf3, iputils-ping,
+# wireguard-go, boringtun-cli.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SECS=${1:-10}
@@ -30,6 +32,7 @@ one() { # one IMPL -> "| impl | a->b | b->a | udp | loss | p50 | p99 |"
     case "$1" in
       bare) dst=$VETH_B ;;
       ours) start_ours a; start_ours b ;;
+      ours-base) CODERVPN=${OURS_BASE:?set OURS_BASE to an earlier codervpn binary}; start_ours a; start_ours b ;;
       wggo) start_wggo a; start_wggo b ;;
       wggo-current) start_wggo a "$WGGO_CURRENT"; start_wggo b "$WGGO_CURRENT" ;;
       boringtun) start_boringtun a; start_boringtun b ;;

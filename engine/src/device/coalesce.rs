@@ -9,7 +9,8 @@
 //! GSO frame's checksum again, so a bad one must reach it alone, to be dropped there. An
 //! IPv4 datagram sent without a checksum (zero) is left alone too, so it leaves unchanged.
 
-use super::offload::{PROTO_TCP, PROTO_UDP, VNET_HDR_LEN, VnetHdr, fold, pseudo_header, sum16};
+use super::checksum::{PROTO_TCP, PROTO_UDP, fold, pseudo_header, sum16};
+use super::offload::{VNET_HDR_LEN, VnetHdr};
 
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;

@@ -6,6 +6,7 @@
 //! - [`UserspaceDevice`]: no descriptor at all — a smoltcp TCP/IP stack in this process,
 //!   reached through a SOCKS5 server and TCP port forwards (no root, no TUN).
 
+pub mod checksum;
 pub mod coalesce;
 mod fd;
 #[cfg(target_os = "linux")]

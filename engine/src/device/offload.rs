@@ -10,6 +10,8 @@
 
 use std::io;
 
+use super::checksum::{PROTO_TCP, PROTO_UDP, fold, pseudo_header, sum16};
+
 /// `struct virtio_net_hdr` without `num_buffers`: what a TUN with `IFF_VNET_HDR` uses.
 pub const VNET_HDR_LEN: usize = 10;
 
@@ -23,9 +25,6 @@ const GSO_ECN: u8 = 0x80;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
-
-pub(crate) const PROTO_TCP: u32 = 6;
-pub(crate) const PROTO_UDP: u32 = 17;
 
 /// The fields of a `virtio_net_hdr` (little-endian on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -255,44 +254,6 @@ fn set_ip_lengths(seg: &mut [u8], v4: bool, ip_len: usize, id: u16) {
     } else {
         seg[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
     }
-}
-
-/// The ones-complement sum of the IPv4 or IPv6 pseudo-header for a transport segment of
-/// `l4_len` bytes of protocol `proto`.
-pub(crate) fn pseudo_header(packet: &[u8], v4: bool, proto: u32, l4_len: usize) -> u32 {
-    let (src, dst) = if v4 {
-        (&packet[12..16], &packet[16..20])
-    } else {
-        (&packet[8..24], &packet[24..40])
-    };
-    let mut sum = sum16(src, 0);
-    sum = sum16(dst, sum);
-    sum += proto;
-    sum += l4_len as u32;
-    sum
-}
-
-/// Ones-complement sum of big-endian 16-bit words (odd tail padded with zero).
-pub(crate) fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for w in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-        if sum > 0xffff_0000 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-/// Folds a 32-bit ones-complement sum to 16 bits.
-pub(crate) fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 #[cfg(test)]

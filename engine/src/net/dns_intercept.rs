@@ -9,7 +9,7 @@ use std::time::Instant;
 use codervpn_dns::{CODER_DNS_ADDR, DEFAULT_UDP_PAYLOAD, Transport, Zone};
 
 use super::dns_tcp::TcpResponder;
-use crate::device::offload::{fold, sum16};
+use crate::device::checksum::{fold, sum16};
 
 const IPV6_HEADER: usize = 40;
 const UDP_HEADER: usize = 8;

@@ -405,8 +405,8 @@ pub(crate) fn segment(port: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) 
     p.extend_from_slice(&ack.to_be_bytes());
     p.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     p.extend_from_slice(payload);
-    let sum = crate::device::offload::sum16(&p[8..40], tcp_len as u32 + u32::from(TCP));
-    let c = !crate::device::offload::fold(crate::device::offload::sum16(&p[40..], sum));
+    let sum = crate::device::checksum::sum16(&p[8..40], tcp_len as u32 + u32::from(TCP));
+    let c = !crate::device::checksum::fold(crate::device::checksum::sum16(&p[40..], sum));
     p[56..58].copy_from_slice(&c.to_be_bytes());
     p
 }

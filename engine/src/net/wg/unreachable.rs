@@ -114,7 +114,7 @@ pub fn icmp6_unreachable(packet: &[u8], out: &mut Vec<u8>) -> bool {
 /// The ICMPv6 checksum over the pseudo-header and `icmp` (the offload code's
 /// ones-complement sum).
 fn checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
-    use crate::device::offload::{fold, sum16};
+    use crate::device::checksum::{fold, sum16};
     let mut sum = sum16(src, 0);
     sum = sum16(dst, sum);
     sum = sum16(&(icmp.len() as u32).to_be_bytes(), sum);
