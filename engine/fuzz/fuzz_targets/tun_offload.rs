@@ -8,8 +8,8 @@
 //!   `Coalescer` and flushed; every frame it writes must parse as a vnet header and
 //!   `segment` back without error, and segmenting all frames gives back exactly as many
 //!   packets as were pushed. When the first byte is 3 mod 4, every packet that looks like
-//!   UDP first gets right lengths and checksum, so UDP runs get joined (random bytes almost
-//!   never carry a valid UDP checksum); those must then come back byte for byte.
+//!   TCP or UDP first gets right lengths and checksum, so runs get joined (random bytes
+//!   almost never carry a valid checksum); joined UDP datagrams must come back byte for byte.
 
 #![no_main]
 
@@ -57,12 +57,12 @@ fuzz_target!(|data: &[u8]| {
         }
         let mut packet = packet.to_vec();
         if mode % 4 == 3 {
-            fix_udp(&mut packet);
+            fix_checksum(&mut packet);
         }
         c.push(&packet, &mut |f: &[u8]| frames.push(f.to_vec()));
-        sent.push(packet);
         pushed += 1;
         bytes_in += packet.len();
+        sent.push(packet);
     }
     c.flush(&mut |f: &[u8]| frames.push(f.to_vec()));
     let mut segments = 0usize;
@@ -89,12 +89,17 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Gives a packet that claims to be IPv4 (no options) or IPv6 UDP the right IP and UDP
-/// lengths and a valid UDP checksum.
-fn fix_udp(p: &mut [u8]) {
-    let (ip_len, v4) = match p.first().map(|b| b >> 4) {
-        Some(4) if p.len() >= 28 && p[0] & 0x0f == 5 && p[9] == 17 => (20, true),
-        Some(6) if p.len() >= 48 && p[6] == 17 => (40, false),
+/// Gives a packet that claims to be IPv4 (no options) or IPv6 TCP or UDP the right IP
+/// length (and UDP length) and a valid transport checksum.
+fn fix_checksum(p: &mut [u8]) {
+    let (ip_len, v4, proto) = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 40 && p[0] & 0x0f == 5 => (20, true, p[9]),
+        Some(6) if p.len() >= 60 => (40, false, p[6]),
+        _ => return,
+    };
+    let at = match proto {
+        6 => ip_len + 16,
+        17 => ip_len + 6,
         _ => return,
     };
     let total = p.len();
@@ -104,10 +109,12 @@ fn fix_udp(p: &mut [u8]) {
         p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
     }
     let l4 = total - ip_len;
-    p[ip_len + 4..ip_len + 6].copy_from_slice(&(l4 as u16).to_be_bytes());
-    p[ip_len + 6..ip_len + 8].copy_from_slice(&[0, 0]);
+    if proto == 17 {
+        p[ip_len + 4..ip_len + 6].copy_from_slice(&(l4 as u16).to_be_bytes());
+    }
+    p[at..at + 2].copy_from_slice(&[0, 0]);
     let (src, dst) = if v4 { (12..16, 16..20) } else { (8..24, 24..40) };
-    let mut sum = 17 + l4 as u32;
+    let mut sum = u32::from(proto) + l4 as u32;
     for range in [src, dst, ip_len..total] {
         for w in p[range].chunks(2) {
             sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
@@ -117,8 +124,8 @@ fn fix_udp(p: &mut [u8]) {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     let c = match !(sum as u16) {
-        0 => 0xffff,
+        0 if proto == 17 => 0xffff,
         c => c,
     };
-    p[ip_len + 6..ip_len + 8].copy_from_slice(&c.to_be_bytes());
+    p[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }

@@ -5,9 +5,10 @@
 //! UDP the kernel cuts it back into the very same datagrams before any socket sees them).
 //! Pure: bytes in, frames out.
 //!
-//! A UDP datagram joins a run only if its checksum is right: the kernel does not check a
-//! GSO frame's checksum again, so a bad one must reach it alone, to be dropped there. An
-//! IPv4 datagram sent without a checksum (zero) is left alone too, so it leaves unchanged.
+//! A segment or datagram joins a run only if its checksum is right: the kernel does not
+//! check a GSO frame's checksum again, so a bad one must reach it alone, to be dropped
+//! there. An IPv4 datagram sent without a checksum (zero) is left alone too, so it leaves
+//! unchanged.
 
 use super::checksum::{PROTO_TCP, PROTO_UDP, fold, pseudo_header, sum16};
 use super::offload::{VNET_HDR_LEN, VnetHdr};
@@ -100,6 +101,10 @@ fn tcp_shape(p: &[u8], v4: bool, ip_len: usize) -> Option<Shape> {
     let hdr_len = ip_len + usize::from(tcp[12] >> 4) * 4;
     let flags = tcp[13];
     if hdr_len < ip_len + 20 || hdr_len >= p.len() || flags & !TCP_FLAGS_OK != 0 {
+        return None;
+    }
+    let l4 = p.len() - ip_len;
+    if fold(sum16(&p[ip_len..], pseudo_header(p, v4, PROTO_TCP, l4))) != 0xffff {
         return None;
     }
     Some(Shape {
@@ -501,6 +506,16 @@ mod tests {
         }
         c.flush(&mut |_| n += 1);
         assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn a_tcp_segment_with_a_bad_checksum_goes_alone_and_unchanged() {
+        let mut segs = segments(true, 4000, 0x10);
+        segs[1][20 + 32] ^= 0x01; // a payload byte
+        let out = frames(&segs);
+        assert_eq!(out.len(), 3, "run, the bad segment, run");
+        assert_eq!(&out[1][..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+        assert_eq!(&out[1][VNET_HDR_LEN..], &segs[1][..]);
     }
 
     #[test]
