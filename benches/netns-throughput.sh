@@ -12,7 +12,8 @@
 #
 # IMPL defaults to: bare ours wggo wggo-current boringtun. `ours-base` is ours again from the
 # binary in OURS_BASE (an earlier build, for a before/after in one run). UDP_RATE (default
-# 200M) is the offered UDP rate. Needs root, iproute2, wireguard-tools, iperf3, iputils-ping,
+# 200M) is the offered UDP rate; UDP_ARGS adds iperf3 options to the UDP test (e.g. "-w 4M"
+# for a receive buffer that holds bursts). Needs root, iproute2, wireguard-tools, iperf3, iputils-ping,
 # wireguard-go, boringtun-cli.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -60,7 +61,7 @@ one() { # one IMPL -> "| impl | a->b | b->a | udp | loss | p50 | p99 | cpu/GB |"
     ba=$(ip netns exec "$NS_A" iperf3 -c "$dst" -t "$SECS" -R -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
     ip netns exec "$NS_B" iperf3 -s -D -1 --logfile "$WORK/s3" >/dev/null
     sleep 0.3
-    read -r udp loss < <(ip netns exec "$NS_A" iperf3 -c "$dst" -u -b "$UDP_RATE" -l 1200 -t "$SECS" -J | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum"]; print("%.2f %.2f" % (e["bits_per_second"]*(1-e["lost_percent"]/100)/1e9, e["lost_percent"]))')
+    read -r udp loss < <(ip netns exec "$NS_A" iperf3 -c "$dst" -u -b "$UDP_RATE" -l 1200 -t "$SECS" ${UDP_ARGS:-} -J | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum"]; print("%.2f %.2f" % (e["bits_per_second"]*(1-e["lost_percent"]/100)/1e9, e["lost_percent"]))')
     local rtts
     rtts=$(ip netns exec "$NS_A" ping -c "$PINGS" -i 0.002 -q -W 2 "$dst" >/dev/null; ip netns exec "$NS_A" ping -c "$PINGS" -i 0.002 -W 2 "$dst" | sed -n 's/.*time=\([0-9.]*\) ms/\1/p')
     read -r p50 p99 < <(echo "$rtts" | python3 -c 'import sys; v=sorted(float(x)*1000 for x in sys.stdin.read().split()); print(int(v[len(v)//2]), int(v[int(len(v)*0.99)-1]))')
