@@ -321,7 +321,26 @@ async fn up(
         bail!("{}", started.error_message);
     }
     publisher.set_state(TunnelState::Started, SystemTime::now());
-    eprintln!("▸ connected; Ctrl-C to disconnect");
+    // Names resolve once the first workspace list is in (the in-tunnel resolver's zone is
+    // filled before that update is sent): wait for it, briefly, so that "connected" means
+    // `ssh <agent>.<workspace>.me.coder` works. A deployment with no workspaces sends none.
+    let mut announced = std::collections::HashSet::new();
+    let mut interrupted = false;
+    tokio::select! {
+        first = tokio::time::timeout(FIRST_UPDATE_WAIT, tunnel.updates.recv()) => match first {
+            Ok(Some(u)) => {
+                eprintln!("▸ connected; Ctrl-C to disconnect");
+                eprintln!("  {}", reachable(&u));
+                on_update(&u, &mut announced, &mut publisher);
+            }
+            Ok(None) => eprintln!("▸ connected; Ctrl-C to disconnect"),
+            Err(_) => {
+                eprintln!("▸ connected; Ctrl-C to disconnect");
+                eprintln!("  no workspace listed yet");
+            }
+        },
+        () = &mut stop_signal => interrupted = true,
+    }
     if !use_tun {
         eprintln!(
             "  userspace mode: curl --socks5-hostname {} http://<agent>.<workspace>.me.coder/",
@@ -331,24 +350,12 @@ async fn up(
     // Our engine notices a suspend itself; Coder's tunnel (compat modes) is told by us.
     let mut wakes =
         WakeWatch::new(args.mode != Mode::Embedded).context("watching for wake-ups (SIGUSR1)")?;
-    // Agents announced as available (once each, not at every status update).
-    let mut announced = std::collections::HashSet::new();
-    loop {
+    while !interrupted {
         tokio::select! {
             () = &mut stop_signal => break,
             why = wakes.next() => wake(&tunnel.client, why).await,
             u = tunnel.updates.recv() => match u {
-                Some(u) => {
-                    for a in &u.upserted_agents {
-                        if a.last_ping.is_none()
-                            && a.last_handshake.as_ref().is_some_and(|t| t.seconds < 0)
-                            && announced.insert(a.id.clone())
-                        {
-                            info!(agent = %a.name, fqdn = ?a.fqdn, "agent available");
-                        }
-                    }
-                    publisher.peer_update(&u, SystemTime::now());
-                }
+                Some(u) => on_update(&u, &mut announced, &mut publisher),
                 None => {
                     warn!("the tunnel ended");
                     break;
@@ -529,6 +536,45 @@ fn forward_tunnel_log(l: vpn::Log) {
             tracing::error!(target: "tunnel", logger = %names, fields = %fields.join(" "), "{}", l.message)
         }
     }
+}
+
+/// How long `up` waits after the tunnel started for the first workspace list.
+const FIRST_UPDATE_WAIT: Duration = Duration::from_secs(5);
+
+/// One line for the user: how many agents in how many workspaces are reachable by name,
+/// with one name to try.
+fn reachable(u: &vpn::PeerUpdate) -> String {
+    let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    let names = u.upserted_agents.iter().flat_map(|a| &a.fqdn);
+    let example = names
+        .clone()
+        .find(|f| f.contains(".me."))
+        .or_else(|| names.clone().next())
+        .map(|f| format!(", e.g. {}", f.trim_end_matches('.')))
+        .unwrap_or_default();
+    format!(
+        "{} in {} reachable by name{example}",
+        plural(u.upserted_agents.len(), "agent"),
+        plural(u.upserted_workspaces.len(), "workspace")
+    )
+}
+
+/// A `PeerUpdate` from the tunnel: agents newly available are logged (once each, not at
+/// every status update) and the status socket's model takes the update.
+fn on_update(
+    u: &vpn::PeerUpdate,
+    announced: &mut std::collections::HashSet<Vec<u8>>,
+    publisher: &mut StatusPublisher,
+) {
+    for a in &u.upserted_agents {
+        if a.last_ping.is_none()
+            && a.last_handshake.as_ref().is_some_and(|t| t.seconds < 0)
+            && announced.insert(a.id.clone())
+        {
+            info!(agent = %a.name, fqdn = ?a.fqdn, "agent available");
+        }
+    }
+    publisher.peer_update(u, SystemTime::now());
 }
 
 async fn cleanup(net: &Option<SharedConfig>) {

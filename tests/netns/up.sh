@@ -65,11 +65,14 @@ echo "$ROUTES" | grep -q "^fd60:627a:a42b::/48" || fail "no route to fd60:627a:a
 ip -n "$NS_A" link show "$IFACE" | grep -q "mtu 1280" || fail "MTU is not 1280"
 echo "interface ok: $(echo "$ADDRS" | grep -o 'fd60[^ ]*') + fd60:627a:a42b::/48"
 
-# DNS through the tunnel, answered by the engine.
+# `up` says it is connected once the first workspace list is in, and says how much of it.
+REACH=$(grep -o "[0-9]* agents\? in [0-9]* workspaces\? reachable by name.*" "$WORK/up.log" | head -1)
+[ -n "$REACH" ] || fail "up did not say which agents are reachable"
+echo "up: $REACH"
+
+# DNS through the tunnel, answered by the engine — at once: the zone is filled before the
+# workspace list reaches `up`, and `up` waited for that list before saying "connected".
 D="ip netns exec $NS_A dig @fd60:627a:a42b::53 +time=2 +tries=3"
-# `start` returns after the first tailnet dial; the workspace snapshot (and with it the
-# zone) follows a moment later.
-for _ in $(seq 50); do [ "$($D +short AAAA "$AGENT_FQDN")" = "$AGENT_IP" ] && break; sleep 0.1; done
 ANSWER=$($D +short AAAA "$AGENT_FQDN")
 [ "$ANSWER" = "$AGENT_IP" ] || fail "dig AAAA $AGENT_FQDN gave '$ANSWER', want $AGENT_IP"
 [ "$($D +short AAAA "$WS_FQDN")" = "$AGENT_IP" ] || fail "single-agent name $WS_FQDN"
