@@ -350,17 +350,20 @@ async fn up(
     // Our engine notices a suspend itself; Coder's tunnel (compat modes) is told by us.
     let mut wakes =
         WakeWatch::new(args.mode != Mode::Embedded).context("watching for wake-ups (SIGUSR1)")?;
-    while !interrupted {
-        tokio::select! {
-            () = &mut stop_signal => break,
-            why = wakes.next() => wake(&tunnel.client, why).await,
-            u = tunnel.updates.recv() => match u {
-                Some(u) => on_update(&u, &mut announced, &mut publisher),
-                None => {
-                    warn!("the tunnel ended");
-                    break;
-                }
-            },
+    // (A stop signal that interrupted the wait has completed: it is not polled again.)
+    if !interrupted {
+        loop {
+            tokio::select! {
+                () = &mut stop_signal => break,
+                why = wakes.next() => wake(&tunnel.client, why).await,
+                u = tunnel.updates.recv() => match u {
+                    Some(u) => on_update(&u, &mut announced, &mut publisher),
+                    None => {
+                        warn!("the tunnel ended");
+                        break;
+                    }
+                },
+            }
         }
     }
     eprintln!("▸ disconnecting");
