@@ -95,8 +95,23 @@ fi
 PAGE=$(ip netns exec "$NS_A" curl -s --max-time 10 --resolve "${AGENT_FQDN%.}:80:[$AGENT_IP]" "http://${AGENT_FQDN%.}/")
 echo "$PAGE" | grep -q "Hello from agent main of workspace dev1" || fail "page: $PAGE"
 echo "curl ok"
+tun_packets() { # tun_packets rx|tx: packets the kernel counted on our TUN (tx: handed to us)
+  ip -n "$NS_A" -s -j link show "$IFACE" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"][sys.argv[1]]["packets"])' "$1"
+}
+TX0=$(tun_packets tx); RX0=$(tun_packets rx)
 ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) \
   || fail "echo"
+# Offload on a live TUN: 10 MB each way is ~8600 segments at this MTU. In embedded mode the
+# kernel hands our engine TCP super packets (TSO), and it writes the agent's segments back
+# joined (GSO frames); a compat tunnel gets bare packets (`up` opens its TUN without offloads).
+TX=$(( $(tun_packets tx) - TX0 )); RX=$(( $(tun_packets rx) - RX0 ))
+echo "offload: 10 MB each way took $TX reads and $RX writes on the TUN"
+if [ "$MODE" = embedded ]; then
+  [ "$TX" -lt 4300 ] || fail "the kernel handed over $TX packets for 10 MB: no TCP segmentation offload"
+  [ "$RX" -lt 4300 ] || fail "$RX TUN writes for 10 MB: segments were not joined"
+else
+  [ "$TX" -gt 8000 ] || fail "only $TX packets for 10 MB: the compat tunnel's TUN has offloads on"
+fi
 
 # Status for apps.
 ip netns exec "$NS_A" "$CODERVPN" status --socket "$WORK/status.sock" > "$WORK/status.txt" || fail "status"
