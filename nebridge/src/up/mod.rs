@@ -344,7 +344,7 @@ async fn up(
         },
         () = &mut stop_signal => interrupted = true,
     }
-    if !use_tun {
+    if !use_tun && !interrupted {
         eprintln!(
             "  userspace mode: curl --socks5-hostname {} http://<agent>.<workspace>.me.coder/",
             args.socks5
