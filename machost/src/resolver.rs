@@ -21,6 +21,8 @@ pub enum ResolverError {
     BadSuffix(String),
     #[error("{} exists and is not ours (left as it is); remove it to let codervpn resolve {suffix}", path.display())]
     NotOurs { path: PathBuf, suffix: String },
+    #[error("{} belongs to codervpn process {pid}, which still runs; stop it first", path.display())]
+    InUse { path: PathBuf, pid: u32 },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -68,9 +70,8 @@ impl ResolverFiles {
             match owner(&path).map_err(io_err(&path))? {
                 Owner::Nobody => {}
                 Owner::Us(pid) if pid == self.pid || !alive(pid) => {}
-                Owner::Us(_) | Owner::Foreign => {
-                    return Err(ResolverError::NotOurs { path, suffix: name });
-                }
+                Owner::Us(pid) => return Err(ResolverError::InUse { path, pid }),
+                Owner::Foreign => return Err(ResolverError::NotOurs { path, suffix: name }),
             }
             plan.push(path);
         }
@@ -216,8 +217,17 @@ mod tests {
         old.apply(&["coder".into()], &ns(), |_| true).unwrap();
         std::mem::forget(old); // killed: no remove, no drop
         let mut alive = ResolverFiles::new(dir.path(), 200);
-        let err = alive.apply(&["coder".into()], &ns(), |pid| pid == 100);
-        assert!(matches!(err, Err(ResolverError::NotOurs { .. })));
+        let err = alive
+            .apply(&["coder".into()], &ns(), |pid| pid == 100)
+            .unwrap_err();
+        assert!(
+            matches!(err, ResolverError::InUse { pid: 100, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("process 100, which still runs"),
+            "{err}"
+        );
         let mut next = ResolverFiles::new(dir.path(), 200);
         next.apply(&["coder".into()], &ns(), |_| false).unwrap();
         let text = fs::read_to_string(dir.path().join("coder")).unwrap();
