@@ -11,14 +11,11 @@
 //! unchanged.
 
 use super::checksum::{PROTO_TCP, PROTO_UDP, fold, pseudo_header, sum16};
-use super::offload::{VNET_HDR_LEN, VnetHdr};
+use super::offload::{
+    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, TCP_PSH, VNET_HDR_LEN, VnetHdr, set_ip_lengths,
+};
 
-const F_NEEDS_CSUM: u8 = 1;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
-const GSO_UDP_L4: u8 = 5;
-const TCP_FLAGS_OK: u8 = 0x10 | 0x08; // ACK, PSH
-const TCP_PSH: u8 = 0x08;
+const TCP_FLAGS_OK: u8 = 0x10 | TCP_PSH; // ACK, PSH
 /// Largest IP packet the kernel takes.
 const MAX_TOTAL: usize = 65_535;
 /// Most datagrams in one UDP GSO frame (the kernel's `UDP_MAX_SEGMENTS` was 64 for years).
@@ -89,22 +86,21 @@ fn shape(p: &[u8], udp_ok: bool) -> Option<Shape> {
         }
         _ => return None,
     };
-    match proto {
-        6 => tcp_shape(p, v4, ip_len),
-        17 if udp_ok => udp_shape(p, v4, ip_len),
-        _ => None,
-    }
+    let (s, proto) = match proto {
+        6 => (tcp_shape(p, v4, ip_len)?, PROTO_TCP),
+        17 if udp_ok => (udp_shape(p, v4, ip_len)?, PROTO_UDP),
+        _ => return None,
+    };
+    let l4 = p.len() - ip_len;
+    (fold(sum16(&p[ip_len..], pseudo_header(p, v4, proto, l4))) == 0xffff).then_some(s)
 }
 
+/// A TCP segment's shape (its checksum is checked by [`shape`]).
 fn tcp_shape(p: &[u8], v4: bool, ip_len: usize) -> Option<Shape> {
     let tcp = p.get(ip_len..ip_len + 20)?;
     let hdr_len = ip_len + usize::from(tcp[12] >> 4) * 4;
     let flags = tcp[13];
     if hdr_len < ip_len + 20 || hdr_len >= p.len() || flags & !TCP_FLAGS_OK != 0 {
-        return None;
-    }
-    let l4 = p.len() - ip_len;
-    if fold(sum16(&p[ip_len..], pseudo_header(p, v4, PROTO_TCP, l4))) != 0xffff {
         return None;
     }
     Some(Shape {
@@ -117,14 +113,13 @@ fn tcp_shape(p: &[u8], v4: bool, ip_len: usize) -> Option<Shape> {
     })
 }
 
+/// A UDP datagram's shape (its checksum is checked by [`shape`]; one of zero, "none", is
+/// refused here).
 fn udp_shape(p: &[u8], v4: bool, ip_len: usize) -> Option<Shape> {
     let udp = p.get(ip_len..ip_len + 8)?;
     let l4 = p.len() - ip_len;
     let checksum = u16::from_be_bytes([udp[6], udp[7]]);
     if usize::from(u16::from_be_bytes([udp[4], udp[5]])) != l4 || l4 <= 8 || checksum == 0 {
-        return None;
-    }
-    if fold(sum16(&p[ip_len..], pseudo_header(p, v4, PROTO_UDP, l4))) != 0xffff {
         return None;
     }
     Some(Shape {
@@ -238,14 +233,8 @@ impl Coalescer {
         }
         let total = self.buf.len() - VNET_HDR_LEN;
         let ip = &mut self.buf[VNET_HDR_LEN..];
-        if p.v4 {
-            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            ip[10..12].copy_from_slice(&[0, 0]);
-            let c = !fold(sum16(&ip[..20], 0));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-        } else {
-            ip[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-        }
+        let id = u16::from_be_bytes([ip[4], ip[5]]); // the first segment's, kept
+        set_ip_lengths(ip, p.v4, p.ip_len, id);
         // Partial checksum: the pseudo-header sum, as the kernel expects with NEEDS_CSUM.
         let l4 = total - p.ip_len;
         let (proto, csum_offset, gso_type) = match (p.udp, p.v4) {

@@ -15,15 +15,16 @@ use super::checksum::{PROTO_TCP, PROTO_UDP, fold, pseudo_header, sum16};
 /// `struct virtio_net_hdr` without `num_buffers`: what a TUN with `IFF_VNET_HDR` uses.
 pub const VNET_HDR_LEN: usize = 10;
 
-const F_NEEDS_CSUM: u8 = 1;
+// `virtio_net_hdr` flags and GSO types (`include/uapi/linux/virtio_net.h`).
+pub(super) const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
-const GSO_UDP_L4: u8 = 5;
+pub(super) const GSO_TCPV4: u8 = 1;
+pub(super) const GSO_TCPV6: u8 = 4;
+pub(super) const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
 
 const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
+pub(super) const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
 /// The fields of a `virtio_net_hdr` (little-endian on the wire).
@@ -243,7 +244,7 @@ fn cut(
 }
 
 /// Sets the IP length field for `seg`'s size (and, for IPv4, its id and header checksum).
-fn set_ip_lengths(seg: &mut [u8], v4: bool, ip_len: usize, id: u16) {
+pub(super) fn set_ip_lengths(seg: &mut [u8], v4: bool, ip_len: usize, id: u16) {
     let total = seg.len();
     if v4 {
         seg[2..4].copy_from_slice(&(total as u16).to_be_bytes());
