@@ -13,6 +13,7 @@
 
 #![no_main]
 
+use codervpn_engine::device::checksum::{fold, pseudo_header, sum16};
 use codervpn_engine::device::coalesce::Coalescer;
 use codervpn_engine::device::offload::{VNET_HDR_LEN, VnetHdr, segment};
 use libfuzzer_sys::fuzz_target;
@@ -113,17 +114,8 @@ fn fix_checksum(p: &mut [u8]) {
         p[ip_len + 4..ip_len + 6].copy_from_slice(&(l4 as u16).to_be_bytes());
     }
     p[at..at + 2].copy_from_slice(&[0, 0]);
-    let (src, dst) = if v4 { (12..16, 16..20) } else { (8..24, 24..40) };
-    let mut sum = u32::from(proto) + l4 as u32;
-    for range in [src, dst, ip_len..total] {
-        for w in p[range].chunks(2) {
-            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let c = match !(sum as u16) {
+    let sum = sum16(&p[ip_len..], pseudo_header(p, v4, u32::from(proto), l4));
+    let c = match !fold(sum) {
         0 if proto == 17 => 0xffff,
         c => c,
     };
