@@ -403,17 +403,6 @@ up_direct_to_one_agent() {
   echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
 }
 
-# wait_resolves FQDN IP: until the in-tunnel resolver answers FQDN with IP — its zone is
-# filled from the first workspace update, which may come after `up` says it is connected,
-# and glibc would meanwhile take the next server's answer. Fails after 10 s.
-wait_resolves() {
-  for _ in $(seq 100); do
-    [ "$(ip netns exec "$NS_A" dig +short +time=1 +tries=1 AAAA "$1" @fd60:627a:a42b::53 2>/dev/null | head -1)" = "$2" ] && return 0
-    sleep 0.1
-  done
-  fail "the in-tunnel resolver never answered $1 with $2"
-}
-
 # stop_up: SIGINT to `codervpn up`; fails if it does not exit cleanly.
 stop_up() {
   kill -INT "$UP_PID"
