@@ -328,27 +328,27 @@ async fn up(
     // filled before that update is sent): wait for it, briefly, so that "connected" means
     // `ssh <agent>.<workspace>.me.coder` works. A deployment with no workspaces sends none.
     let mut announced = std::collections::HashSet::new();
-    let mut interrupted = false;
-    tokio::select! {
-        first = tokio::time::timeout(FIRST_UPDATE_WAIT, tunnel.updates.recv()) => match first {
+    let first = tokio::select! {
+        r = tokio::time::timeout(FIRST_UPDATE_WAIT, tunnel.updates.recv()) => Some(r),
+        () = &mut stop_signal => None,
+    };
+    let interrupted = first.is_none();
+    if let Some(first) = first {
+        eprintln!("▸ connected; Ctrl-C to disconnect");
+        match first {
             Ok(Some(u)) => {
-                eprintln!("▸ connected; Ctrl-C to disconnect");
                 eprintln!("  {}", reachable(&u));
                 on_update(&u, &mut announced, &mut publisher);
             }
-            Ok(None) => eprintln!("▸ connected; Ctrl-C to disconnect"),
-            Err(_) => {
-                eprintln!("▸ connected; Ctrl-C to disconnect");
-                eprintln!("  no workspace listed yet");
-            }
-        },
-        () = &mut stop_signal => interrupted = true,
-    }
-    if !use_tun && !interrupted {
-        eprintln!(
-            "  userspace mode: curl --socks5-hostname {} http://<agent>.<workspace>.me.coder/",
-            args.socks5
-        );
+            Ok(None) => {}
+            Err(_) => eprintln!("  no workspace listed yet"),
+        }
+        if !use_tun {
+            eprintln!(
+                "  userspace mode: curl --socks5-hostname {} http://<agent>.<workspace>.me.coder/",
+                args.socks5
+            );
+        }
     }
     // Our engine notices a suspend itself; Coder's tunnel (compat modes) is told by us.
     let mut wakes =
