@@ -7,29 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-/// Runs `tests/netns/<script> args…` with this build's binary; fails unless it exits 0
-/// with `want` on stdout. Returns the stdout.
-fn netns(script: &str, args: &[&str], want: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/netns")
-        .join(script);
-    let out = Command::new("bash")
-        .arg(path)
-        .args(args)
-        .env("CODERVPN", env!("CARGO_BIN_EXE_codervpn"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains(want),
-        "{script} {args:?} failed:\n{stdout}\n{stderr}"
-    );
-    stdout
-}
+use common::netns_script as netns;
 
 fn interop(a: &str, b: &str) {
     let stdout = netns(

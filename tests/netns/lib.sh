@@ -403,6 +403,12 @@ up_direct_to_one_agent() {
   echo "direct: $(grep -o "is direct via [^ ]*" "$WORK/up.log" | tail -1)"
 }
 
+# link_packets NS IFACE rx|tx: the packets the kernel counted on an interface (on a TUN,
+# rx is what the tunnel wrote, tx what the kernel handed it).
+link_packets() {
+  ip -n "$1" -s -j link show "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"][sys.argv[1]]["packets"])' "$3"
+}
+
 # stop_up: SIGINT to `codervpn up`; fails if it does not exit cleanly.
 stop_up() {
   kill -INT "$UP_PID"

@@ -32,16 +32,15 @@ run() { # run LABEL SENDER_ARGS... -> checks and prints the receiver's line
   if [ "$got" -lt $((N * 99 / 100)) ]; then echo "$label: only $got of $N datagrams arrived" >&2; exit 1; fi
 }
 
-rx_packets() { ip -n "$NS_B" -s -j link show "$(if_of b)" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["rx"]["packets"])'; }
 
 run gso --gso
 n=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/a-ours.log" | grep -c 'TUN read.*gso=5' || true)
 echo "a's TUN handed over $n UDP GSO packets"
 [ "$n" -gt 0 ] || { echo "no UDP GSO packet was read from a's TUN (USO not granted?)" >&2; grep -m3 "offload" "$WORK/a-ours.log" >&2; exit 1; }
 
-before=$(rx_packets)
+before=$(link_packets "$NS_B" "$(if_of b)" rx)
 run plain
-after=$(rx_packets)
+after=$(link_packets "$NS_B" "$(if_of b)" rx)
 written=$((after - before))
 got=$(tail -1 "$WORK/recv-plain" | cut -d' ' -f2)
 echo "b's TUN took $written writes for $got datagrams"

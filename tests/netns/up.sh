@@ -95,9 +95,7 @@ fi
 PAGE=$(ip netns exec "$NS_A" curl -s --max-time 10 --resolve "${AGENT_FQDN%.}:80:[$AGENT_IP]" "http://${AGENT_FQDN%.}/")
 echo "$PAGE" | grep -q "Hello from agent main of workspace dev1" || fail "page: $PAGE"
 echo "curl ok"
-tun_packets() { # tun_packets rx|tx: packets the kernel counted on our TUN (tx: handed to us)
-  ip -n "$NS_A" -s -j link show "$IFACE" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"][sys.argv[1]]["packets"])' "$1"
-}
+tun_packets() { link_packets "$NS_A" "$IFACE" "$1"; }
 TX0=$(tun_packets tx); RX0=$(tun_packets rx)
 ip netns exec "$NS_A" python3 "$(dirname "$0")/echo_stream.py" "$AGENT_IP" $((10 * 1024 * 1024)) \
   || fail "echo"
