@@ -68,6 +68,13 @@ pub fn add_address(ifname: &str, addr: IpAddr, prefix: u8) -> Result<Command, Co
     })
 }
 
+/// Takes an address away from the interface (`-alias`).
+pub fn remove_address(ifname: &str, addr: IpAddr) -> Result<Command, CommandError> {
+    let ifname = utun(ifname)?;
+    let family = if addr.is_ipv4() { "inet" } else { "inet6" };
+    Ok(cmd(IFCONFIG, &[&ifname, family, &addr.to_string(), "-alias"]))
+}
+
 /// Sets the MTU and brings the interface up.
 pub fn mtu_up(ifname: &str, mtu: u32) -> Result<Command, CommandError> {
     let ifname = utun(ifname)?;
@@ -136,6 +143,10 @@ mod tests {
             ]
         );
         assert_eq!(route(false, net, 48, "utun7").unwrap().args[2], "delete");
+        assert_eq!(
+            remove_address("utun7", a).unwrap().args,
+            ["utun7", "inet6", "fd60:627a:a42b:1::2", "-alias"]
+        );
     }
 
     #[test]

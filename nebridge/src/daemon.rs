@@ -32,6 +32,9 @@ pub struct RunArgs {
     socks5_access: crate::socks5_opts::Socks5Access,
     /// When the manager sends no TUN (`tunnel_file_descriptor` 0, as Coder's Linux managers
     /// do), make this interface and configure it ourselves, as Coder's Linux daemon does.
+    /// (macOS: the manager hands over a utun and applies the network settings itself, as
+    /// Coder Desktop's helper does with Coder's daemon.)
+    #[cfg(target_os = "linux")]
     #[arg(long, default_value = codervpn_nebridge::daemon_net::DEFAULT_TUN_NAME)]
     tun_name: String,
 }
@@ -70,6 +73,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             socks5_access,
             ..Default::default()
         });
+        #[cfg(target_os = "linux")]
         let connector = codervpn_nebridge::daemon_net::SelfManaged {
             inner: connector,
             tun_name: args.tun_name,

@@ -7,6 +7,7 @@ pub mod compat;
 pub mod daemon_net;
 pub mod diag;
 pub mod embedded;
+#[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod settings;
 pub mod status;

@@ -10,6 +10,7 @@ use codervpn_engine::host::WgConfig;
 use codervpn_engine::host::{DataPlaneSpec, DeviceSpec, connect};
 use codervpn_engine::host::{ForwardSpec, forward};
 use codervpn_engine::host::{UserspaceConfig, socks5, socks5_access};
+#[cfg(target_os = "linux")]
 use codervpn_nebridge::netlink::Netlink;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -95,7 +96,7 @@ async fn up(cfg: WgConfig, args: UpArgs) -> anyhow::Result<()> {
         };
         (DeviceSpec::Userspace(stack_cfg), listeners)
     } else {
-        (DeviceSpec::Tun { name: args.name }, Vec::new())
+        (tun_spec(args.name)?, Vec::new())
     };
     let spec = DataPlaneSpec {
         udp_port: cfg.listen_port.unwrap_or(0),
@@ -175,7 +176,25 @@ async fn bind_listeners(
     Ok(listeners)
 }
 
+/// A TUN interface created by the data plane: Linux only for now (macOS's utun backend
+/// serves `codervpn up`, issue #15).
+#[cfg(target_os = "linux")]
+fn tun_spec(name: String) -> anyhow::Result<DeviceSpec> {
+    Ok(DeviceSpec::Tun { name })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tun_spec(_name: String) -> anyhow::Result<DeviceSpec> {
+    bail!("codervpn wg up: a TUN interface is Linux only for now; use --userspace")
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn configure_tun(_: &str, _: &[IpNet], _: &[IpNet], _: u32) -> anyhow::Result<()> {
+    bail!("codervpn wg up: a TUN interface is Linux only for now; use --userspace")
+}
+
 /// Gives the TUN `name` its addresses, MTU and the peers' routes, and brings it up.
+#[cfg(target_os = "linux")]
 async fn configure_tun(
     name: &str,
     addresses: &[IpNet],

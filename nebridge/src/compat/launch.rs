@@ -3,7 +3,7 @@
 //! mode, dylib-abi-and-compat.md §2). Either way the result is a handshaken manager-side
 //! connection, the same as the embedded mode's.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,14 +162,10 @@ pub async fn open_library(
     Ok((conn, CompatHost::Library(lib)))
 }
 
+/// A pipe, both ends close-on-exec (std sets it atomically where the OS can).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (read, write) = std::io::pipe()?;
+    Ok((read.into(), write.into()))
 }
 
 /// The pipe flags of Coder's `vpn-daemon run`: `--rpc-read-fd` on macOS

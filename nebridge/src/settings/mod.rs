@@ -1,8 +1,12 @@
 //! Network settings from the tunnel: the merge model (sans-IO), the one seam every OS
 //! backend sits behind ([`HostNetwork`]), and the Linux backend.
 
+#[cfg(target_os = "linux")]
 pub mod linux;
+#[cfg(any(target_os = "macos", test))]
+pub mod macos;
 pub mod merge;
+pub mod plan;
 pub mod reassert;
 pub mod resolvconf;
 pub mod resolvconf_tool;
@@ -11,7 +15,9 @@ pub mod tool;
 
 use futures_util::future::BoxFuture;
 
-pub use linux::{ApplyError, LinuxNetworkConfig, Plan};
+#[cfg(target_os = "linux")]
+pub use linux::{ApplyError, LinuxNetworkConfig};
+pub use plan::Plan;
 pub use split_dns::SplitDns;
 
 /// The host's network configuration for one tunnel interface: what an OS backend does
@@ -30,36 +36,6 @@ pub trait HostNetwork: Send + 'static {
     /// a rewritten resolv.conf). Nothing by default.
     fn recheck(&mut self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
-    }
-}
-
-impl HostNetwork for LinuxNetworkConfig {
-    fn interface(&self) -> &str {
-        LinuxNetworkConfig::interface(self)
-    }
-
-    fn apply<'a>(&'a mut self, settings: &'a NetworkSettings) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            LinuxNetworkConfig::apply(self, settings)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn teardown(&mut self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            LinuxNetworkConfig::teardown(self)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn recheck(&mut self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            LinuxNetworkConfig::recheck(self)
-                .await
-                .map_err(|e| e.to_string())
-        })
     }
 }
 

@@ -18,13 +18,13 @@ use codervpn_nebridge::diag::cli::DeploymentArgs;
 use codervpn_nebridge::diag::http as diag_http;
 use codervpn_nebridge::diag::logring::LogRing;
 use codervpn_nebridge::embedded;
-use codervpn_nebridge::settings::resolvconf::RESOLV_CONF;
-use codervpn_nebridge::settings::{LinuxNetworkConfig, SharedConfig, SplitDns};
+use codervpn_nebridge::settings::SharedConfig;
 use codervpn_nebridge::status::{StatusPublisher, StatusServer, TunnelState};
 use codervpn_nebridge::wake::{WakeReason, WakeWatch};
 use codervpn_proto::vpn;
 use tracing::{info, warn};
 
+mod host;
 mod report;
 use report::{FIRST_UPDATE_WAIT, describe, forward_tunnel_log, on_update, proxy_note, reachable};
 
@@ -53,7 +53,8 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = DnsMode::Auto)]
     dns: DnsMode,
     /// Name of the TUN interface.
-    #[arg(long, default_value = "codervpn0")]
+    /// (macOS: the kernel names the utun; leave it out.)
+    #[arg(long, default_value = DEFAULT_INTERFACE)]
     interface: String,
     /// Where to publish status (`codervpn status` reads it); "none" to not publish.
     #[arg(long, default_value = codervpn_nebridge::status::DEFAULT_SOCKET)]
@@ -80,6 +81,9 @@ pub struct UpArgs {
     metrics_listen: Option<SocketAddr>,
 }
 
+/// The TUN interface's name unless `--interface` says otherwise.
+pub const DEFAULT_INTERFACE: &str = "codervpn0";
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DnsMode {
     Auto,
@@ -87,28 +91,6 @@ pub enum DnsMode {
     ResolvConf,
     Resolvconf,
     None,
-}
-
-impl DnsMode {
-    fn split_dns(self) -> anyhow::Result<SplitDns> {
-        Ok(match self {
-            DnsMode::Auto => SplitDns::detect(),
-            DnsMode::Resolved => match SplitDns::detect() {
-                d @ SplitDns::Resolvectl(_) => d,
-                _ => bail!(
-                    "--dns resolved: systemd-resolved is not running (or resolvectl is not on PATH)"
-                ),
-            },
-            DnsMode::ResolvConf => SplitDns::resolv_conf(RESOLV_CONF)
-                .map_err(|why| anyhow::anyhow!("--dns resolv-conf: {why}"))?,
-            DnsMode::Resolvconf => {
-                SplitDns::resolvconf().map_err(|why| anyhow::anyhow!("--dns resolvconf: {why}"))?
-            }
-            DnsMode::None => SplitDns::Unavailable {
-                why: "--dns none".into(),
-            },
-        })
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -182,18 +164,14 @@ async fn up(
         // Our engine reads the descriptor's flags and takes TCP super packets (TSO) from
         // it; a compat tunnel gets the bare packets every CoderVPN tunnel expects.
         let offload = args.mode == Mode::Embedded;
-        let (fd, name, _) = codervpn_engine::host::create_tun(&args.interface, offload)
-            .with_context(|| format!("creating TUN interface {}", args.interface))?;
+        let (fd, name) = host::open_tun(&args.interface, offload)?;
         eprintln!("▸ created TUN interface {name}");
         Some((fd, name))
     } else {
         None
     };
     let net = match &tun {
-        Some((_, name)) => Some(SharedConfig::new(LinuxNetworkConfig::with_split_dns(
-            name.clone(),
-            args.dns.split_dns()?,
-        )?)),
+        Some((_, name)) => Some(host::host_network(name, args.dns)?),
         None => None,
     };
     let mut publisher = StatusPublisher::new();

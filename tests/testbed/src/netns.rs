@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -110,15 +109,10 @@ fn enter(path: &Path) -> Result<tokio::runtime::Runtime, NetnsError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // SAFETY: `file` is an open descriptor for the duration of the call; setns only
-    // changes the calling thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(NetnsError::Enter {
-            path: path.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    join(&file).map_err(|source| NetnsError::Enter {
+        path: path.to_path_buf(),
+        source,
+    })?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,6 +138,27 @@ impl Drop for NetnsThread {
             }
         }
     }
+}
+
+#[cfg(target_os = "linux")]
+fn join(ns: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `ns` is an open descriptor for the duration of the call; setns only changes
+    // the calling thread's namespace.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Network namespaces are Linux's: elsewhere the agents run in the testbed's own network.
+#[cfg(not(target_os = "linux"))]
+fn join(_ns: &File) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "network namespaces exist on Linux only",
+    ))
 }
 
 #[cfg(test)]
