@@ -263,7 +263,7 @@ fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(coder_go("coder")).unwrap();
-    let coder = Executable::new("coder-linux-amd64", "", &bytes, dir.path()).unwrap();
+    let coder = Executable::new("coder-linux-amd64", "", &bytes, dir.path(), None).unwrap();
     assert!(coder.in_memory(), "{coder:?}");
     let t = Duration::from_secs(10);
     check_cli_version(&coder, "v2.36.1", t).expect("the real CLI is v2.36.1");
@@ -277,7 +277,7 @@ fn a_downloaded_cli_runs_only_when_its_version_is_the_servers() {
     }
     let fake = |name: &str, body: &str| {
         let script = format!("#!/bin/sh\n{body}\n");
-        Executable::new(name, "", script.as_bytes(), dir.path()).unwrap()
+        Executable::new(name, "", script.as_bytes(), dir.path(), None).unwrap()
     };
     let cases = [
         ("text", "echo 'Coder v2.36.1'", "not the JSON expected"),

@@ -51,7 +51,15 @@ impl Executable {
     /// `bytes` (already verified) as something to run, named `file` (the artifact's name)
     /// in messages. `staging_dir` must be private (the checked cache directory); it is used
     /// only where memfds cannot be run.
-    pub fn new(file: &str, sha1: &str, bytes: &[u8], staging_dir: &Path) -> std::io::Result<Self> {
+    /// On macOS the copy's code signature is checked against `apple_rule` first (a refusal
+    /// is a `PermissionDenied` error naming the failed check; the copy is deleted).
+    pub fn new(
+        file: &str,
+        sha1: &str,
+        bytes: &[u8],
+        staging_dir: &Path,
+        apple_rule: Option<&codervpn_codesign::Artifact>,
+    ) -> std::io::Result<Self> {
         if let Some(fd) = memfd(&memfd_name(file, sha1), bytes, true)? {
             match runnable(&fd) {
                 Ok(()) => {
@@ -71,11 +79,18 @@ impl Executable {
                 ),
             }
         }
-        let path = private_copy(staging_dir, file, bytes)?;
-        Ok(Executable {
+        let exe = Executable {
             file: file.to_owned(),
-            image: Image::Copy(path),
-        })
+            image: Image::Copy(private_copy(staging_dir, file, bytes)?),
+        };
+        // Dropping `exe` on a refusal deletes the copy.
+        super::apple::check_staged(&exe.exec_path(), apple_rule).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{file} refused by its code signature: {e}"),
+            )
+        })?;
+        Ok(exe)
     }
 
     /// Whether the bytes are run from a sealed memfd (no file on disk).
@@ -160,7 +175,8 @@ mod tests {
     fn a_script_runs_from_the_memfd_and_nothing_is_written_to_the_staging_dir() {
         let dir = tempfile::tempdir().unwrap();
         let script = b"#!/bin/sh\necho \"$0 $*\"; readlink \"/proc/$$/fd/${0##*/}\"\n";
-        let exe = Executable::new("fake-coder", "0123456789abcdef", script, dir.path()).unwrap();
+        let exe =
+            Executable::new("fake-coder", "0123456789abcdef", script, dir.path(), None).unwrap();
         assert!(exe.in_memory());
 
         let out = exe
@@ -188,7 +204,7 @@ mod tests {
     fn a_binary_runs_from_the_memfd_as_coder_without_the_descriptor() {
         let dir = tempfile::tempdir().unwrap();
         let ls = std::fs::read("/bin/ls").expect("/bin/ls");
-        let exe = Executable::new("fake-ls", "fedcba9876543210", &ls, dir.path()).unwrap();
+        let exe = Executable::new("fake-ls", "fedcba9876543210", &ls, dir.path(), None).unwrap();
         assert!(exe.in_memory());
 
         let out = exe

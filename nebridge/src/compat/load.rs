@@ -44,6 +44,12 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{file} refused by its code signature: {source}")]
+    Codesign {
+        file: String,
+        #[source]
+        source: codervpn_codesign::CodesignError,
+    },
     #[error("dlopen of {file} failed: {detail}")]
     Dlopen { file: String, detail: String },
     #[error("{file} does not export OpenTunnel: {detail}")]
@@ -110,20 +116,28 @@ impl CompatLibrary {
         sha1: &str,
         bytes: &[u8],
         staging_dir: &Path,
+        apple_rule: Option<&codervpn_codesign::Artifact>,
     ) -> Result<Arc<Self>, LoadError> {
         let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(library) = loaded.get(sha1) {
             debug!(file, sha1, "tunnel library already loaded");
             return Ok(Arc::clone(library));
         }
-        let library = Arc::new(Self::load(file, sha1, bytes, staging_dir)?);
+        let library = Arc::new(Self::load(file, sha1, bytes, staging_dir, apple_rule)?);
         loaded.insert(sha1.to_owned(), Arc::clone(&library));
         Ok(library)
     }
 
     /// `dlopen(RTLD_NOW | RTLD_LOCAL)` of `bytes` (already verified) and `dlsym("OpenTunnel")`.
-    /// `staging_dir` must be private (it is the checked cache directory).
-    fn load(file: &str, sha1: &str, bytes: &[u8], staging_dir: &Path) -> Result<Self, LoadError> {
+    /// `staging_dir` must be private (it is the checked cache directory). On macOS the staged
+    /// copy's code signature is checked against `apple_rule` before it is opened.
+    fn load(
+        file: &str,
+        sha1: &str,
+        bytes: &[u8],
+        staging_dir: &Path,
+        apple_rule: Option<&codervpn_codesign::Artifact>,
+    ) -> Result<Self, LoadError> {
         let stage = |source| LoadError::Stage {
             file: file.to_owned(),
             source,
@@ -140,20 +154,28 @@ impl CompatLibrary {
             }
             Err(e) => return Err(stage(e)),
         };
+        let signed = super::apple::check_staged(&path, apple_rule);
         debug!(file, path = %path.display(), "loading the verified tunnel library");
-        // SAFETY: the image is the verified bytes of a tunnel library whose signature was
-        // checked against the pinned keys (or the operator chose insecure_skip_verify);
-        // running its initialisers is what loading it means.
-        let opened = unsafe { Library::open(Some(OsString::from(&path)), RTLD_NOW | RTLD_LOCAL) };
+        let opened = signed.map(|()| {
+            // SAFETY: the image is the verified bytes of a tunnel library whose signature was
+            // checked against the pinned keys (or the operator chose insecure_skip_verify);
+            // running its initialisers is what loading it means.
+            unsafe { Library::open(Some(OsString::from(&path)), RTLD_NOW | RTLD_LOCAL) }
+        });
         if let Some(p) = staged
             && let Err(e) = std::fs::remove_file(&p)
         {
             warn!(path = %p.display(), error = %e, "cannot remove the staged library copy");
         }
-        let library = opened.map_err(|e| LoadError::Dlopen {
-            file: file.to_owned(),
-            detail: e.to_string(),
-        })?;
+        let library = opened
+            .map_err(|source| LoadError::Codesign {
+                file: file.to_owned(),
+                source,
+            })?
+            .map_err(|e| LoadError::Dlopen {
+                file: file.to_owned(),
+                detail: e.to_string(),
+            })?;
         // SAFETY: OpenTunnel has exactly this C signature (§1.1); the pointer is copied out
         // and only used while `library` (kept in the same struct) is loaded.
         let open_tunnel = unsafe { library.get::<OpenTunnelFn>(b"OpenTunnel\0") }

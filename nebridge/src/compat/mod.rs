@@ -46,6 +46,7 @@
 //! build for macOS yet, so `macos_codesign_checks` is a stub that passes and logs a WARN.
 
 pub use codervpn_codesign as codesign;
+mod apple;
 mod download;
 mod exec;
 pub mod launch;
@@ -294,14 +295,33 @@ impl VerifiedArtifact {
                 });
             }
         }
-        CompatLibrary::load_once(&self.file, &self.sha1, &self.bytes, &self.staging_dir)
+        CompatLibrary::load_once(
+            &self.file,
+            &self.sha1,
+            &self.bytes,
+            &self.staging_dir,
+            self.apple_rule().as_ref(),
+        )
     }
 
     /// These bytes as something to run (the daemon): a sealed memfd on Linux, else a
     /// mode-0500 copy in the private cache directory deleted when the [`Executable`] is
     /// dropped. Never the cached file, which is kept mode 0600 and never run.
     pub fn executable(&self) -> std::io::Result<Executable> {
-        Executable::new(&self.file, &self.sha1, &self.bytes, &self.staging_dir)
+        Executable::new(
+            &self.file,
+            &self.sha1,
+            &self.bytes,
+            &self.staging_dir,
+            self.apple_rule().as_ref(),
+        )
+    }
+
+    /// The code-signing rule macOS checks the staged copy against ([`apple`]); none when
+    /// the operator skipped verification.
+    fn apple_rule(&self) -> Option<codervpn_codesign::Artifact> {
+        self.signature_checked
+            .then(|| apple::rule(self.kind, &self.server_version.semver))
     }
 }
 
