@@ -72,7 +72,10 @@ pub fn add_address(ifname: &str, addr: IpAddr, prefix: u8) -> Result<Command, Co
 pub fn remove_address(ifname: &str, addr: IpAddr) -> Result<Command, CommandError> {
     let ifname = utun(ifname)?;
     let family = if addr.is_ipv4() { "inet" } else { "inet6" };
-    Ok(cmd(IFCONFIG, &[&ifname, family, &addr.to_string(), "-alias"]))
+    Ok(cmd(
+        IFCONFIG,
+        &[&ifname, family, &addr.to_string(), "-alias"],
+    ))
 }
 
 /// Sets the MTU and brings the interface up.
