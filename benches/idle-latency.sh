@@ -9,7 +9,8 @@
 #   sudo benches/idle-latency.sh [CONFIG…]
 #
 # CONFIG: bare | ours | boringtun | wggo (Debian's) | wggo-current (built from source by
-# tests/coder-go/build.sh). Default: all of them.
+# tests/coder-go/build.sh) | ours-base (ours again from the binary in OURS_BASE, an earlier
+# build, for a before/after in one run). Default: all but ours-base.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CONFIGS=("$@")
@@ -41,6 +42,7 @@ one() {
     case "$impl" in
       bare) dst=$VETH_B ;;
       ours) start_ours a; start_ours b ;;
+      ours-base) CODERVPN=${OURS_BASE:?set OURS_BASE to an earlier codervpn binary}; start_ours a; start_ours b ;;
       boringtun) start_boringtun a; start_boringtun b ;;
       wggo) start_wggo a; start_wggo b ;;
       wggo-current) start_wggo a "$WGGO_CURRENT"; start_wggo b "$WGGO_CURRENT" ;;
