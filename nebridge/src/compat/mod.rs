@@ -41,9 +41,9 @@
 //! `insecure_skip_verify` skips the signature and trusted-comment checks (never the server
 //! version check) and logs a WARN every time it is used.
 //!
-//! Not wired: the macOS code-signing checks of dylib-abi-and-compat.md §6.1. The rule and
-//! a macOS reader (`SecStaticCode`) are the crate `codervpn-codesign`; this crate does not
-//! build for macOS yet, so `macos_codesign_checks` is a stub that passes and logs a WARN.
+//! On macOS the staged copy also has to pass the code-signing checks of
+//! dylib-abi-and-compat.md §6.1/§6.3 (the crate `codervpn-codesign`, through `apple.rs`)
+//! right before it is loaded or run; compiled for macOS, never run on a Mac.
 
 pub use codervpn_codesign as codesign;
 mod apple;
@@ -422,23 +422,5 @@ async fn check(
     }
     let limits = config.limits();
     let signature = verify::fetch_signature(client, &fetched.url, &expected.file, limits).await?;
-    verify::check_signature(&fetched.bytes, &signature, keys, expected, server)?;
-    macos_codesign_checks(&fetched.bytes)
-}
-
-/// The macOS code-signing checks of dylib-abi-and-compat.md §6.1 (valid signature with
-/// `anchor apple generic`, identifier, team, Info.plist). The rule is [`codesign::check`]
-/// and `codesign::macos::signing_info` reads a file's signature; NOT WIRED here yet (the
-/// bytes would go to a private file first, and this crate does not build for macOS): this
-/// always passes, and on macOS compat mode relies on the minisign check alone.
-#[cfg(target_os = "macos")]
-fn macos_codesign_checks(_bytes: &[u8]) -> Result<(), VerifyError> {
-    warn!("macOS code-signing checks (§6.1) are not implemented; relying on minisign only");
-    Ok(())
-}
-
-/// No platform code-signing on this OS; the minisign check is the whole check.
-#[cfg(not(target_os = "macos"))]
-fn macos_codesign_checks(_bytes: &[u8]) -> Result<(), VerifyError> {
-    Ok(())
+    verify::check_signature(&fetched.bytes, &signature, keys, expected, server)
 }
