@@ -1,5 +1,6 @@
 //! Network settings from the tunnel: the merge model (sans-IO), the one seam every OS
-//! backend sits behind ([`HostNetwork`]), and the Linux backend.
+//! backend sits behind ([`HostNetwork`]), the pure plan both backends diff ([`plan`]), and
+//! the Linux and macOS backends.
 
 #[cfg(target_os = "linux")]
 pub mod linux;
@@ -22,7 +23,8 @@ pub use split_dns::SplitDns;
 
 /// The host's network configuration for one tunnel interface: what an OS backend does
 /// with the settings the tunnel asks for (addresses, routes, MTU, split DNS). Linux:
-/// [`LinuxNetworkConfig`] (netlink, then systemd-resolved or `/etc/resolv.conf`). The rest
+/// `LinuxNetworkConfig` (netlink, then systemd-resolved or `/etc/resolv.conf`); macOS:
+/// `macos::MacNetworkConfig` (`ifconfig`/`route`, `/etc/resolver`). The rest
 /// of the manager only talks to this trait (through [`SharedConfig`]).
 pub trait HostNetwork: Send + 'static {
     /// The interface the settings are for.

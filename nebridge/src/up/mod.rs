@@ -1,8 +1,9 @@
 //! `codervpn up`: the product on Linux (on macOS it compiles, with a utun and
-//! `/etc/resolver` files — `host.rs` — but was never run on a Mac). Joins a Coder deployment with our engine
-//! (embedded, over the CoderVPN protocol), on a TUN interface whose addresses, routes and
-//! split DNS it applies from the tunnel's network settings — or in userspace mode behind
-//! a SOCKS5 proxy — publishes status on a local socket, and removes everything on Ctrl-C.
+//! `/etc/resolver` files — `host.rs` — but was never run on a Mac). Joins a Coder
+//! deployment with our engine (embedded, over the CoderVPN protocol), on a TUN interface
+//! whose addresses, routes and split DNS it applies from the tunnel's network settings — or
+//! in userspace mode behind a SOCKS5 proxy — publishes status on a local socket, and
+//! removes everything on Ctrl-C.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
