@@ -206,7 +206,7 @@ func startAgent(logger slog.Logger, coord tailnet.Coordinator, derpMap *tailcfg.
 		return nil, xerrors.Errorf("agent %s: listen :9: %w", a.name, err)
 	}
 	ga.lns = []net.Listener{echo, web, sink}
-	go serveEcho(echo)
+	go serveEcho(logger, echo)
 	go serveDiscard(sink)
 	page := agentPage(ws.name, a.name)
 	go func() {
@@ -250,8 +250,17 @@ func serveConns(l net.Listener, handle func(net.Conn)) {
 	}
 }
 
-func serveEcho(l net.Listener) {
-	serveConns(l, func(c net.Conn) { _, _ = io.Copy(c, c) })
+// serveEcho echoes each connection until the client half-closes, and logs how each ended:
+// when a test sees a reset, the log says whether the echo failed on our side of the netstack.
+func serveEcho(logger slog.Logger, l net.Listener) {
+	serveConns(l, func(c net.Conn) {
+		n, err := io.Copy(c, c)
+		if err != nil {
+			logger.Warn(context.Background(), "echo connection failed", slog.F("remote", c.RemoteAddr().String()), slog.F("bytes", n), slog.Error(err))
+			return
+		}
+		logger.Debug(context.Background(), "echo connection done", slog.F("remote", c.RemoteAddr().String()), slog.F("bytes", n))
+	})
 }
 
 // serveDiscard reads and drops everything (RFC 863), then reports the byte count as a
